@@ -1,0 +1,260 @@
+// Package catalog is the registry of what secretplane knows: secrets (names
+// bound to SecretRefs, never values) and service configuration documents.
+// It validates and normalises input, refuses secret-looking literals, and
+// persists through a Store with optimistic concurrency.
+package catalog
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/secretplane/secretplane/controlplane/validate"
+	"github.com/secretplane/secretplane/store"
+)
+
+// Store is the persistence the catalog needs.
+type Store interface {
+	PutSecret(ctx context.Context, s store.Secret, pre store.Precondition) (store.Secret, error)
+	GetSecret(ctx context.Context, name string) (store.Secret, error)
+	ListSecrets(ctx context.Context, q store.ListQuery) ([]store.Secret, error)
+	DeleteSecret(ctx context.Context, name string, pre store.Precondition) error
+
+	PutConfig(ctx context.Context, d store.ConfigDocument, pre store.Precondition) (store.ConfigDocument, error)
+	GetConfig(ctx context.Context, name string) (store.ConfigDocument, error)
+	ListConfigs(ctx context.Context, q store.ListQuery) ([]store.ConfigDocument, error)
+	DeleteConfig(ctx context.Context, name string, pre store.Precondition) error
+}
+
+// Page sizes for list calls.
+const (
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+)
+
+// Catalog validates and stores secrets and configuration documents.
+type Catalog struct {
+	store Store
+}
+
+// New returns a catalog over s.
+func New(s Store) *Catalog { return &Catalog{store: s} }
+
+// Write says how a put or delete is conditioned.
+type Write struct {
+	CreateOnly bool  // fail with store.ErrAlreadyExists when the name is taken
+	IfRevision int64 // when non-zero, the stored revision must match (store.ErrConflict)
+}
+
+func (w Write) precondition() store.Precondition {
+	return store.Precondition{MustNotExist: w.CreateOnly, IfRevision: w.IfRevision}
+}
+
+// ListRequest asks for one page of objects.
+type ListRequest struct {
+	Prefix    string
+	PageSize  int    // 0 means DefaultPageSize
+	PageToken string // from the previous page
+}
+
+// PutSecret validates s, normalises its ref to canonical form and stores
+// it. It reports whether the secret was created (rather than replaced).
+func (c *Catalog) PutSecret(ctx context.Context, s store.Secret, w Write) (store.Secret, bool, error) {
+	s, err := normaliseSecret(s)
+	if err != nil {
+		return store.Secret{}, false, err
+	}
+	if err := checkWrite(w); err != nil {
+		return store.Secret{}, false, err
+	}
+	out, err := c.store.PutSecret(ctx, s, w.precondition())
+	if err != nil {
+		return store.Secret{}, false, fmt.Errorf("put secret %s: %w", s.Name, err)
+	}
+	return out, out.CreateTime.Equal(out.UpdateTime), nil
+}
+
+// GetSecret returns the named secret.
+func (c *Catalog) GetSecret(ctx context.Context, name string) (store.Secret, error) {
+	if err := checkName(name); err != nil {
+		return store.Secret{}, err
+	}
+	s, err := c.store.GetSecret(ctx, name)
+	if err != nil {
+		return store.Secret{}, fmt.Errorf("get secret %s: %w", name, err)
+	}
+	return s, nil
+}
+
+// ListSecrets returns a page of secrets ordered by name and the token of the
+// next page ("" on the last).
+func (c *Catalog) ListSecrets(ctx context.Context, r ListRequest) ([]store.Secret, string, error) {
+	q, err := listQuery(r)
+	if err != nil {
+		return nil, "", err
+	}
+	items, err := c.store.ListSecrets(ctx, q)
+	if err != nil {
+		return nil, "", fmt.Errorf("list secrets: %w", err)
+	}
+	items, next := page(items, q, func(s store.Secret) string { return s.Name })
+	return items, next, nil
+}
+
+// DeleteSecret removes the named secret.
+func (c *Catalog) DeleteSecret(ctx context.Context, name string, ifRevision int64) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	if err := checkWrite(Write{IfRevision: ifRevision}); err != nil {
+		return err
+	}
+	if err := c.store.DeleteSecret(ctx, name, store.Precondition{IfRevision: ifRevision}); err != nil {
+		return fmt.Errorf("delete secret %s: %w", name, err)
+	}
+	return nil
+}
+
+// PutConfig validates d, sorts its entries by key, normalises refs and
+// stores it. It reports whether the document was created.
+func (c *Catalog) PutConfig(ctx context.Context, d store.ConfigDocument, w Write) (store.ConfigDocument, bool, error) {
+	d, err := normaliseConfig(d)
+	if err != nil {
+		return store.ConfigDocument{}, false, err
+	}
+	if err := checkWrite(w); err != nil {
+		return store.ConfigDocument{}, false, err
+	}
+	out, err := c.store.PutConfig(ctx, d, w.precondition())
+	if err != nil {
+		return store.ConfigDocument{}, false, fmt.Errorf("put config %s: %w", d.Name, err)
+	}
+	return out, out.CreateTime.Equal(out.UpdateTime), nil
+}
+
+// GetConfig returns the named configuration document.
+func (c *Catalog) GetConfig(ctx context.Context, name string) (store.ConfigDocument, error) {
+	if err := checkName(name); err != nil {
+		return store.ConfigDocument{}, err
+	}
+	d, err := c.store.GetConfig(ctx, name)
+	if err != nil {
+		return store.ConfigDocument{}, fmt.Errorf("get config %s: %w", name, err)
+	}
+	return d, nil
+}
+
+// ListConfigs returns a page of configuration documents ordered by name.
+func (c *Catalog) ListConfigs(ctx context.Context, r ListRequest) ([]store.ConfigDocument, string, error) {
+	q, err := listQuery(r)
+	if err != nil {
+		return nil, "", err
+	}
+	items, err := c.store.ListConfigs(ctx, q)
+	if err != nil {
+		return nil, "", fmt.Errorf("list configs: %w", err)
+	}
+	items, next := page(items, q, func(d store.ConfigDocument) string { return d.Name })
+	return items, next, nil
+}
+
+// DeleteConfig removes the named configuration document.
+func (c *Catalog) DeleteConfig(ctx context.Context, name string, ifRevision int64) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	if err := checkWrite(Write{IfRevision: ifRevision}); err != nil {
+		return err
+	}
+	if err := c.store.DeleteConfig(ctx, name, store.Precondition{IfRevision: ifRevision}); err != nil {
+		return fmt.Errorf("delete config %s: %w", name, err)
+	}
+	return nil
+}
+
+func checkName(name string) error {
+	var c validate.Collector
+	c.Add("name", validate.Name(name))
+	return c.Err()
+}
+
+func checkWrite(w Write) error {
+	var c validate.Collector
+	if w.IfRevision < 0 {
+		c.Addf("etag", "is not an etag issued by this server")
+	}
+	if w.CreateOnly && w.IfRevision != 0 {
+		c.Addf("etag", "must be empty with create_only: a new object has no etag yet")
+	}
+	return c.Err()
+}
+
+// listQuery validates a list request and turns it into a store query that
+// asks for one more item than the page holds, to learn whether more follow.
+func listQuery(r ListRequest) (store.ListQuery, error) {
+	var c validate.Collector
+	c.Add("prefix", validate.NamePrefix(r.Prefix))
+	size := r.PageSize
+	switch {
+	case size < 0:
+		c.Addf("page_size", "must not be negative")
+	case size == 0:
+		size = DefaultPageSize
+	case size > MaxPageSize:
+		size = MaxPageSize
+	}
+	after := ""
+	if r.PageToken != "" {
+		var err error
+		after, err = decodePageToken(r.PageToken, r.Prefix)
+		c.Add("page_token", err)
+	}
+	if err := c.Err(); err != nil {
+		return store.ListQuery{}, err
+	}
+	return store.ListQuery{Prefix: r.Prefix, After: after, Limit: size + 1}, nil
+}
+
+func page[T any](items []T, q store.ListQuery, name func(T) string) ([]T, string) {
+	if len(items) < q.Limit {
+		return items, ""
+	}
+	items = items[:q.Limit-1]
+	return items, encodePageToken(q.Prefix, name(items[len(items)-1]))
+}
+
+// Page tokens bind the prefix they were issued for to the last name seen, so
+// a token cannot be replayed against another listing. Names and prefixes
+// never contain NUL.
+const pageTokenVersion = "p1"
+
+func encodePageToken(prefix, after string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(pageTokenVersion + "\x00" + prefix + "\x00" + after))
+}
+
+var errBadPageToken = errors.New("is not a page token issued for this listing")
+
+func decodePageToken(tok, prefix string) (string, error) {
+	raw, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return "", errBadPageToken
+	}
+	parts := strings.Split(string(raw), "\x00")
+	if len(parts) != 3 || parts[0] != pageTokenVersion {
+		return "", errBadPageToken
+	}
+	if parts[1] != prefix {
+		return "", errors.New("was issued for another prefix; keep the request unchanged between pages")
+	}
+	if validate.NamePrefix(parts[2]) != nil {
+		return "", errBadPageToken
+	}
+	return parts[2], nil
+}
+
+func sortEntries(entries []store.ConfigEntry) {
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Key < entries[j].Key })
+}
