@@ -1,0 +1,97 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// decodeGuard makes malformed requests (invalid UTF-8 in a string field,
+// broken wire format) fail with INVALID_ARGUMENT instead of grpc-go's
+// INTERNAL: the fault is the caller's. grpc-go wraps every codec error as
+// INTERNAL before interceptors run, so the codec instead records the failure
+// against the (reset) message and the outermost interceptor reports it.
+type decodeGuard struct {
+	mu     sync.Mutex
+	failed map[proto.Message]error
+}
+
+func newDecodeGuard() *decodeGuard {
+	return &decodeGuard{failed: make(map[proto.Message]error)}
+}
+
+// Name implements encoding.Codec; it replaces the default "proto" codec of
+// this server only.
+func (g *decodeGuard) Name() string { return "proto" }
+
+// Marshal implements encoding.Codec.
+func (g *decodeGuard) Marshal(v any) ([]byte, error) {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("marshal: %T is not a protobuf message", v)
+	}
+	return proto.Marshal(m)
+}
+
+// Unmarshal implements encoding.Codec.
+func (g *decodeGuard) Unmarshal(data []byte, v any) error {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return fmt.Errorf("unmarshal: %T is not a protobuf message", v)
+	}
+	if err := proto.Unmarshal(data, m); err != nil {
+		proto.Reset(m)
+		g.mu.Lock()
+		g.failed[m] = err
+		g.mu.Unlock()
+	}
+	return nil
+}
+
+// check returns INVALID_ARGUMENT when decoding m failed, and forgets m.
+func (g *decodeGuard) check(m any) error {
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return nil
+	}
+	g.mu.Lock()
+	err, failed := g.failed[pm]
+	if failed {
+		delete(g.failed, pm)
+	}
+	g.mu.Unlock()
+	if failed {
+		return status.Errorf(codes.InvalidArgument, "malformed request message: %v", err)
+	}
+	return nil
+}
+
+// unary must be the outermost interceptor, so that every recorded failure
+// is collected even when a later interceptor refuses the call.
+func (g *decodeGuard) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if err := g.check(req); err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+func (g *decodeGuard) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	return handler(srv, &guardedStream{ServerStream: ss, guard: g})
+}
+
+type guardedStream struct {
+	grpc.ServerStream
+	guard *decodeGuard
+}
+
+func (s *guardedStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	return s.guard.check(m)
+}

@@ -1,0 +1,140 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/secretplane/secretplane/controlplane/api"
+	"github.com/secretplane/secretplane/controlplane/catalog"
+	"github.com/secretplane/secretplane/controlplane/logging"
+	"github.com/secretplane/secretplane/identity"
+	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
+	"github.com/secretplane/secretplane/store/sqlite"
+)
+
+// env is a running API server over a SQLite store, with identities from a
+// dev CA: an admin, a workload and one from a foreign CA.
+type env struct {
+	addr     string
+	ca       *identity.CA
+	serverID spiffeid.ID
+	admin    *identity.StaticSource
+	workload *identity.StaticSource
+	foreign  *identity.StaticSource // another CA, same trust domain name
+	logs     *syncBuffer
+	dbPath   string
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	td := spiffeid.RequireTrustDomainFromString("test.example")
+	ca, err := identity.NewCA(td, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(ca *identity.CA, path string) *identity.StaticSource {
+		svid, err := ca.IssueSVID(spiffeid.RequireFromPath(td, path), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return identity.NewStaticSource(svid, ca.Bundle())
+	}
+	other, err := identity.NewCA(td, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{
+		ca:       ca,
+		serverID: spiffeid.RequireFromPath(td, "/secretplane/server"),
+		admin:    issue(ca, "/secretplane/admin"),
+		workload: issue(ca, "/workload/payments-api"),
+		foreign:  issue(other, "/secretplane/admin"),
+		logs:     &syncBuffer{},
+		dbPath:   filepath.Join(t.TempDir(), "store.db"),
+	}
+	server := issue(ca, "/secretplane/server")
+
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, e.dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	log := slog.New(logging.NewHandler(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	tlsCfg, err := identity.ServerTLSConfig(server, td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := api.NewServer(api.Config{TLS: tlsCfg, Log: log, Catalog: catalog.New(st), Admins: []spiffeid.ID{e.admin.ID()}})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	e.addr = lis.Addr().String()
+	return e
+}
+
+// dial connects with src's SVID and checks the server's ID.
+func (e *env) dial(t testing.TB, src identity.Source) *grpc.ClientConn {
+	t.Helper()
+	return e.dialTLS(t, identity.ClientTLSConfig(src, e.serverID))
+}
+
+func (e *env) dialTLS(t testing.TB, cfg *tls.Config, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(e.addr, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg))}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func (e *env) adminClient(t testing.TB) spv1.AdminServiceClient {
+	return spv1.NewAdminServiceClient(e.dial(t, e.admin))
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func mustID(t testing.TB, s string) spiffeid.ID {
+	t.Helper()
+	id, err := spiffeid.FromString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
