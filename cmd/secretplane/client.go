@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/secretplane/secretplane/identity"
+	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
+)
+
+// connection is a CLI session with the server.
+type connection struct {
+	conn  *grpc.ClientConn
+	admin spv1.AdminServiceClient
+	g     *globalFlags
+}
+
+// dial connects to the server with mutual TLS. Settings come from flags,
+// then environment, then the dev server's data directory, the way the vault
+// CLI finds its token: a dev user needs none of them.
+func dial(g *globalFlags) (*connection, error) {
+	var ep devEndpoint
+	epErr := readDevEndpoint(g.dataDir, &ep)
+
+	addr := g.addr
+	if addr == "" {
+		if epErr != nil {
+			return nil, fmt.Errorf("no server address: pass --addr or set %s (or start `secretplane server --dev`): %w", envAddr, epErr)
+		}
+		addr = ep.Address
+	}
+	cert, key, bundle := g.cert, g.key, g.bundle
+	if cert == "" && key == "" && bundle == "" {
+		dir := filepath.Join(g.dataDir, identity.DevAdminDir)
+		cert, key, bundle = filepath.Join(dir, identity.SVIDCertFile), filepath.Join(dir, identity.SVIDKeyFile), filepath.Join(dir, identity.BundleFile)
+	} else if cert == "" || key == "" || bundle == "" {
+		return nil, errors.New("--cert, --key and --bundle go together")
+	}
+	src, err := identity.LoadFiles(cert, key, bundle)
+	if err != nil {
+		return nil, fmt.Errorf("client identity: %w", err)
+	}
+	serverID, err := resolveServerID(g.serverID, ep, epErr, src.ID().TrustDomain())
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(src, serverID))))
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", addr, err)
+	}
+	return &connection{conn: conn, admin: spv1.NewAdminServiceClient(conn), g: g}, nil
+}
+
+func resolveServerID(flag string, ep devEndpoint, epErr error, td spiffeid.TrustDomain) (spiffeid.ID, error) {
+	switch {
+	case flag != "":
+		id, err := spiffeid.FromString(flag)
+		if err != nil {
+			return spiffeid.ID{}, fmt.Errorf("--server-id: %w", err)
+		}
+		return id, nil
+	case epErr == nil && ep.ServerID != "":
+		id, err := spiffeid.FromString(ep.ServerID)
+		if err != nil {
+			return spiffeid.ID{}, fmt.Errorf("dev endpoint server id: %w", err)
+		}
+		return id, nil
+	default:
+		return identity.DevServerID(td), nil
+	}
+}
+
+func readDevEndpoint(dataDir string, ep *devEndpoint) error {
+	raw, err := os.ReadFile(filepath.Join(dataDir, devEndpointFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("no dev server has run with data directory %s", dataDir)
+	}
+	if err != nil {
+		return fmt.Errorf("read dev endpoint: %w", err)
+	}
+	if err := json.Unmarshal(raw, ep); err != nil {
+		return fmt.Errorf("parse %s: %w", devEndpointFile, err)
+	}
+	return nil
+}
+
+func (c *connection) close() { _ = c.conn.Close() }
+
+// call runs fn with the per-call deadline.
+func (c *connection) call(ctx context.Context, fn func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, c.g.timeout)
+	defer cancel()
+	return fn(ctx)
+}
+
+// withConn dials, runs fn, and closes.
+func withConn(ctx context.Context, g *globalFlags, fn func(context.Context, *connection) error) error {
+	c, err := dial(g)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	return c.call(ctx, func(ctx context.Context) error { return fn(ctx, c) })
+}

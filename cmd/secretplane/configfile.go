@@ -1,0 +1,222 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
+)
+
+// parseConfigDocument reads a configuration document in YAML or JSON (JSON
+// is YAML). Two shapes of entries are accepted:
+//
+//	entries:                            # a mapping, the hand-written form
+//	  DB_HOST: db.internal              # a literal
+//	  DB_PASSWORD: vault://secret/payments/db#password   # a SecretRef (known scheme)
+//	  API_TOKEN: {ref: "aws-sm://prod/api#token"}        # explicit ref
+//	  GREETING: {literal: "vault://is just text here"}   # explicit literal
+//
+//	entries:                            # a list, as `config get -o json` prints
+//	  - {key: DB_HOST, literal: db.internal}
+//	  - {key: DB_PASSWORD, ref: "vault://secret/payments/db#password"}
+//
+// Duplicate keys and unknown fields are errors. Values are never echoed in
+// errors: they may be secrets pasted by mistake.
+func parseConfigDocument(raw []byte) (*spv1.ConfigDocument, error) {
+	var root yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(&root); err != nil {
+		return nil, fmt.Errorf("parse configuration document: %s", yamlErrorWithoutValue(err))
+	}
+	if len(root.Content) != 1 || root.Content[0].Kind != yaml.MappingNode {
+		return nil, errors.New("parse configuration document: the top level must be a mapping with name and entries")
+	}
+	doc := &spv1.ConfigDocument{}
+	top := root.Content[0]
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		k, v := top.Content[i], top.Content[i+1]
+		if seen[k.Value] {
+			return nil, fmt.Errorf("line %d: %q given twice", k.Line, k.Value)
+		}
+		seen[k.Value] = true
+		switch k.Value {
+		case "name", "identity", "etag":
+			if v.Kind != yaml.ScalarNode {
+				return nil, fmt.Errorf("line %d: %s must be a string", v.Line, k.Value)
+			}
+			switch k.Value {
+			case "name":
+				doc.Name = v.Value
+			case "identity":
+				doc.Identity = v.Value
+			case "etag":
+				doc.Etag = v.Value
+			}
+		case "labels":
+			labels, err := stringMap(v)
+			if err != nil {
+				return nil, err
+			}
+			doc.Labels = labels
+		case "entries":
+			entries, err := parseEntries(v)
+			if err != nil {
+				return nil, err
+			}
+			doc.Entries = entries
+		case "createTime", "updateTime", "create_time", "update_time":
+			// Printed by `config get -o json`; server-owned, ignored on input.
+		default:
+			return nil, fmt.Errorf("line %d: unknown field %q (want name, identity, labels, entries, etag)", k.Line, k.Value)
+		}
+	}
+	return doc, nil
+}
+
+func parseEntries(n *yaml.Node) ([]*spv1.ConfigEntry, error) {
+	var out []*spv1.ConfigEntry
+	switch n.Kind {
+	case yaml.MappingNode:
+		seen := map[string]int{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if line, dup := seen[k.Value]; dup {
+				return nil, fmt.Errorf("line %d: entry %q duplicates line %d", k.Line, k.Value, line)
+			}
+			seen[k.Value] = k.Line
+			e, err := entryValue(k.Value, v)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, e)
+		}
+	case yaml.SequenceNode:
+		for _, item := range n.Content {
+			if item.Kind != yaml.MappingNode {
+				return nil, fmt.Errorf("line %d: each entry must be a mapping with key and literal or ref", item.Line)
+			}
+			var key string
+			fieldsSeen := map[string]bool{}
+			for i := 0; i+1 < len(item.Content); i += 2 {
+				if item.Content[i].Value == "key" {
+					key = item.Content[i+1].Value
+				}
+				if fieldsSeen[item.Content[i].Value] {
+					return nil, fmt.Errorf("line %d: %q given twice", item.Content[i].Line, item.Content[i].Value)
+				}
+				fieldsSeen[item.Content[i].Value] = true
+			}
+			e, err := explicitEntry(key, item, "key")
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, e)
+		}
+	default:
+		return nil, fmt.Errorf("line %d: entries must be a mapping or a list", n.Line)
+	}
+	return out, nil
+}
+
+// entryValue reads one value of the mapping form.
+func entryValue(key string, v *yaml.Node) (*spv1.ConfigEntry, error) {
+	switch v.Kind {
+	case yaml.ScalarNode:
+		if looksLikeSecretRef(v.Value) {
+			return &spv1.ConfigEntry{Key: key, Value: &spv1.ConfigEntry_Ref{Ref: v.Value}}, nil
+		}
+		return &spv1.ConfigEntry{Key: key, Value: &spv1.ConfigEntry_Literal{Literal: v.Value}}, nil
+	case yaml.MappingNode:
+		return explicitEntry(key, v)
+	default:
+		return nil, fmt.Errorf("line %d: entry %q must be a string, {ref: ...} or {literal: ...}", v.Line, key)
+	}
+}
+
+// explicitEntry reads {ref: ...} or {literal: ...}, plus any allowed extra
+// fields (such as "key" in the list form).
+func explicitEntry(key string, m *yaml.Node, extra ...string) (*spv1.ConfigEntry, error) {
+	e := &spv1.ConfigEntry{Key: key}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k, v := m.Content[i], m.Content[i+1]
+		if v.Kind != yaml.ScalarNode {
+			return nil, fmt.Errorf("line %d: %s of entry %q must be a string", v.Line, k.Value, key)
+		}
+		switch k.Value {
+		case "ref":
+			if e.Value != nil {
+				return nil, fmt.Errorf("line %d: entry %q sets both ref and literal", k.Line, key)
+			}
+			e.Value = &spv1.ConfigEntry_Ref{Ref: v.Value}
+		case "literal":
+			if e.Value != nil {
+				return nil, fmt.Errorf("line %d: entry %q sets both ref and literal", k.Line, key)
+			}
+			e.Value = &spv1.ConfigEntry_Literal{Literal: v.Value}
+		default:
+			if !contains(extra, k.Value) {
+				return nil, fmt.Errorf("line %d: entry %q has unknown field %q (want ref or literal)", k.Line, key, k.Value)
+			}
+		}
+	}
+	if e.Value == nil {
+		return nil, fmt.Errorf("line %d: entry %q has neither ref nor literal", m.Line, key)
+	}
+	return e, nil
+}
+
+func stringMap(n *yaml.Node) (map[string]string, error) {
+	if n.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("line %d: labels must be a mapping", n.Line)
+	}
+	out := map[string]string{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if v.Kind != yaml.ScalarNode {
+			return nil, fmt.Errorf("line %d: label %q must be a string", v.Line, k.Value)
+		}
+		if _, dup := out[k.Value]; dup {
+			return nil, fmt.Errorf("line %d: label %q given twice", k.Line, k.Value)
+		}
+		out[k.Value] = v.Value
+	}
+	return out, nil
+}
+
+// looksLikeSecretRef: a string value whose scheme is a SecretRef scheme is a
+// reference in the mapping form.
+func looksLikeSecretRef(s string) bool {
+	scheme, _, ok := strings.Cut(s, "://")
+	if !ok {
+		return false
+	}
+	switch strings.ToLower(scheme) {
+	case "vault", "aws-sm", "local":
+		return true
+	}
+	return false
+}
+
+// yamlErrorWithoutValue keeps the position of a YAML syntax error and drops
+// any quoted input the parser put in its message.
+func yamlErrorWithoutValue(err error) string {
+	msg := err.Error()
+	if i := strings.IndexAny(msg, "`\"'"); i > 0 {
+		msg = strings.TrimRight(msg[:i], " :")
+	}
+	return msg
+}
+
+func contains(xs []string, s string) bool {
+	for _, x := range xs {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

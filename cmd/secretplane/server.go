@@ -1,0 +1,351 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"gopkg.in/yaml.v3"
+
+	"github.com/secretplane/secretplane/controlplane/api"
+	"github.com/secretplane/secretplane/controlplane/catalog"
+	"github.com/secretplane/secretplane/controlplane/logging"
+	"github.com/secretplane/secretplane/identity"
+	"github.com/secretplane/secretplane/store"
+	"github.com/secretplane/secretplane/store/postgres"
+	"github.com/secretplane/secretplane/store/sqlite"
+)
+
+// Dev defaults.
+const (
+	defaultListen      = "127.0.0.1:7443"
+	defaultTrustDomain = "secretplane.test"
+	devEndpointFile    = "dev.json"
+	devStoreFile       = "secretplane.db"
+)
+
+// serverConfig is the server's configuration: a YAML file (--config) with
+// flags on top. It holds no secret: identities are files, the PostgreSQL
+// password comes from a passfile or client certificate, never the DSN.
+type serverConfig struct {
+	Dev         bool     `yaml:"dev"`
+	DataDir     string   `yaml:"data_dir"`
+	Listen      string   `yaml:"listen"`
+	Store       string   `yaml:"store"`
+	TrustDomain string   `yaml:"trust_domain"`
+	Admins      []string `yaml:"admins"`
+	Identity    struct {
+		Cert   string `yaml:"cert"`
+		Key    string `yaml:"key"`
+		Bundle string `yaml:"bundle"`
+	} `yaml:"identity"`
+	Log struct {
+		Format string `yaml:"format"`
+		Level  string `yaml:"level"`
+	} `yaml:"log"`
+}
+
+// devEndpoint is written by a dev server so the CLI can find it.
+type devEndpoint struct {
+	Address  string `json:"address"`
+	ServerID string `json:"server_id"`
+}
+
+func newServerCommand(g *globalFlags) *cobra.Command {
+	var cfgFile string
+	cfg := &serverConfig{}
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the secretplane server",
+		Long: `Run the secretplane server.
+
+With --dev it runs on embedded defaults: a SQLite store and a built-in CA in
+the data directory, an admin identity for the CLI, and a loopback listener.
+Without --dev every setting must be given (flags or --config FILE), and
+startup fails closed on anything missing or unsafe.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfgFile != "" {
+				if err := loadServerConfig(cfgFile, cfg, cmd); err != nil {
+					return err
+				}
+			}
+			if cfg.DataDir == "" || cmd.Flags().Changed("data-dir") {
+				cfg.DataDir = g.dataDir
+			}
+			return runServer(cmd.Context(), cfg, cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfgFile, "config", "", "YAML configuration file (flags override it)")
+	f.BoolVar(&cfg.Dev, "dev", false, "dev mode: embedded store, built-in CA, admin identity for the CLI")
+	f.StringVar(&cfg.Listen, "listen", "", "listen address (dev default "+defaultListen+")")
+	f.StringVar(&cfg.Store, "store", "", "store: sqlite:PATH or postgres://... (dev default: SQLite in the data directory)")
+	f.StringVar(&cfg.TrustDomain, "trust-domain", "", "trust domain (dev default "+defaultTrustDomain+")")
+	f.StringSliceVar(&cfg.Admins, "admin", nil, "SPIFFE ID allowed the admin API (repeatable)")
+	f.StringVar(&cfg.Identity.Cert, "svid-cert", "", "server SVID certificate PEM")
+	f.StringVar(&cfg.Identity.Key, "svid-key", "", "server SVID private key PEM")
+	f.StringVar(&cfg.Identity.Bundle, "bundle-file", "", "trust bundle PEM")
+	f.StringVar(&cfg.Log.Format, "log-format", "", "log format: text or json (default text)")
+	f.StringVar(&cfg.Log.Level, "log-level", "", "log level: debug, info, warn, error (default info)")
+	return cmd
+}
+
+// loadServerConfig reads a YAML file into cfg, keeping values of flags the
+// user set. Unknown keys are refused.
+func loadServerConfig(path string, cfg *serverConfig, cmd *cobra.Command) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read server config: %w", err)
+	}
+	var file serverConfig
+	dec := yaml.NewDecoder(strings.NewReader(string(raw)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&file); err != nil {
+		return fmt.Errorf("parse server config %s: %w", path, err)
+	}
+	set := cmd.Flags().Changed
+	pick := func(flag string, dst *string, v string) {
+		if !set(flag) {
+			*dst = v
+		}
+	}
+	if !set("dev") {
+		cfg.Dev = file.Dev
+	}
+	cfg.DataDir = file.DataDir
+	pick("listen", &cfg.Listen, file.Listen)
+	pick("store", &cfg.Store, file.Store)
+	pick("trust-domain", &cfg.TrustDomain, file.TrustDomain)
+	pick("svid-cert", &cfg.Identity.Cert, file.Identity.Cert)
+	pick("svid-key", &cfg.Identity.Key, file.Identity.Key)
+	pick("bundle-file", &cfg.Identity.Bundle, file.Identity.Bundle)
+	pick("log-format", &cfg.Log.Format, file.Log.Format)
+	pick("log-level", &cfg.Log.Level, file.Log.Level)
+	if !set("admin") {
+		cfg.Admins = file.Admins
+	}
+	return nil
+}
+
+// startup is everything the server needs, checked and opened.
+type startup struct {
+	log      *slog.Logger
+	listen   string
+	source   identity.Source
+	serverID spiffeid.ID
+	td       spiffeid.TrustDomain
+	admins   []spiffeid.ID
+	store    store.Store
+	dev      *identity.DevIdentities
+}
+
+func runServer(ctx context.Context, cfg *serverConfig, out interface{ Write([]byte) (int, error) }) error {
+	level := new(slog.LevelVar)
+	if err := level.UnmarshalText([]byte(orDefault(cfg.Log.Level, "info"))); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log, err := logging.New(os.Stderr, cfg.Log.Format, level)
+	if err != nil {
+		return err
+	}
+	st, err := prepare(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer st.store.Close()
+
+	tlsCfg, err := identity.ServerTLSConfig(st.source, st.td)
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", st.listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", st.listen, err)
+	}
+	srv := api.NewServer(api.Config{
+		TLS:     tlsCfg,
+		Log:     log,
+		Catalog: catalog.New(st.store),
+		Admins:  st.admins,
+	})
+	addr := lis.Addr().String()
+	if cfg.Dev {
+		if err := writeDevEndpoint(cfg.DataDir, devEndpoint{Address: addr, ServerID: st.serverID.String()}); err != nil {
+			return err
+		}
+		printDevNextSteps(out, cfg.DataDir, addr, st)
+	}
+	log.Info("secretplane server listening", "address", addr, "spiffe_id", st.serverID.String(), "dev", cfg.Dev, "admins", len(st.admins))
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		srv.Stop()
+	}
+	return nil
+}
+
+// prepare checks the configuration and opens what the server needs. Every
+// problem is reported at once, naming settings, never values.
+func prepare(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*startup, error) {
+	var problems []string
+	st := &startup{listen: orDefault(cfg.Listen, defaultListen), log: log}
+
+	if cfg.Dev {
+		td, err := spiffeid.TrustDomainFromString(orDefault(cfg.TrustDomain, defaultTrustDomain))
+		if err != nil {
+			return nil, fmt.Errorf("--trust-domain: %w", err)
+		}
+		if err := identity.EnsureDir(cfg.DataDir); err != nil {
+			return nil, fmt.Errorf("data directory: %w", err)
+		}
+		dev, err := identity.BootstrapDev(cfg.DataDir, td, time.Now())
+		if err != nil {
+			return nil, fmt.Errorf("dev identities: %w", err)
+		}
+		st.dev, st.source, st.td, st.serverID = dev, dev.Server, td, dev.Server.ID()
+		st.admins = append(st.admins, dev.Admin.ID())
+		if cfg.Store == "" {
+			cfg.Store = "sqlite:" + filepath.Join(cfg.DataDir, devStoreFile)
+		}
+	} else {
+		if cfg.Listen == "" {
+			problems = append(problems, "listen: required outside --dev")
+		}
+		if cfg.Identity.Cert == "" || cfg.Identity.Key == "" || cfg.Identity.Bundle == "" {
+			problems = append(problems, "identity: --svid-cert, --svid-key and --bundle-file are required outside --dev (SPIRE Workload API support follows)")
+		} else if src, err := identity.LoadFiles(cfg.Identity.Cert, cfg.Identity.Key, cfg.Identity.Bundle); err != nil {
+			problems = append(problems, "identity: "+err.Error())
+		} else {
+			st.source, st.serverID, st.td = src, src.ID(), src.ID().TrustDomain()
+		}
+		if cfg.Store == "" {
+			problems = append(problems, "store: required outside --dev (sqlite:PATH or postgres://...)")
+		}
+		if len(cfg.Admins) == 0 {
+			problems = append(problems, "admins: at least one admin SPIFFE ID is required outside --dev")
+		}
+	}
+	for _, a := range cfg.Admins {
+		id, err := spiffeid.FromString(a)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("admins: %q is not a SPIFFE ID: %v", a, err))
+			continue
+		}
+		st.admins = append(st.admins, id)
+	}
+	if cfg.Store != "" && len(problems) == 0 {
+		s, err := openStore(ctx, cfg.Store, cfg.Dev)
+		if err != nil {
+			problems = append(problems, "store: "+err.Error())
+		} else {
+			st.store = s
+		}
+	}
+	if len(problems) > 0 {
+		if st.store != nil {
+			st.store.Close()
+		}
+		return nil, fmt.Errorf("refusing to start:\n  - %s", strings.Join(problems, "\n  - "))
+	}
+	return st, nil
+}
+
+// openStore opens the store named by spec: "sqlite:PATH" or a PostgreSQL
+// URL. A PostgreSQL DSN must not carry a password (use a passfile or a
+// client certificate) and must use TLS unless dev mode on loopback.
+func openStore(ctx context.Context, spec string, dev bool) (store.Store, error) {
+	switch {
+	case strings.HasPrefix(spec, "sqlite:"):
+		path := strings.TrimPrefix(strings.TrimPrefix(spec, "sqlite:"), "//")
+		if path == "" {
+			return nil, errors.New("sqlite: path is empty")
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, fmt.Errorf("sqlite: create directory: %w", err)
+		}
+		return sqlite.Open(ctx, path)
+	case strings.HasPrefix(spec, "postgres://"), strings.HasPrefix(spec, "postgresql://"):
+		if dsnHasPassword(spec) {
+			return nil, errors.New("postgres: the DSN carries a password; configuration must hold no secret: use PGPASSFILE or a client certificate")
+		}
+		return postgres.Open(ctx, spec, postgres.Options{AllowInsecureLoopback: dev})
+	default:
+		return nil, errors.New("unknown store: want sqlite:PATH or postgres://...")
+	}
+}
+
+// dsnHasPassword reports whether a PostgreSQL URL carries a password, in its
+// userinfo or as a password query parameter.
+func dsnHasPassword(dsn string) bool {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return strings.Contains(dsn, ":") && strings.Contains(dsn, "@")
+	}
+	if _, set := u.User.Password(); set {
+		return true
+	}
+	return u.Query().Has("password")
+}
+
+func writeDevEndpoint(dataDir string, ep devEndpoint) error {
+	raw, err := json.MarshalIndent(ep, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dataDir, devEndpointFile), append(raw, '\n'), 0o600); err != nil {
+		return fmt.Errorf("write dev endpoint: %w", err)
+	}
+	return nil
+}
+
+func printDevNextSteps(out interface{ Write([]byte) (int, error) }, dataDir, addr string, st *startup) {
+	fmt.Fprintf(out, `
+secretplane dev server
+  address      %s
+  server id    %s
+  admin id     %s
+  data dir     %s  (SQLite store, dev CA, identities)
+
+The CLI finds the dev server and its admin identity by itself. In another terminal:
+
+  secretplane secret put payments/db --ref 'vault://secret/payments/db#password' --owner team-payments
+  secretplane secret get payments/db
+  secretplane secret list
+  secretplane ref check 'aws-sm://prod/db?stage=AWSPREVIOUS#password'
+  secretplane config put -f docs/examples/payments-api.yaml
+  secretplane config get payments/api -o json
+  secretplane dev issue payments-api --out ./payments-api-svid
+
+(Use ./bin/secretplane if the binary is not on your PATH.) Ctrl-C stops the server; data is kept.
+
+`, addr, st.serverID, st.dev.Admin.ID(), dataDir)
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
