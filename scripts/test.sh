@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every test. Starts what the tests need: PostgreSQL 15 is started by
+# the tests themselves (e2e/testenv) from Debian's postgresql-15, which this
+# script installs when it is missing and we may.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pg_bindir=/usr/lib/postgresql/15/bin
+if [ ! -x "$pg_bindir/initdb" ] && [ -z "${SECRETPLANE_TEST_POSTGRES_DSN:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing postgresql-15 (Debian)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null
+  else
+    echo "PostgreSQL 15 is missing: apt-get install -y postgresql-15" >&2
+    exit 1
+  fi
+fi
+
+echo "== lint"
+make --no-print-directory lint
+
+echo "== go test -race ./..."
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+go test -race -count=1 -v ./... >"$log" 2>&1
+rc=$?
+set -e
+# Top-level tests and their first-level subtests (the store conformance
+# suite shows one line per backend), failures in full, and package results.
+grep -E '^(    )?--- (PASS|FAIL|SKIP)|^(ok|FAIL|panic:)|^\s+\S+_test\.go:[0-9]+:' "$log" || true
+passed=$(grep -cE '^\s*--- PASS' "$log" || true)
+failed=$(grep -cE '^\s*--- FAIL' "$log" || true)
+skipped=$(grep -cE '^\s*--- SKIP' "$log" || true)
+echo
+echo "tests: $passed passed, $failed failed, $skipped skipped"
+exit $rc
