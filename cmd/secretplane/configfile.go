@@ -96,6 +96,7 @@ func parseEntries(n *yaml.Node) ([]*spv1.ConfigEntry, error) {
 			out = append(out, e)
 		}
 	case yaml.SequenceNode:
+		keys := map[string]int{}
 		for _, item := range n.Content {
 			if item.Kind != yaml.MappingNode {
 				return nil, fmt.Errorf("line %d: each entry must be a mapping with key and literal or ref", item.Line)
@@ -111,6 +112,13 @@ func parseEntries(n *yaml.Node) ([]*spv1.ConfigEntry, error) {
 				}
 				fieldsSeen[item.Content[i].Value] = true
 			}
+			if key == "" {
+				return nil, fmt.Errorf("line %d: entry has no key", item.Line)
+			}
+			if line, dup := keys[key]; dup {
+				return nil, fmt.Errorf("line %d: entry %q duplicates line %d", item.Line, key, line)
+			}
+			keys[key] = item.Line
 			e, err := explicitEntry(key, item, "key")
 			if err != nil {
 				return nil, err
