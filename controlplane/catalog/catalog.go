@@ -249,11 +249,14 @@ func decodePageToken(tok, prefix string) (string, error) {
 	if parts[1] != prefix {
 		return "", errors.New("was issued for another prefix; keep the request unchanged between pages")
 	}
-	if validate.NamePrefix(parts[2]) != nil {
+	if checkAfter(parts[2]) != nil {
 		return "", errBadPageToken
 	}
 	return parts[2], nil
 }
+
+// checkAfter validates a listing position taken from a page token.
+func checkAfter(s string) error { return validate.NamePrefix(s) }
 
 func sortEntries(entries []store.ConfigEntry) {
 	sort.Slice(entries, func(i, j int) bool { return entries[i].Key < entries[j].Key })

@@ -115,20 +115,20 @@ func RedactAttr(a slog.Attr) slog.Attr {
 	}
 }
 
-// RedactString returns s, or a placeholder when s looks like a secret value.
-// Long strings (error texts, messages) are checked word by word so that a
-// secret embedded in a sentence is caught too.
+// RedactString returns s, or s with its secret-looking parts replaced by
+// placeholders. Text with separators (messages, error texts) is checked
+// word by word so that the rest stays readable; whatever still looks like a
+// secret afterwards (a PEM block, a URL with a password) is replaced whole.
 func RedactString(s string) string {
+	if strings.ContainsAny(s, " \t\n\"'=,;") {
+		for _, w := range strings.FieldsFunc(s, isSeparator) {
+			if f, ok := secretref.DetectLiteral(w); ok {
+				s = strings.ReplaceAll(s, w, "[REDACTED "+f.Kind+"]")
+			}
+		}
+	}
 	if f, ok := secretref.DetectLiteral(s); ok {
 		return "[REDACTED " + f.Kind + "]"
-	}
-	if !strings.ContainsAny(s, " \t\n\"'=,;") {
-		return s
-	}
-	for _, w := range strings.FieldsFunc(s, isSeparator) {
-		if f, ok := secretref.DetectLiteral(w); ok {
-			s = strings.ReplaceAll(s, w, "[REDACTED "+f.Kind+"]")
-		}
 	}
 	return s
 }

@@ -1,0 +1,135 @@
+package catalog_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/secretplane/secretplane/controlplane/catalog"
+	"github.com/secretplane/secretplane/controlplane/validate"
+	"github.com/secretplane/secretplane/store"
+	"github.com/secretplane/secretplane/store/sqlite"
+)
+
+func newCatalog(t *testing.T) *catalog.Catalog {
+	t.Helper()
+	s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return catalog.New(s)
+}
+
+func violations(err error) map[string]string {
+	var verr *validate.Error
+	out := map[string]string{}
+	if errors.As(err, &verr) {
+		for _, v := range verr.Violations {
+			out[v.Field] = v.Description
+		}
+	}
+	return out
+}
+
+func TestPutSecretNormalisesAndValidates(t *testing.T) {
+	c := newCatalog(t)
+	ctx := context.Background()
+	out, created, err := c.PutSecret(ctx, store.Secret{Name: "payments/db", Ref: "VAULT://secret/payments/db?version=2#password", Revision: 99}, catalog.Write{})
+	if err != nil || !created {
+		t.Fatal(err, created)
+	}
+	if out.Ref != "vault://secret/payments/db?version=2#password" || out.Revision == 99 {
+		t.Fatalf("not normalised: %+v", out)
+	}
+	_, created, err = c.PutSecret(ctx, store.Secret{Name: "payments/db", Ref: "vault://secret/payments/db#password"}, catalog.Write{})
+	if err != nil || created {
+		t.Fatalf("replace: created=%v err=%v", created, err)
+	}
+	_, _, err = c.PutSecret(ctx, store.Secret{Name: "Bad//Name", Ref: "nope", Owner: "ghp_Zq8vW3xRpL2mN7kT9sY4Zq8vW3xRpL2mN7kT"}, catalog.Write{})
+	v := violations(err)
+	for _, f := range []string{"name", "ref", "owner"} {
+		if v[f] == "" {
+			t.Errorf("no violation for %s: %v", f, err)
+		}
+	}
+	if _, _, err := c.PutSecret(ctx, store.Secret{Name: "a/b", Ref: "local://x"}, catalog.Write{CreateOnly: true, IfRevision: 3}); violations(err)["etag"] == "" {
+		t.Errorf("create_only with etag accepted: %v", err)
+	}
+}
+
+func TestPutConfigChecksEntries(t *testing.T) {
+	c := newCatalog(t)
+	ctx := context.Background()
+	doc := store.ConfigDocument{
+		Name:     "payments/api",
+		Identity: "spiffe://example.org/payments/api",
+		Entries: []store.ConfigEntry{
+			{Key: "Z_LAST", Literal: "1"},
+			{Key: "DB", Ref: "vault://secret/db#password"},
+			{Key: "A_FIRST", Literal: "db.internal"},
+		},
+	}
+	out, _, err := c.PutConfig(ctx, doc, catalog.Write{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keys := []string{out.Entries[0].Key, out.Entries[1].Key, out.Entries[2].Key}; strings.Join(keys, ",") != "A_FIRST,DB,Z_LAST" {
+		t.Fatalf("entries not sorted: %v", keys)
+	}
+	bad := store.ConfigDocument{
+		Name:     "payments/api",
+		Identity: "not-a-spiffe-id",
+		Entries: []store.ConfigEntry{
+			{Key: "1BAD", Literal: "x"},
+			{Key: "TOKEN", Literal: "ghp_Zq8vW3xRpL2mN7kT9sY4Zq8vW3xRpL2mN7kT"},
+			{Key: "REFLIKE", Literal: "vault://secret/a#b"},
+			{Key: "BOTH", Literal: "x", Ref: "vault://secret/a#b"},
+			{Key: "TOKEN", Literal: "y"},
+			{Key: "BADREF", Ref: "vault://u:pw@secret/a"},
+			{Key: "BIG", Literal: strings.Repeat("x", catalog.MaxLiteralLen+1)},
+		},
+	}
+	_, _, err = c.PutConfig(ctx, bad, catalog.Write{})
+	v := violations(err)
+	for _, f := range []string{"identity", "entries[0].key", "entries[1].literal", "entries[2].literal", "entries[3]", "entries[4].key", "entries[5].ref", "entries[6].literal"} {
+		if v[f] == "" {
+			t.Errorf("no violation for %s (got %v)", f, v)
+		}
+	}
+	if strings.Contains(err.Error(), "ghp_") || strings.Contains(err.Error(), ":pw@") {
+		t.Fatalf("error echoes a value: %v", err)
+	}
+	got, err := c.GetConfig(ctx, "payments/api")
+	if err != nil || len(got.Entries) != 3 {
+		t.Fatalf("refused put changed the document: %+v %v", got, err)
+	}
+}
+
+func TestListPagesAndTokens(t *testing.T) {
+	c := newCatalog(t)
+	ctx := context.Background()
+	for _, n := range []string{"a/1", "a/2", "a/3", "b/1"} {
+		if _, _, err := c.PutSecret(ctx, store.Secret{Name: n, Ref: "local://x"}, catalog.Write{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	page, next, err := c.ListSecrets(ctx, catalog.ListRequest{Prefix: "a/", PageSize: 2})
+	if err != nil || len(page) != 2 || next == "" {
+		t.Fatalf("first page: %d %q %v", len(page), next, err)
+	}
+	page, next, err = c.ListSecrets(ctx, catalog.ListRequest{Prefix: "a/", PageSize: 2, PageToken: next})
+	if err != nil || len(page) != 1 || next != "" || page[0].Name != "a/3" {
+		t.Fatalf("second page: %v %q %v", page, next, err)
+	}
+	for _, tok := range []string{"!!", "bm9wZQ", "cDEAYgBh"} {
+		if _, _, err := c.ListSecrets(ctx, catalog.ListRequest{Prefix: "a/", PageToken: tok}); violations(err)["page_token"] == "" {
+			t.Errorf("token %q accepted: %v", tok, err)
+		}
+	}
+	if _, _, err := c.ListSecrets(ctx, catalog.ListRequest{PageSize: -1}); violations(err)["page_size"] == "" {
+		t.Errorf("negative page size accepted: %v", err)
+	}
+}
