@@ -28,19 +28,29 @@ func PeerID(ctx context.Context) (spiffeid.ID, bool) {
 // already refused clients without an SVID of an accepted trust domain; this
 // is the second line, and what handlers rely on.
 func authenticate(ctx context.Context) (context.Context, error) {
+	id, err := connPeerID(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return context.WithValue(ctx, peerIDKey{}, id), nil
+}
+
+// connPeerID reads the SPIFFE ID of the connection's verified client
+// certificate.
+func connPeerID(ctx context.Context) (spiffeid.ID, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return nil, status.Error(codes.Unauthenticated, "no peer information")
+		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "no peer information")
 	}
 	tlsInfo, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok {
-		return nil, status.Error(codes.Unauthenticated, "connection is not mutual TLS")
+		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "connection is not mutual TLS")
 	}
 	id, err := identity.PeerID(tlsInfo.State)
 	if err != nil {
-		return nil, status.Error(codes.Unauthenticated, "client certificate carries no SPIFFE ID")
+		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "client certificate carries no SPIFFE ID")
 	}
-	return context.WithValue(ctx, peerIDKey{}, id), nil
+	return id, nil
 }
 
 // adminAuthorizer allows the admin service to the configured admin

@@ -92,7 +92,7 @@ func loggingOptions() []logging.Option {
 		logging.WithLogOnEvents(logging.FinishCall),
 		logging.WithFieldsFromContext(func(ctx context.Context) logging.Fields {
 			f := logging.Fields{"request_id", RequestID(ctx)}
-			if id, ok := PeerID(ctx); ok {
+			if id, err := connPeerID(ctx); err == nil {
 				f = append(f, "peer_id", id.String())
 			}
 			return f

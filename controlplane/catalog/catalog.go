@@ -8,7 +8,6 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"fmt"
 	"sort"
 	"strings"
 
@@ -72,7 +71,7 @@ func (c *Catalog) PutSecret(ctx context.Context, s store.Secret, w Write) (store
 	}
 	out, err := c.store.PutSecret(ctx, s, w.precondition())
 	if err != nil {
-		return store.Secret{}, false, fmt.Errorf("put secret %s: %w", s.Name, err)
+		return store.Secret{}, false, err
 	}
 	return out, out.CreateTime.Equal(out.UpdateTime), nil
 }
@@ -84,7 +83,7 @@ func (c *Catalog) GetSecret(ctx context.Context, name string) (store.Secret, err
 	}
 	s, err := c.store.GetSecret(ctx, name)
 	if err != nil {
-		return store.Secret{}, fmt.Errorf("get secret %s: %w", name, err)
+		return store.Secret{}, err
 	}
 	return s, nil
 }
@@ -98,7 +97,7 @@ func (c *Catalog) ListSecrets(ctx context.Context, r ListRequest) ([]store.Secre
 	}
 	items, err := c.store.ListSecrets(ctx, q)
 	if err != nil {
-		return nil, "", fmt.Errorf("list secrets: %w", err)
+		return nil, "", err
 	}
 	items, next := page(items, q, func(s store.Secret) string { return s.Name })
 	return items, next, nil
@@ -113,7 +112,7 @@ func (c *Catalog) DeleteSecret(ctx context.Context, name string, ifRevision int6
 		return err
 	}
 	if err := c.store.DeleteSecret(ctx, name, store.Precondition{IfRevision: ifRevision}); err != nil {
-		return fmt.Errorf("delete secret %s: %w", name, err)
+		return err
 	}
 	return nil
 }
@@ -130,7 +129,7 @@ func (c *Catalog) PutConfig(ctx context.Context, d store.ConfigDocument, w Write
 	}
 	out, err := c.store.PutConfig(ctx, d, w.precondition())
 	if err != nil {
-		return store.ConfigDocument{}, false, fmt.Errorf("put config %s: %w", d.Name, err)
+		return store.ConfigDocument{}, false, err
 	}
 	return out, out.CreateTime.Equal(out.UpdateTime), nil
 }
@@ -142,7 +141,7 @@ func (c *Catalog) GetConfig(ctx context.Context, name string) (store.ConfigDocum
 	}
 	d, err := c.store.GetConfig(ctx, name)
 	if err != nil {
-		return store.ConfigDocument{}, fmt.Errorf("get config %s: %w", name, err)
+		return store.ConfigDocument{}, err
 	}
 	return d, nil
 }
@@ -155,7 +154,7 @@ func (c *Catalog) ListConfigs(ctx context.Context, r ListRequest) ([]store.Confi
 	}
 	items, err := c.store.ListConfigs(ctx, q)
 	if err != nil {
-		return nil, "", fmt.Errorf("list configs: %w", err)
+		return nil, "", err
 	}
 	items, next := page(items, q, func(d store.ConfigDocument) string { return d.Name })
 	return items, next, nil
@@ -170,7 +169,7 @@ func (c *Catalog) DeleteConfig(ctx context.Context, name string, ifRevision int6
 		return err
 	}
 	if err := c.store.DeleteConfig(ctx, name, store.Precondition{IfRevision: ifRevision}); err != nil {
-		return fmt.Errorf("delete config %s: %w", name, err)
+		return err
 	}
 	return nil
 }
