@@ -90,6 +90,16 @@ func interceptorLogger(l *slog.Logger) logging.Logger {
 func loggingOptions() []logging.Option {
 	return []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
+		// Successful calls log at debug: at tens of thousands of calls a
+		// second an info line each would drown the logs (--log-level debug
+		// shows them; the audit log, a later release, records every access).
+		// Failures keep the middleware's levels.
+		logging.WithLevels(func(code codes.Code) logging.Level {
+			if code == codes.OK {
+				return logging.LevelDebug
+			}
+			return logging.DefaultServerCodeToLevel(code)
+		}),
 		logging.WithFieldsFromContext(func(ctx context.Context) logging.Fields {
 			f := logging.Fields{"request_id", RequestID(ctx)}
 			if id, err := connPeerID(ctx); err == nil {
