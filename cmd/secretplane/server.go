@@ -45,9 +45,12 @@ type serverConfig struct {
 	TrustDomain string   `yaml:"trust_domain"`
 	Admins      []string `yaml:"admins"`
 	Identity    struct {
-		Cert   string `yaml:"cert"`
-		Key    string `yaml:"key"`
-		Bundle string `yaml:"bundle"`
+		// WorkloadAPI is the SPIFFE Workload API address (a SPIRE agent),
+		// e.g. unix:///run/spire/agent.sock. Alternative to the files.
+		WorkloadAPI string `yaml:"workload_api"`
+		Cert        string `yaml:"cert"`
+		Key         string `yaml:"key"`
+		Bundle      string `yaml:"bundle"`
 	} `yaml:"identity"`
 	Log struct {
 		Format string `yaml:"format"`
@@ -93,6 +96,7 @@ startup fails closed on anything missing or unsafe.`,
 	f.StringVar(&cfg.Store, "store", "", "store: sqlite:PATH or postgres://... (dev default: SQLite in the data directory)")
 	f.StringVar(&cfg.TrustDomain, "trust-domain", "", "trust domain (dev default "+defaultTrustDomain+")")
 	f.StringSliceVar(&cfg.Admins, "admin", nil, "SPIFFE ID allowed the admin API (repeatable)")
+	f.StringVar(&cfg.Identity.WorkloadAPI, "workload-api", "", "SPIFFE Workload API address of a SPIRE agent (unix:///path/agent.sock): the server's SVID and bundles, rotated live")
 	f.StringVar(&cfg.Identity.Cert, "svid-cert", "", "server SVID certificate PEM")
 	f.StringVar(&cfg.Identity.Key, "svid-key", "", "server SVID private key PEM")
 	f.StringVar(&cfg.Identity.Bundle, "bundle-file", "", "trust bundle PEM")
@@ -127,6 +131,7 @@ func loadServerConfig(path string, cfg *serverConfig, cmd *cobra.Command) error 
 	pick("listen", &cfg.Listen, file.Listen)
 	pick("store", &cfg.Store, file.Store)
 	pick("trust-domain", &cfg.TrustDomain, file.TrustDomain)
+	pick("workload-api", &cfg.Identity.WorkloadAPI, file.Identity.WorkloadAPI)
 	pick("svid-cert", &cfg.Identity.Cert, file.Identity.Cert)
 	pick("svid-key", &cfg.Identity.Key, file.Identity.Key)
 	pick("bundle-file", &cfg.Identity.Bundle, file.Identity.Bundle)
@@ -233,12 +238,25 @@ func prepare(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*startup
 		if cfg.Listen == "" {
 			problems = append(problems, "listen: required outside --dev")
 		}
-		if cfg.Identity.Cert == "" || cfg.Identity.Key == "" || cfg.Identity.Bundle == "" {
-			problems = append(problems, "identity: --svid-cert, --svid-key and --bundle-file are required outside --dev (SPIRE Workload API support follows)")
-		} else if src, err := identity.LoadFiles(cfg.Identity.Cert, cfg.Identity.Key, cfg.Identity.Bundle); err != nil {
-			problems = append(problems, "identity: "+err.Error())
-		} else {
-			st.source, st.serverID, st.td = src, src.ID(), src.ID().TrustDomain()
+		files := cfg.Identity.Cert != "" || cfg.Identity.Key != "" || cfg.Identity.Bundle != ""
+		switch {
+		case cfg.Identity.WorkloadAPI != "" && files:
+			problems = append(problems, "identity: give --workload-api or the SVID files, not both")
+		case cfg.Identity.WorkloadAPI != "":
+			src, err := identity.NewWorkloadSource(ctx, cfg.Identity.WorkloadAPI, 30*time.Second, log)
+			if err != nil {
+				problems = append(problems, "identity: "+err.Error())
+			} else {
+				st.source, st.serverID, st.td = src, src.ID(), src.ID().TrustDomain()
+			}
+		case cfg.Identity.Cert == "" || cfg.Identity.Key == "" || cfg.Identity.Bundle == "":
+			problems = append(problems, "identity: --workload-api, or --svid-cert, --svid-key and --bundle-file, is required outside --dev")
+		default:
+			if src, err := identity.LoadFiles(cfg.Identity.Cert, cfg.Identity.Key, cfg.Identity.Bundle); err != nil {
+				problems = append(problems, "identity: "+err.Error())
+			} else {
+				st.source, st.serverID, st.td = src, src.ID(), src.ID().TrustDomain()
+			}
 		}
 		if cfg.Store == "" {
 			problems = append(problems, "store: required outside --dev (sqlite:PATH or postgres://...)")

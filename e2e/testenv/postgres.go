@@ -73,7 +73,7 @@ func StartPostgres(t testing.TB) *Postgres {
 	if out, err := asUser(filepath.Join(bindir, "initdb"), "-D", data, "-U", "app", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C").CombinedOutput(); err != nil {
 		t.Fatalf("initdb: %v\n%s", err, out)
 	}
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,8 +137,8 @@ func postgresBindir() (string, error) {
 	return "", fmt.Errorf("initdb not found in /usr/lib/postgresql/15/bin or pg_config --bindir")
 }
 
-// freePort asks the kernel for a free loopback port.
-func freePort() (int, error) {
+// FreePort asks the kernel for a free loopback port.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
