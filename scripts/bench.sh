@@ -3,7 +3,7 @@
 # parsers and of admin calls over mTLS beside the bare mTLS baseline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-benchtime=${BENCHTIME:-20000x}
+benchtime=${BENCHTIME:-50000x}
 echo "== machine: $(nproc) cores, $(go version | awk '{print $3}')"
 echo "== SecretRef parsing and literal detection"
 go test -run='^$' -bench=. -benchmem ./controlplane/secretref

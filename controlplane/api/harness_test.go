@@ -34,6 +34,8 @@ type env struct {
 	foreign  *identity.StaticSource // another CA, same trust domain name
 	logs     *syncBuffer
 	dbPath   string
+
+	serverTLS *tls.Config
 }
 
 type syncBuffer struct {
@@ -53,7 +55,10 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB) *env { return newEnvLevel(t, slog.LevelDebug) }
+
+// newEnvLevel starts the environment with the server logging at level.
+func newEnvLevel(t testing.TB, level slog.Level) *env {
 	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString("test.example")
 	ca, err := identity.NewCA(td, time.Hour)
@@ -88,7 +93,7 @@ func newEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	log := slog.New(logging.NewHandler(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	log := slog.New(logging.NewHandler(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: level})))
 	tlsCfg, err := identity.ServerTLSConfig(server, td)
 	if err != nil {
 		t.Fatal(err)
@@ -101,6 +106,7 @@ func newEnv(t testing.TB) *env {
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
 	e.addr = lis.Addr().String()
+	e.serverTLS = tlsCfg
 	return e
 }
 
