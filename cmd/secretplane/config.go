@@ -167,21 +167,9 @@ func newConfigListCommand(g *globalFlags) *cobra.Command {
 }
 
 func newConfigDeleteCommand(g *globalFlags) *cobra.Command {
-	var etag string
-	cmd := &cobra.Command{
-		Use:   "delete NAME",
-		Short: "Delete a configuration document",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return withConn(cmd.Context(), g, func(ctx context.Context, c *connection) error {
-				if _, err := c.admin.DeleteConfig(ctx, &spv1.DeleteConfigRequest{Name: args[0], Etag: etag}); err != nil {
-					return err
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "config %s deleted\n", args[0])
-				return nil
-			})
-		},
-	}
-	cmd.Flags().StringVar(&etag, "etag", "", "only delete this version")
-	return cmd
+	return newDeleteCommand(g, "config", "Delete a configuration document",
+		func(ctx context.Context, c *connection, name, etag string) error {
+			_, err := c.admin.DeleteConfig(ctx, &spv1.DeleteConfigRequest{Name: name, Etag: etag})
+			return err
+		})
 }

@@ -157,17 +157,26 @@ func newSecretListCommand(g *globalFlags) *cobra.Command {
 }
 
 func newSecretDeleteCommand(g *globalFlags) *cobra.Command {
+	return newDeleteCommand(g, "secret", "Delete a secret (the value in its manager is untouched)",
+		func(ctx context.Context, c *connection, name, etag string) error {
+			_, err := c.admin.DeleteSecret(ctx, &spv1.DeleteSecretRequest{Name: name, Etag: etag})
+			return err
+		})
+}
+
+// newDeleteCommand builds `KIND delete NAME [--etag E]`.
+func newDeleteCommand(g *globalFlags, kind, short string, del func(ctx context.Context, c *connection, name, etag string) error) *cobra.Command {
 	var etag string
 	cmd := &cobra.Command{
 		Use:   "delete NAME",
-		Short: "Delete a secret (the value in its manager is untouched)",
+		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withConn(cmd.Context(), g, func(ctx context.Context, c *connection) error {
-				if _, err := c.admin.DeleteSecret(ctx, &spv1.DeleteSecretRequest{Name: args[0], Etag: etag}); err != nil {
+				if err := del(ctx, c, args[0], etag); err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "secret %s deleted\n", args[0])
+				fmt.Fprintf(cmd.OutOrStdout(), "%s %s deleted\n", kind, args[0])
 				return nil
 			})
 		},

@@ -9,7 +9,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/url"
 	"strings"
@@ -63,14 +62,8 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open postgres store %s: %s", RedactDSN(dsn), redactErr(err, dsn))
 	}
-	fsys, err := fs.Sub(migrations, "migrations")
+	s, err := sqlstore.New(ctx, db, dialect{}, migrations, "migrations")
 	if err != nil {
-		db.Close()
-		return nil, err
-	}
-	s, err := sqlstore.New(ctx, db, dialect{}, fsys)
-	if err != nil {
-		db.Close()
 		return nil, err
 	}
 	return &Store{Store: s}, nil

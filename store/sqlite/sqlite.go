@@ -8,7 +8,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -50,14 +49,8 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite store: %w", err)
 	}
-	fsys, err := fs.Sub(migrations, "migrations")
+	s, err := sqlstore.New(ctx, db, dialect{}, migrations, "migrations")
 	if err != nil {
-		db.Close()
-		return nil, err
-	}
-	s, err := sqlstore.New(ctx, db, dialect{}, fsys)
-	if err != nil {
-		db.Close()
 		return nil, err
 	}
 	// WAL and shared-memory files are created by SQLite with the process

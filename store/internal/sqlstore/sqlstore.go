@@ -46,15 +46,19 @@ type Store struct {
 
 var _ store.Store = (*Store)(nil)
 
-// New migrates db with the migrations in fsys (files NNNN_name.sql at its
-// root) and returns the store. It refuses a database whose schema is newer
-// than the migrations it knows.
-func New(ctx context.Context, db *sql.DB, d Dialect, fsys fs.FS) (*Store, error) {
-	s := &Store{db: db, dialect: d, now: time.Now}
-	if err := s.migrate(ctx, fsys); err != nil {
-		return nil, err
+// New migrates db with the migrations in folder dir of fsys (files
+// NNNN_name.sql) and returns the store. It refuses a database whose schema
+// is newer than the migrations it knows. On error it closes db.
+func New(ctx context.Context, db *sql.DB, d Dialect, fsys fs.FS, dir string) (*Store, error) {
+	sub, err := fs.Sub(fsys, dir)
+	if err == nil {
+		s := &Store{db: db, dialect: d, now: time.Now}
+		if err = s.migrate(ctx, sub); err == nil {
+			return s, nil
+		}
 	}
-	return s, nil
+	db.Close()
+	return nil, err
 }
 
 // DB exposes the database handle (tests, backend-specific checks).
