@@ -48,9 +48,11 @@ type serverConfig struct {
 		// WorkloadAPI is the SPIFFE Workload API address (a SPIRE agent),
 		// e.g. unix:///run/spire/agent.sock. Alternative to the files.
 		WorkloadAPI string `yaml:"workload_api"`
-		Cert        string `yaml:"cert"`
-		Key         string `yaml:"key"`
-		Bundle      string `yaml:"bundle"`
+		// WorkloadAPITimeout bounds the wait for the first SVID at startup.
+		WorkloadAPITimeout time.Duration `yaml:"workload_api_timeout"`
+		Cert               string        `yaml:"cert"`
+		Key                string        `yaml:"key"`
+		Bundle             string        `yaml:"bundle"`
 	} `yaml:"identity"`
 	Log struct {
 		Format string `yaml:"format"`
@@ -97,6 +99,7 @@ startup fails closed on anything missing or unsafe.`,
 	f.StringVar(&cfg.TrustDomain, "trust-domain", "", "trust domain (dev default "+defaultTrustDomain+")")
 	f.StringSliceVar(&cfg.Admins, "admin", nil, "SPIFFE ID allowed the admin API (repeatable)")
 	f.StringVar(&cfg.Identity.WorkloadAPI, "workload-api", "", "SPIFFE Workload API address of a SPIRE agent (unix:///path/agent.sock): the server's SVID and bundles, rotated live")
+	f.DurationVar(&cfg.Identity.WorkloadAPITimeout, "workload-api-timeout", 30*time.Second, "how long startup waits for the first SVID from the Workload API")
 	f.StringVar(&cfg.Identity.Cert, "svid-cert", "", "server SVID certificate PEM")
 	f.StringVar(&cfg.Identity.Key, "svid-key", "", "server SVID private key PEM")
 	f.StringVar(&cfg.Identity.Bundle, "bundle-file", "", "trust bundle PEM")
@@ -132,6 +135,9 @@ func loadServerConfig(path string, cfg *serverConfig, cmd *cobra.Command) error 
 	pick("store", &cfg.Store, file.Store)
 	pick("trust-domain", &cfg.TrustDomain, file.TrustDomain)
 	pick("workload-api", &cfg.Identity.WorkloadAPI, file.Identity.WorkloadAPI)
+	if !set("workload-api-timeout") && file.Identity.WorkloadAPITimeout > 0 {
+		cfg.Identity.WorkloadAPITimeout = file.Identity.WorkloadAPITimeout
+	}
 	pick("svid-cert", &cfg.Identity.Cert, file.Identity.Cert)
 	pick("svid-key", &cfg.Identity.Key, file.Identity.Key)
 	pick("bundle-file", &cfg.Identity.Bundle, file.Identity.Bundle)
@@ -243,7 +249,7 @@ func prepare(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*startup
 		case cfg.Identity.WorkloadAPI != "" && files:
 			problems = append(problems, "identity: give --workload-api or the SVID files, not both")
 		case cfg.Identity.WorkloadAPI != "":
-			src, err := identity.NewWorkloadSource(ctx, cfg.Identity.WorkloadAPI, 30*time.Second, log)
+			src, err := identity.NewWorkloadSource(ctx, cfg.Identity.WorkloadAPI, cfg.Identity.WorkloadAPITimeout, log)
 			if err != nil {
 				problems = append(problems, "identity: "+err.Error())
 			} else {
