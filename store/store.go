@@ -93,8 +93,75 @@ type Store interface {
 	ListConfigs(ctx context.Context, q ListQuery) ([]ConfigDocument, error)
 	DeleteConfig(ctx context.Context, name string, pre Precondition) error
 
+	PolicyStore
+	AuditStore
+
 	// Ping checks that the store is reachable.
 	Ping(ctx context.Context) error
 	// Close releases the store's resources.
 	Close() error
+}
+
+// Policy is one least-privilege grant: a subject (a SPIFFE ID, or a trust
+// domain and path prefix) may use verbs on objects (secret or configuration
+// names, or name prefixes). Semantics live in controlplane/policy.
+type Policy struct {
+	Name        string
+	Description string
+	Subject     string   // "spiffe://td/path" or "spiffe://td/prefix/*"
+	Verbs       []string // read, watch, rotate, admin
+	Objects     []string // "payments/db", "payments/*" or "*"
+
+	Revision   int64
+	CreateTime time.Time
+	UpdateTime time.Time
+}
+
+// AuditEvent is one record of the append-only audit log. Seq, PrevHash and
+// Hash are assigned by the writer that appends it (controlplane/audit).
+type AuditEvent struct {
+	Seq       int64
+	Time      time.Time
+	Actor     string // SPIFFE ID of the caller, or "system"
+	Action    string // e.g. "AdminService.PutSecret", "policy.put"
+	Target    string // object acted on (secret name, policy name, ref)
+	Decision  string // "allow" or "deny"
+	Policy    string // the grant that decided ("" when none)
+	Outcome   string // "ok", or a status code name
+	RequestID string
+	PrevHash  string // hex SHA-256 of the previous event ("" for the first)
+	Hash      string // hex SHA-256 over this event's fields and PrevHash
+}
+
+// AuditQuery selects audit events in sequence order.
+type AuditQuery struct {
+	AfterSeq int64  // only events with Seq > AfterSeq
+	Actor    string // exact match when set
+	Action   string // exact match when set
+	Limit    int    // must be > 0
+	Newest   bool   // the Limit newest matching events (still returned in sequence order)
+}
+
+// AuditChainHead is the last appended event's sequence number and hash.
+type AuditChainHead struct {
+	Seq  int64
+	Hash string
+}
+
+// PolicyStore persists policies.
+type PolicyStore interface {
+	PutPolicy(ctx context.Context, p Policy, pre Precondition) (Policy, error)
+	GetPolicy(ctx context.Context, name string) (Policy, error)
+	ListPolicies(ctx context.Context, q ListQuery) ([]Policy, error)
+	DeletePolicy(ctx context.Context, name string, pre Precondition) error
+}
+
+// AuditStore persists the audit log. AppendAudit runs fn inside one
+// transaction with the chain head locked against other writers (other
+// replicas included): fn receives the current head and returns the events
+// to append, whose Seq, PrevHash and Hash it has set. Nothing is appended if
+// fn or the transaction fails.
+type AuditStore interface {
+	AppendAudit(ctx context.Context, fn func(head AuditChainHead) ([]AuditEvent, error)) error
+	QueryAudit(ctx context.Context, q AuditQuery) ([]AuditEvent, error)
 }

@@ -34,6 +34,9 @@ func Run(t *testing.T, open Opener) {
 		{"ConcurrentCreates", testConcurrentCreates},
 		{"CanceledContext", testCanceledContext},
 		{"InvalidListLimit", testInvalidLimit},
+		{"PolicyLifecycle", testPolicyLifecycle},
+		{"AuditAppendQuery", testAuditAppendQuery},
+		{"AuditConcurrentAppends", testAuditConcurrentAppends},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,132 @@
+package storetest
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/secretplane/secretplane/store"
+)
+
+func testPolicyLifecycle(t *testing.T, s store.Store) {
+	c := ctx(t)
+	p := store.Policy{Name: "payments-read", Description: "payments API reads its secrets", Subject: "spiffe://example.org/payments/api",
+		Verbs: []string{"read", "watch"}, Objects: []string{"payments/*", "shared/tls"}}
+	created, err := s.PutPolicy(c, p, store.Precondition{MustNotExist: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetPolicy(c, "payments-read")
+	if err != nil || !reflect.DeepEqual(got, created) || !reflect.DeepEqual(got.Verbs, p.Verbs) || !reflect.DeepEqual(got.Objects, p.Objects) {
+		t.Fatalf("get: %+v %v", got, err)
+	}
+	if _, err := s.PutPolicy(c, p, store.Precondition{IfRevision: created.Revision + 100}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("stale update: %v", err)
+	}
+	list, err := s.ListPolicies(c, store.ListQuery{Limit: 10})
+	if err != nil || len(list) != 1 {
+		t.Fatalf("list: %v %v", list, err)
+	}
+	if err := s.DeletePolicy(c, "payments-read", store.Precondition{IfRevision: created.Revision}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetPolicy(c, "payments-read"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("after delete: %v", err)
+	}
+}
+
+// chain fills in Seq and hashes the way a writer would (the real hash is
+// controlplane/audit's; the store only keeps what it is given).
+func chain(head store.AuditChainHead, n int, actor string) []store.AuditEvent {
+	out := make([]store.AuditEvent, n)
+	prev := head.Hash
+	for i := range out {
+		seq := head.Seq + int64(i) + 1
+		out[i] = store.AuditEvent{Seq: seq, Time: time.Now().UTC().Truncate(time.Microsecond), Actor: actor, Action: "test.append", Target: fmt.Sprint(seq),
+			Decision: "allow", Outcome: "ok", RequestID: "r", PrevHash: prev, Hash: fmt.Sprintf("h%d", seq)}
+		prev = out[i].Hash
+	}
+	return out
+}
+
+func testAuditAppendQuery(t *testing.T, s store.Store) {
+	c := ctx(t)
+	var appended []store.AuditEvent
+	for i := 0; i < 3; i++ {
+		err := s.AppendAudit(c, func(head store.AuditChainHead) ([]store.AuditEvent, error) {
+			evs := chain(head, 4, fmt.Sprintf("actor-%d", i%2))
+			appended = append(appended, evs...)
+			return evs, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A failing writer appends nothing and leaves the head alone.
+	boom := errors.New("boom")
+	if err := s.AppendAudit(c, func(head store.AuditChainHead) ([]store.AuditEvent, error) {
+		return chain(head, 2, "x"), boom
+	}); !errors.Is(err, boom) {
+		t.Fatalf("failing writer: %v", err)
+	}
+	all, err := s.QueryAudit(c, store.AuditQuery{Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(all, appended) {
+		t.Fatalf("query returned %d events, differing from the %d appended", len(all), len(appended))
+	}
+	newest, err := s.QueryAudit(c, store.AuditQuery{Limit: 2, Newest: true})
+	if err != nil || len(newest) != 2 || newest[0].Seq != 11 || newest[1].Seq != 12 {
+		t.Fatalf("newest: %+v %v", newest, err)
+	}
+	byActor, err := s.QueryAudit(c, store.AuditQuery{Actor: "actor-1", Limit: 100})
+	if err != nil || len(byActor) != 4 {
+		t.Fatalf("by actor: %d %v", len(byActor), err)
+	}
+	after, err := s.QueryAudit(c, store.AuditQuery{AfterSeq: 10, Limit: 100})
+	if err != nil || len(after) != 2 {
+		t.Fatalf("after: %d %v", len(after), err)
+	}
+	if _, err := s.QueryAudit(c, store.AuditQuery{}); err == nil {
+		t.Fatal("limit 0 accepted")
+	}
+}
+
+// Concurrent appenders (think replicas) extend one gap-free chain.
+func testAuditConcurrentAppends(t *testing.T, s store.Store) {
+	c := ctx(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < 5; i++ {
+				if err := s.AppendAudit(c, func(head store.AuditChainHead) ([]store.AuditEvent, error) {
+					return chain(head, 3, fmt.Sprintf("w%d", w)), nil
+				}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	all, err := s.QueryAudit(c, store.AuditQuery{Limit: 1000})
+	if err != nil || len(all) != 8*5*3 {
+		t.Fatalf("%d events, %v", len(all), err)
+	}
+	for i, e := range all {
+		if e.Seq != int64(i+1) || (i > 0 && e.PrevHash != all[i-1].Hash) {
+			t.Fatalf("chain broken at %d: %+v", i, e)
+		}
+	}
+}
