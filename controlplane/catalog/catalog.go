@@ -6,11 +6,9 @@ package catalog
 
 import (
 	"context"
-	"encoding/base64"
-	"errors"
 	"sort"
-	"strings"
 
+	"github.com/secretplane/secretplane/controlplane/paging"
 	"github.com/secretplane/secretplane/controlplane/validate"
 	"github.com/secretplane/secretplane/store"
 )
@@ -27,12 +25,6 @@ type Store interface {
 	ListConfigs(ctx context.Context, q store.ListQuery) ([]store.ConfigDocument, error)
 	DeleteConfig(ctx context.Context, name string, pre store.Precondition) error
 }
-
-// Page sizes for list calls.
-const (
-	DefaultPageSize = 100
-	MaxPageSize     = 1000
-)
 
 // Catalog validates and stores secrets and configuration documents.
 type Catalog struct {
@@ -53,11 +45,7 @@ func (w Write) precondition() store.Precondition {
 }
 
 // ListRequest asks for one page of objects.
-type ListRequest struct {
-	Prefix    string
-	PageSize  int    // 0 means DefaultPageSize
-	PageToken string // from the previous page
-}
+type ListRequest = paging.Request
 
 // PutSecret validates s, normalises its ref to canonical form and stores
 // it. It reports whether the secret was created (rather than replaced).
@@ -91,7 +79,7 @@ func (c *Catalog) GetSecret(ctx context.Context, name string) (store.Secret, err
 // ListSecrets returns a page of secrets ordered by name and the token of the
 // next page ("" on the last).
 func (c *Catalog) ListSecrets(ctx context.Context, r ListRequest) ([]store.Secret, string, error) {
-	q, err := listQuery(r)
+	q, err := paging.Query(r)
 	if err != nil {
 		return nil, "", err
 	}
@@ -99,7 +87,7 @@ func (c *Catalog) ListSecrets(ctx context.Context, r ListRequest) ([]store.Secre
 	if err != nil {
 		return nil, "", err
 	}
-	items, next := page(items, q, func(s store.Secret) string { return s.Name })
+	items, next := paging.Page(items, q, func(s store.Secret) string { return s.Name })
 	return items, next, nil
 }
 
@@ -148,7 +136,7 @@ func (c *Catalog) GetConfig(ctx context.Context, name string) (store.ConfigDocum
 
 // ListConfigs returns a page of configuration documents ordered by name.
 func (c *Catalog) ListConfigs(ctx context.Context, r ListRequest) ([]store.ConfigDocument, string, error) {
-	q, err := listQuery(r)
+	q, err := paging.Query(r)
 	if err != nil {
 		return nil, "", err
 	}
@@ -156,7 +144,7 @@ func (c *Catalog) ListConfigs(ctx context.Context, r ListRequest) ([]store.Confi
 	if err != nil {
 		return nil, "", err
 	}
-	items, next := page(items, q, func(d store.ConfigDocument) string { return d.Name })
+	items, next := paging.Page(items, q, func(d store.ConfigDocument) string { return d.Name })
 	return items, next, nil
 }
 
@@ -190,72 +178,6 @@ func checkWrite(w Write) error {
 	}
 	return c.Err()
 }
-
-// listQuery validates a list request and turns it into a store query that
-// asks for one more item than the page holds, to learn whether more follow.
-func listQuery(r ListRequest) (store.ListQuery, error) {
-	var c validate.Collector
-	c.Add("prefix", validate.NamePrefix(r.Prefix))
-	size := r.PageSize
-	switch {
-	case size < 0:
-		c.Addf("page_size", "must not be negative")
-	case size == 0:
-		size = DefaultPageSize
-	case size > MaxPageSize:
-		size = MaxPageSize
-	}
-	after := ""
-	if r.PageToken != "" {
-		var err error
-		after, err = decodePageToken(r.PageToken, r.Prefix)
-		c.Add("page_token", err)
-	}
-	if err := c.Err(); err != nil {
-		return store.ListQuery{}, err
-	}
-	return store.ListQuery{Prefix: r.Prefix, After: after, Limit: size + 1}, nil
-}
-
-func page[T any](items []T, q store.ListQuery, name func(T) string) ([]T, string) {
-	if len(items) < q.Limit {
-		return items, ""
-	}
-	items = items[:q.Limit-1]
-	return items, encodePageToken(q.Prefix, name(items[len(items)-1]))
-}
-
-// Page tokens bind the prefix they were issued for to the last name seen, so
-// a token cannot be replayed against another listing. Names and prefixes
-// never contain NUL.
-const pageTokenVersion = "p1"
-
-func encodePageToken(prefix, after string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(pageTokenVersion + "\x00" + prefix + "\x00" + after))
-}
-
-var errBadPageToken = errors.New("is not a page token issued for this listing")
-
-func decodePageToken(tok, prefix string) (string, error) {
-	raw, err := base64.RawURLEncoding.DecodeString(tok)
-	if err != nil {
-		return "", errBadPageToken
-	}
-	parts := strings.Split(string(raw), "\x00")
-	if len(parts) != 3 || parts[0] != pageTokenVersion {
-		return "", errBadPageToken
-	}
-	if parts[1] != prefix {
-		return "", errors.New("was issued for another prefix; keep the request unchanged between pages")
-	}
-	if checkAfter(parts[2]) != nil {
-		return "", errBadPageToken
-	}
-	return parts[2], nil
-}
-
-// checkAfter validates a listing position taken from a page token.
-func checkAfter(s string) error { return validate.NamePrefix(s) }
 
 func sortEntries(entries []store.ConfigEntry) {
 	sort.Slice(entries, func(i, j int) bool { return entries[i].Key < entries[j].Key })
