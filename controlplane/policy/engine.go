@@ -1,0 +1,127 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/secretplane/secretplane/store"
+)
+
+// BootstrapGrant names the decisions made for the admins of the server's
+// configuration, which hold admin on every object whatever the store says.
+const BootstrapGrant = "bootstrap-admin (server configuration)"
+
+// Lister reads every stored policy.
+type Lister interface {
+	ListPolicies(ctx context.Context, q store.ListQuery) ([]store.Policy, error)
+}
+
+// Decision is the outcome of an evaluation.
+type Decision struct {
+	Allowed bool
+	Grant   string // the grant that allowed it; "" when denied
+}
+
+// Engine evaluates requests against an in-memory snapshot of the policies,
+// replaced whole on Load. Evaluation never touches the store.
+type Engine struct {
+	store      Lister
+	bootstrap  map[spiffeid.ID]bool
+	grants     atomic.Pointer[[]Grant]
+	log        *slog.Logger
+	loadErrors atomic.Int64
+}
+
+// NewEngine returns an engine with no grants but the bootstrap admins; call
+// Load before serving.
+func NewEngine(s Lister, bootstrapAdmins []spiffeid.ID, log *slog.Logger) *Engine {
+	e := &Engine{store: s, bootstrap: map[spiffeid.ID]bool{}, log: log}
+	for _, id := range bootstrapAdmins {
+		e.bootstrap[id] = true
+	}
+	empty := []Grant{}
+	e.grants.Store(&empty)
+	return e
+}
+
+// Load replaces the snapshot with the store's policies. A stored policy that
+// no longer compiles (written by a newer server, say) is skipped and logged:
+// skipping can only deny more.
+func (e *Engine) Load(ctx context.Context) error {
+	var (
+		grants []Grant
+		after  string
+	)
+	for {
+		page, err := e.store.ListPolicies(ctx, store.ListQuery{After: after, Limit: 500})
+		if err != nil {
+			e.loadErrors.Add(1)
+			return fmt.Errorf("load policies: %w", err)
+		}
+		for _, p := range page {
+			g, err := Compile(p, true)
+			if err != nil {
+				e.log.Warn("skipping a stored policy that does not compile", "policy", p.Name, "error", err)
+				continue
+			}
+			grants = append(grants, g)
+		}
+		if len(page) < 500 {
+			break
+		}
+		after = page[len(page)-1].Name
+	}
+	sort.Slice(grants, func(i, j int) bool { return grants[i].Name < grants[j].Name })
+	e.grants.Store(&grants)
+	return nil
+}
+
+// Refresh reloads every interval until ctx ends, so that changes made
+// through other replicas are seen (a change-notification path replaces the
+// polling when replicas share notifications).
+func (e *Engine) Refresh(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := e.Load(ctx); err != nil && ctx.Err() == nil {
+				e.log.Warn("policy refresh failed; keeping the last snapshot", "error", err)
+			}
+		}
+	}
+}
+
+// Decide evaluates verb on object for id. Deny by default.
+func (e *Engine) Decide(id spiffeid.ID, verb Verb, object string) Decision {
+	if verb == Admin && e.bootstrap[id] {
+		return Decision{Allowed: true, Grant: BootstrapGrant}
+	}
+	for _, g := range *e.grants.Load() {
+		if g.Allows(id, verb, object) {
+			return Decision{Allowed: true, Grant: g.Name}
+		}
+	}
+	return Decision{}
+}
+
+// DecidePrefix evaluates verb on every object whose name starts with prefix.
+func (e *Engine) DecidePrefix(id spiffeid.ID, verb Verb, prefix string) Decision {
+	if verb == Admin && e.bootstrap[id] {
+		return Decision{Allowed: true, Grant: BootstrapGrant}
+	}
+	for _, g := range *e.grants.Load() {
+		if g.AllowsPrefix(id, verb, prefix) {
+			return Decision{Allowed: true, Grant: g.Name}
+		}
+	}
+	return Decision{}
+}

@@ -1,0 +1,84 @@
+package policy
+
+import (
+	"context"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/secretplane/secretplane/controlplane/paging"
+	"github.com/secretplane/secretplane/store"
+)
+
+// Store is the persistence the manager needs.
+type Store interface {
+	Lister
+	PutPolicy(ctx context.Context, p store.Policy, pre store.Precondition) (store.Policy, error)
+	GetPolicy(ctx context.Context, name string) (store.Policy, error)
+	DeletePolicy(ctx context.Context, name string, pre store.Precondition) error
+}
+
+// Manager validates and stores policies and keeps the engine's snapshot in
+// step with what this replica writes.
+type Manager struct {
+	store  Store
+	engine *Engine
+}
+
+// NewManager returns a manager over s feeding e.
+func NewManager(s Store, e *Engine) *Manager { return &Manager{store: s, engine: e} }
+
+// Write conditions a put.
+type Write struct {
+	CreateOnly bool
+	IfRevision int64
+	Force      bool // accept grants broader than usual (see Compile)
+}
+
+// Put validates, stores and activates a policy; it reports whether the
+// policy was created.
+func (m *Manager) Put(ctx context.Context, p store.Policy, w Write) (store.Policy, bool, error) {
+	if _, err := Compile(p, w.Force); err != nil {
+		return store.Policy{}, false, err
+	}
+	p.Revision = 0
+	out, err := m.store.PutPolicy(ctx, p, store.Precondition{MustNotExist: w.CreateOnly, IfRevision: w.IfRevision})
+	if err != nil {
+		return store.Policy{}, false, err
+	}
+	if err := m.engine.Load(ctx); err != nil {
+		return store.Policy{}, false, err
+	}
+	return out, out.CreateTime.Equal(out.UpdateTime), nil
+}
+
+// Get returns a policy.
+func (m *Manager) Get(ctx context.Context, name string) (store.Policy, error) {
+	return m.store.GetPolicy(ctx, name)
+}
+
+// List returns a page of policies.
+func (m *Manager) List(ctx context.Context, r paging.Request) ([]store.Policy, string, error) {
+	q, err := paging.Query(r)
+	if err != nil {
+		return nil, "", err
+	}
+	items, err := m.store.ListPolicies(ctx, q)
+	if err != nil {
+		return nil, "", err
+	}
+	items, next := paging.Page(items, q, func(p store.Policy) string { return p.Name })
+	return items, next, nil
+}
+
+// Delete removes a policy and deactivates it.
+func (m *Manager) Delete(ctx context.Context, name string, ifRevision int64) error {
+	if err := m.store.DeletePolicy(ctx, name, store.Precondition{IfRevision: ifRevision}); err != nil {
+		return err
+	}
+	return m.engine.Load(ctx)
+}
+
+// Explain says which grant allows id to use verb on object, if any.
+func (m *Manager) Explain(id spiffeid.ID, verb Verb, object string) Decision {
+	return m.engine.Decide(id, verb, object)
+}

@@ -1,0 +1,180 @@
+package policy_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/secretplane/secretplane/controlplane/policy"
+	"github.com/secretplane/secretplane/controlplane/validate"
+	"github.com/secretplane/secretplane/store"
+	"github.com/secretplane/secretplane/store/sqlite"
+)
+
+func TestParseSubject(t *testing.T) {
+	api := spiffeid.RequireFromString("spiffe://example.org/ns/payments/sa/api")
+	other := spiffeid.RequireFromString("spiffe://example.org/ns/billing/sa/api")
+	foreign := spiffeid.RequireFromString("spiffe://evil.org/ns/payments/sa/api")
+	cases := []struct {
+		in      string
+		err     string
+		matches []spiffeid.ID
+		not     []spiffeid.ID
+	}{
+		{in: "spiffe://example.org/ns/payments/sa/api", matches: []spiffeid.ID{api}, not: []spiffeid.ID{other, foreign}},
+		{in: "spiffe://example.org/ns/payments/*", matches: []spiffeid.ID{api}, not: []spiffeid.ID{other, foreign}},
+		{in: "spiffe://example.org/ns/pay/*", not: []spiffeid.ID{api}},
+		{in: "spiffe://example.org/*", matches: []spiffeid.ID{api, other}, not: []spiffeid.ID{foreign}},
+		{in: "spiffe://example.org", err: "names a trust domain"},
+		{in: "spiffe://example.org/ns/*/sa/api", err: "may only end"},
+		{in: "spiffe://example.org/ns/pay*", err: "may only end"},
+		{in: "https://example.org/x", err: "not a SPIFFE ID"},
+		{in: "spiffe://Example.org/x", err: "not a SPIFFE ID"},
+		{in: "spiffe://example.org/a//b", err: "not a SPIFFE ID"},
+	}
+	for _, tc := range cases {
+		s, err := policy.ParseSubject(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("ParseSubject(%q) = %v; want error with %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("ParseSubject(%q): %v", tc.in, err)
+			continue
+		}
+		if s.String() != tc.in {
+			t.Errorf("String() = %q, want %q", s.String(), tc.in)
+		}
+		for _, id := range tc.matches {
+			if !s.Matches(id) {
+				t.Errorf("%s should match %s", tc.in, id)
+			}
+		}
+		for _, id := range tc.not {
+			if s.Matches(id) {
+				t.Errorf("%s should not match %s", tc.in, id)
+			}
+		}
+	}
+}
+
+func TestCompileRefusesBadAndBroadGrants(t *testing.T) {
+	good := store.Policy{Name: "payments-read", Subject: "spiffe://example.org/ns/payments/sa/api", Verbs: []string{"read"}, Objects: []string{"payments/*"}}
+	cases := []struct {
+		name   string
+		mutate func(*store.Policy)
+		field  string
+		force  bool // whether force makes it acceptable
+	}{
+		{"unknown verb", func(p *store.Policy) { p.Verbs = []string{"read", "delete"} }, "verbs[1]", false},
+		{"repeated verb", func(p *store.Policy) { p.Verbs = []string{"read", "read"} }, "verbs[1]", false},
+		{"no verbs", func(p *store.Policy) { p.Verbs = nil }, "verbs", false},
+		{"no objects", func(p *store.Policy) { p.Objects = nil }, "objects", false},
+		{"bad object", func(p *store.Policy) { p.Objects = []string{"pay*ments"} }, "objects[0]", false},
+		{"bad subject", func(p *store.Policy) { p.Subject = "payments" }, "subject", false},
+		{"bad name", func(p *store.Policy) { p.Name = "Payments Read" }, "name", false},
+		{"admin to a prefix", func(p *store.Policy) { p.Verbs = []string{"admin"}; p.Subject = "spiffe://example.org/ns/payments/*" }, "subject", true},
+		{"admin to a trust domain", func(p *store.Policy) { p.Verbs = []string{"admin"}; p.Subject = "spiffe://example.org/*" }, "subject", true},
+		{"everything to a trust domain", func(p *store.Policy) { p.Subject = "spiffe://example.org/*"; p.Objects = []string{"*"} }, "objects", true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := good
+			tc.mutate(&p)
+			_, err := policy.Compile(p, false)
+			var verr *validate.Error
+			if !errors.As(err, &verr) {
+				t.Fatalf("want a validation error, got %v", err)
+			}
+			found := false
+			for _, v := range verr.Violations {
+				found = found || v.Field == tc.field
+			}
+			if !found {
+				t.Fatalf("no violation of %s in %v", tc.field, err)
+			}
+			if _, err := policy.Compile(p, true); (err == nil) != tc.force {
+				t.Fatalf("with force: %v (want accepted=%v)", err, tc.force)
+			}
+		})
+	}
+	if _, err := policy.Compile(good, false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestEngineDecides(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	root := spiffeid.RequireFromString("spiffe://example.org/ops/root")
+	e := policy.NewEngine(st, []spiffeid.ID{root}, slog.New(slog.DiscardHandler))
+	m := policy.NewManager(st, e)
+	for _, p := range []store.Policy{
+		{Name: "payments-read", Subject: "spiffe://example.org/payments/*", Verbs: []string{"read", "watch"}, Objects: []string{"payments/*"}},
+		{Name: "payments-admin", Subject: "spiffe://example.org/payments/lead", Verbs: []string{"admin"}, Objects: []string{"payments/*"}},
+		{Name: "gateway-tls", Subject: "spiffe://example.org/gw/envoy", Verbs: []string{"read"}, Objects: []string{"shared/tls"}},
+	} {
+		if _, _, err := m.Put(ctx, p, policy.Write{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	api := spiffeid.RequireFromString("spiffe://example.org/payments/api")
+	lead := spiffeid.RequireFromString("spiffe://example.org/payments/lead")
+	gw := spiffeid.RequireFromString("spiffe://example.org/gw/envoy")
+	cases := []struct {
+		id     spiffeid.ID
+		verb   policy.Verb
+		object string
+		grant  string // "" = denied
+	}{
+		{api, policy.Read, "payments/db", "payments-read"},
+		{api, policy.Watch, "payments/db", "payments-read"},
+		{api, policy.Rotate, "payments/db", ""},
+		{api, policy.Read, "billing/db", ""},
+		{api, policy.Admin, "payments/db", ""},
+		{lead, policy.Admin, "payments/db", "payments-admin"},
+		{lead, policy.Read, "payments/db", "payments-read"},
+		{lead, policy.Admin, "billing/db", ""},
+		{gw, policy.Read, "shared/tls", "gateway-tls"},
+		{gw, policy.Read, "shared/tls-old", ""},
+		{root, policy.Admin, "anything/at-all", policy.BootstrapGrant},
+		{root, policy.Read, "payments/db", ""},
+	}
+	for _, tc := range cases {
+		d := e.Decide(tc.id, tc.verb, tc.object)
+		if d.Allowed != (tc.grant != "") || d.Grant != tc.grant {
+			t.Errorf("Decide(%s, %s, %s) = %+v; want grant %q", tc.id, tc.verb, tc.object, d, tc.grant)
+		}
+	}
+	if d := e.DecidePrefix(lead, policy.Admin, "payments/"); !d.Allowed {
+		t.Error("lead should list payments/")
+	}
+	if d := e.DecidePrefix(lead, policy.Admin, ""); d.Allowed {
+		t.Error("lead should not list everything")
+	}
+	if err := m.Delete(ctx, "gateway-tls", 0); err != nil {
+		t.Fatal(err)
+	}
+	if d := e.Decide(gw, policy.Read, "shared/tls"); d.Allowed {
+		t.Error("deleted grant still allows")
+	}
+	// Another engine over the same store sees the policies after Load.
+	e2 := policy.NewEngine(st, nil, slog.New(slog.DiscardHandler))
+	if err := e2.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d := e2.Decide(api, policy.Read, "payments/x"); d.Grant != "payments-read" {
+		t.Errorf("second engine: %+v", d)
+	}
+}
