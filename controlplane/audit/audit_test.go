@@ -1,0 +1,161 @@
+package audit_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/secretplane/secretplane/controlplane/audit"
+	"github.com/secretplane/secretplane/store"
+	"github.com/secretplane/secretplane/store/sqlite"
+)
+
+func newLog(t *testing.T, opts audit.Options) (*audit.Log, *sqlite.Store) {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	l := audit.New(st, opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	go l.Run(ctx)
+	t.Cleanup(cancel)
+	return l, st
+}
+
+func record(t *testing.T, l *audit.Log, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			errs <- l.Record(context.Background(), audit.Event{Actor: "spiffe://x.test/a", Action: "AdminService.GetSecret", Target: fmt.Sprintf("s/%d", i), Decision: audit.Allow, Grant: "g", Outcome: "authorized", RequestID: "r"})
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestRecordAndVerify(t *testing.T) {
+	var mirror bytes.Buffer
+	l, st := newLog(t, audit.Options{Mirror: &syncWriter{w: &mirror}})
+	record(t, l, 200)
+	rep, err := audit.Verify(context.Background(), st)
+	if err != nil || !rep.OK() || rep.Events != 200 {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+	if lines := strings.Count(mirror.String(), "\n"); lines != 200 {
+		t.Fatalf("mirror has %d lines", lines)
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+// Verify detects a modified, a deleted and a reordered record in the
+// database, and a deleted newest record.
+func TestVerifyDetectsTampering(t *testing.T) {
+	cases := []struct {
+		name   string
+		tamper string
+		want   string
+	}{
+		{"modified", `UPDATE audit_events SET target = 'other' WHERE seq = 5`, "modified"},
+		{"modified decision", `UPDATE audit_events SET decision = 'allow', outcome = 'ok' WHERE seq = 7`, "modified"},
+		{"deleted", `DELETE FROM audit_events WHERE seq = 4`, "deleted"},
+		{"reordered", `UPDATE audit_events SET seq = -3 WHERE seq = 3; UPDATE audit_events SET seq = 3 WHERE seq = 6; UPDATE audit_events SET seq = 6 WHERE seq = -3`, ""},
+		{"newest deleted", `DELETE FROM audit_events WHERE seq = 10`, "chain head"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			l, st := newLog(t, audit.Options{})
+			for i := 0; i < 10; i++ { // one event per batch: distinct times
+				record(t, l, 1)
+			}
+			if _, err := st.DB().Exec(tc.tamper); err != nil {
+				t.Fatal(err)
+			}
+			rep, err := audit.Verify(context.Background(), st)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.OK() {
+				t.Fatal("tampering not detected")
+			}
+			if tc.want != "" && !strings.Contains(fmt.Sprint(rep.Problems), tc.want) {
+				t.Fatalf("problems %v lack %q", rep.Problems, tc.want)
+			}
+		})
+	}
+}
+
+type failingStore struct{}
+
+func (failingStore) AppendAudit(context.Context, func(store.AuditChainHead) ([]store.AuditEvent, error)) error {
+	return errors.New("disk full")
+}
+
+func TestFailClosedAndFailOpen(t *testing.T) {
+	for _, failOpen := range []bool{false, true} {
+		l := audit.New(failingStore{}, audit.Options{FailOpen: failOpen})
+		ctx, cancel := context.WithCancel(context.Background())
+		go l.Run(ctx)
+		err := l.Record(context.Background(), audit.Event{Action: "x"})
+		cancel()
+		if failOpen && err != nil {
+			t.Fatalf("fail-open returned %v", err)
+		}
+		if !failOpen && !errors.Is(err, audit.ErrUnavailable) {
+			t.Fatalf("fail-closed returned %v", err)
+		}
+	}
+	// A stopped writer refuses rather than hangs.
+	l := audit.New(failingStore{}, audit.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	l.Run(ctx)
+	if err := l.Record(context.Background(), audit.Event{}); !errors.Is(err, audit.ErrUnavailable) {
+		t.Fatalf("stopped writer: %v", err)
+	}
+}
+
+func BenchmarkRecord(b *testing.B) {
+	st, err := sqlite.Open(context.Background(), filepath.Join(b.TempDir(), "db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	l := audit.New(st, audit.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go l.Run(ctx)
+	b.SetParallelism(32)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := l.Record(context.Background(), audit.Event{Actor: "spiffe://x.test/a", Action: "Resolve", Target: "payments/db", Decision: audit.Allow}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
