@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -11,7 +10,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/secretplane/secretplane/identity"
-	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 )
 
 type peerIDKey struct{}
@@ -51,35 +49,4 @@ func connPeerID(ctx context.Context) (spiffeid.ID, error) {
 		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "client certificate carries no SPIFFE ID")
 	}
 	return id, nil
-}
-
-// adminAuthorizer allows the admin service to the configured admin
-// identities only. (Policy-based authorisation replaces the fixed set when
-// grants land.)
-type adminAuthorizer struct {
-	admins map[spiffeid.ID]struct{}
-}
-
-func newAdminAuthorizer(admins []spiffeid.ID) *adminAuthorizer {
-	a := &adminAuthorizer{admins: make(map[spiffeid.ID]struct{}, len(admins))}
-	for _, id := range admins {
-		a.admins[id] = struct{}{}
-	}
-	return a
-}
-
-func (a *adminAuthorizer) authorize(ctx context.Context) (context.Context, error) {
-	id, ok := PeerID(ctx)
-	if !ok {
-		return nil, status.Error(codes.Unauthenticated, "caller not authenticated")
-	}
-	if _, ok := a.admins[id]; !ok {
-		return nil, status.Errorf(codes.PermissionDenied, "%s is not allowed the admin API", id)
-	}
-	return ctx, nil
-}
-
-// isAdminCall selects the calls that need the admin verb.
-func isAdminCall(_ context.Context, c interceptors.CallMeta) bool {
-	return c.Service == spv1.AdminService_ServiceDesc.ServiceName
 }

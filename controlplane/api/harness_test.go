@@ -16,8 +16,10 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/secretplane/secretplane/controlplane/api"
+	"github.com/secretplane/secretplane/controlplane/audit"
 	"github.com/secretplane/secretplane/controlplane/catalog"
 	"github.com/secretplane/secretplane/controlplane/logging"
+	"github.com/secretplane/secretplane/controlplane/policy"
 	"github.com/secretplane/secretplane/identity"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 	"github.com/secretplane/secretplane/store/sqlite"
@@ -36,6 +38,8 @@ type env struct {
 	dbPath   string
 
 	serverTLS *tls.Config
+	store     *sqlite.Store
+	engine    *policy.Engine
 }
 
 type syncBuffer struct {
@@ -98,7 +102,19 @@ func newEnvLevel(t testing.TB, level slog.Level) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := api.NewServer(api.Config{TLS: tlsCfg, Log: log, Catalog: catalog.New(st), Admins: []spiffeid.ID{e.admin.ID()}})
+	e.store = st
+	e.engine = policy.NewEngine(st, []spiffeid.ID{e.admin.ID()}, log)
+	if err := e.engine.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	auditLog := audit.New(st, audit.Options{Log: log})
+	actx, stopAudit := context.WithCancel(context.Background())
+	go auditLog.Run(actx)
+	t.Cleanup(stopAudit)
+	srv := api.NewServer(api.Config{
+		TLS: tlsCfg, Log: log, Catalog: catalog.New(st),
+		Policies: policy.NewManager(st, e.engine), Policy: e.engine, Audit: auditLog, AuditLog: st,
+	})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

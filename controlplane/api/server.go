@@ -1,20 +1,23 @@
 package api
 
 import (
+	"context"
 	"crypto/tls"
 	"log/slog"
 
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/secretplane/secretplane/controlplane/audit"
 	"github.com/secretplane/secretplane/controlplane/catalog"
+	"github.com/secretplane/secretplane/controlplane/policy"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 )
 
@@ -24,19 +27,25 @@ const MaxRequestBytes = 1 << 20
 
 // Config assembles the gRPC server.
 type Config struct {
-	TLS     *tls.Config // mutual TLS 1.3; see identity.ServerTLSConfig
-	Log     *slog.Logger
-	Catalog *catalog.Catalog
-	Admins  []spiffeid.ID // identities allowed the admin API
+	TLS      *tls.Config // mutual TLS 1.3; see identity.ServerTLSConfig
+	Log      *slog.Logger
+	Catalog  *catalog.Catalog
+	Policies *policy.Manager
+	Policy   Authorizer   // decides every call (policy.Engine)
+	Audit    Auditor      // records every decision (audit.Log)
+	AuditLog audit.Reader // the audit store, for queries and verification
 }
 
 // NewServer returns a gRPC server with every service registered and the
 // interceptor chain installed: decode guard, request id, logging, recovery,
-// authentication, admin authorisation.
+// authentication, and one authorisation interceptor (policy + audit) on
+// every call but health checks.
 func NewServer(cfg Config) *grpc.Server {
 	guard := newDecodeGuard()
-	admin := newAdminAuthorizer(cfg.Admins)
-	isAdmin := selector.MatchFunc(isAdminCall)
+	authz := &authorizer{rules: rules(), policy: cfg.Policy, audit: cfg.Audit}
+	notHealth := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
+		return c.Service != healthpb.Health_ServiceDesc.ServiceName
+	})
 	logger := interceptorLogger(cfg.Log)
 	recover := recovery.WithRecoveryHandlerContext(recoveryHandler(cfg.Log))
 
@@ -50,7 +59,7 @@ func NewServer(cfg Config) *grpc.Server {
 			logging.UnaryServerInterceptor(logger, loggingOptions()...),
 			recovery.UnaryServerInterceptor(recover),
 			auth.UnaryServerInterceptor(authenticate),
-			selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(admin.authorize), isAdmin),
+			selector.UnaryServerInterceptor(authz.unary, notHealth),
 		),
 		grpc.ChainStreamInterceptor(
 			guard.stream,
@@ -58,11 +67,20 @@ func NewServer(cfg Config) *grpc.Server {
 			logging.StreamServerInterceptor(logger, loggingOptions()...),
 			recovery.StreamServerInterceptor(recover),
 			auth.StreamServerInterceptor(authenticate),
-			selector.StreamServerInterceptor(auth.StreamServerInterceptor(admin.authorize), isAdmin),
+			selector.StreamServerInterceptor(authz.stream, notHealth),
 		),
 	)
 	spv1.RegisterAdminServiceServer(srv, NewAdminServer(cfg.Catalog, cfg.Log))
+	spv1.RegisterPolicyServiceServer(srv, NewPolicyServer(cfg.Policies, cfg.Log))
+	spv1.RegisterAuditServiceServer(srv, NewAuditServer(cfg.AuditLog, cfg.Log))
+	// Declared, not yet served: registered so that calls are authorised and
+	// audited like any other before answering UNIMPLEMENTED.
+	spv1.RegisterSecretsServiceServer(srv, notYetSecrets{})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	return srv
+}
+
+type notYetSecrets struct {
+	spv1.UnimplementedSecretsServiceServer
 }
