@@ -53,6 +53,8 @@ func newRootCommand() *cobra.Command {
 		newSecretCommand(g),
 		newConfigCommand(g),
 		newRefCommand(g),
+		newPolicyCommand(g),
+		newAuditCommand(g),
 		newDevCommand(g),
 	)
 	return root

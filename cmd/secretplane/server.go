@@ -18,8 +18,10 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/secretplane/secretplane/controlplane/api"
+	"github.com/secretplane/secretplane/controlplane/audit"
 	"github.com/secretplane/secretplane/controlplane/catalog"
 	"github.com/secretplane/secretplane/controlplane/logging"
+	"github.com/secretplane/secretplane/controlplane/policy"
 	"github.com/secretplane/secretplane/identity"
 	"github.com/secretplane/secretplane/store"
 	"github.com/secretplane/secretplane/store/postgres"
@@ -58,6 +60,13 @@ type serverConfig struct {
 		Format string `yaml:"format"`
 		Level  string `yaml:"level"`
 	} `yaml:"log"`
+	Audit struct {
+		// File mirrors every committed audit event as a JSON line.
+		File string `yaml:"file"`
+		// FailOpen lets requests proceed when the audit log cannot be
+		// written. Dev mode only.
+		FailOpen bool `yaml:"fail_open"`
+	} `yaml:"audit"`
 }
 
 // devEndpoint is written by a dev server so the CLI can find it.
@@ -103,6 +112,8 @@ startup fails closed on anything missing or unsafe.`,
 	f.StringVar(&cfg.Identity.Cert, "svid-cert", "", "server SVID certificate PEM")
 	f.StringVar(&cfg.Identity.Key, "svid-key", "", "server SVID private key PEM")
 	f.StringVar(&cfg.Identity.Bundle, "bundle-file", "", "trust bundle PEM")
+	f.StringVar(&cfg.Audit.File, "audit-file", "", "also append every audit event to this JSON-lines file")
+	f.BoolVar(&cfg.Audit.FailOpen, "audit-fail-open", false, "dev mode only: serve requests even when the audit log cannot be written")
 	f.StringVar(&cfg.Log.Format, "log-format", "", "log format: text or json (default text)")
 	f.StringVar(&cfg.Log.Level, "log-level", "", "log level: debug, info, warn, error (default info)")
 	return cmd
@@ -146,6 +157,10 @@ func loadServerConfig(path string, cfg *serverConfig, cmd *cobra.Command) error 
 	if !set("admin") {
 		cfg.Admins = file.Admins
 	}
+	pick("audit-file", &cfg.Audit.File, file.Audit.File)
+	if !set("audit-fail-open") {
+		cfg.Audit.FailOpen = file.Audit.FailOpen
+	}
 	return nil
 }
 
@@ -184,11 +199,32 @@ func runServer(ctx context.Context, cfg *serverConfig, out interface{ Write([]by
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", st.listen, err)
 	}
+	engine := policy.NewEngine(st.store, st.admins, log)
+	if err := engine.Load(ctx); err != nil {
+		return err
+	}
+	bg, stopBackground := context.WithCancel(context.Background())
+	defer stopBackground()
+	go engine.Refresh(bg, 10*time.Second)
+	auditOpts := audit.Options{FailOpen: cfg.Audit.FailOpen, Log: log}
+	if cfg.Audit.File != "" {
+		f, err := os.OpenFile(cfg.Audit.File, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			return fmt.Errorf("audit file: %w", err)
+		}
+		defer f.Close()
+		auditOpts.Mirror = f
+	}
+	auditLog := audit.New(st.store, auditOpts)
+	go auditLog.Run(bg)
 	srv := api.NewServer(api.Config{
-		TLS:     tlsCfg,
-		Log:     log,
-		Catalog: catalog.New(st.store),
-		Admins:  st.admins,
+		TLS:      tlsCfg,
+		Log:      log,
+		Catalog:  catalog.New(st.store),
+		Policies: policy.NewManager(st.store, engine),
+		Policy:   engine,
+		Audit:    auditLog,
+		AuditLog: st.store,
 	})
 	addr := lis.Addr().String()
 	if cfg.Dev {
@@ -270,6 +306,9 @@ func prepare(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*startup
 		if len(cfg.Admins) == 0 {
 			problems = append(problems, "admins: at least one admin SPIFFE ID is required outside --dev")
 		}
+	}
+	if cfg.Audit.FailOpen && !cfg.Dev {
+		problems = append(problems, "audit: fail_open is allowed in --dev only; production refuses requests it cannot audit")
 	}
 	for _, a := range cfg.Admins {
 		id, err := spiffeid.FromString(a)
