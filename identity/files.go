@@ -27,24 +27,39 @@ type Source interface {
 	x509bundle.Source
 }
 
-// StaticSource is a Source with a fixed SVID and bundle, loaded from files.
+// StaticSource is a Source with a fixed SVID and bundles, loaded from files.
 type StaticSource struct {
-	svid   *x509svid.SVID
-	bundle *x509bundle.Bundle
+	svid    *x509svid.SVID
+	bundle  *x509bundle.Bundle // the SVID's own trust domain
+	bundles *x509bundle.Set    // own and federated
 }
 
 // NewStaticSource pairs an SVID with the bundle of its trust domain.
 func NewStaticSource(svid *x509svid.SVID, bundle *x509bundle.Bundle) *StaticSource {
-	return &StaticSource{svid: svid, bundle: bundle}
+	return &StaticSource{svid: svid, bundle: bundle, bundles: x509bundle.NewSet(bundle)}
+}
+
+// AddFederatedBundle trusts the bundle in file for peers of trust domain td
+// (SPIFFE federation). The SVID's own trust domain cannot be replaced.
+func (s *StaticSource) AddFederatedBundle(td spiffeid.TrustDomain, file string) error {
+	if td == s.svid.ID.TrustDomain() {
+		return fmt.Errorf("federated bundle for %s: that is the server's own trust domain", td)
+	}
+	b, err := x509bundle.Load(td, file)
+	if err != nil {
+		return fmt.Errorf("load federated bundle of %s from %s: %w", td, file, err)
+	}
+	s.bundles.Add(b)
+	return nil
 }
 
 // GetX509SVID implements x509svid.Source.
 func (s *StaticSource) GetX509SVID() (*x509svid.SVID, error) { return s.svid, nil }
 
-// GetX509BundleForTrustDomain implements x509bundle.Source. Only the SVID's
-// own trust domain is trusted.
+// GetX509BundleForTrustDomain implements x509bundle.Source: the SVID's own
+// trust domain and any federated ones.
 func (s *StaticSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
-	return s.bundle.GetX509BundleForTrustDomain(td)
+	return s.bundles.GetX509BundleForTrustDomain(td)
 }
 
 // ID is the SPIFFE ID of the SVID.

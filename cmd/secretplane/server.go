@@ -46,6 +46,12 @@ type serverConfig struct {
 	Store       string   `yaml:"store"`
 	TrustDomain string   `yaml:"trust_domain"`
 	Admins      []string `yaml:"admins"`
+	// AcceptTrustDomains are the trust domains whose workloads may connect
+	// (default: the server's own). Peers of other trust domains need their
+	// bundle: from SPIRE federation with the Workload API, or FederatedBundles.
+	AcceptTrustDomains []string `yaml:"accept_trust_domains"`
+	// FederatedBundles maps a trust domain to a bundle file (file identity).
+	FederatedBundles map[string]string `yaml:"federated_bundles"`
 	Identity    struct {
 		// WorkloadAPI is the SPIFFE Workload API address (a SPIRE agent),
 		// e.g. unix:///run/spire/agent.sock. Alternative to the files.
@@ -106,7 +112,9 @@ startup fails closed on anything missing or unsafe.`,
 	f.StringVar(&cfg.Listen, "listen", "", "listen address (dev default "+defaultListen+")")
 	f.StringVar(&cfg.Store, "store", "", "store: sqlite:PATH or postgres://... (dev default: SQLite in the data directory)")
 	f.StringVar(&cfg.TrustDomain, "trust-domain", "", "trust domain (dev default "+defaultTrustDomain+")")
-	f.StringSliceVar(&cfg.Admins, "admin", nil, "SPIFFE ID allowed the admin API (repeatable)")
+	f.StringSliceVar(&cfg.Admins, "admin", nil, "SPIFFE ID holding admin on everything, whatever the policies say (repeatable)")
+	f.StringSliceVar(&cfg.AcceptTrustDomains, "accept-trust-domain", nil, "trust domain whose workloads may connect (repeatable; default the server's own)")
+	f.StringToStringVar(&cfg.FederatedBundles, "federated-bundle", nil, "TRUST_DOMAIN=bundle.pem of a federated trust domain (repeatable; file identity)")
 	f.StringVar(&cfg.Identity.WorkloadAPI, "workload-api", "", "SPIFFE Workload API address of a SPIRE agent (unix:///path/agent.sock): the server's SVID and bundles, rotated live")
 	f.DurationVar(&cfg.Identity.WorkloadAPITimeout, "workload-api-timeout", 30*time.Second, "how long startup waits for the first SVID from the Workload API")
 	f.StringVar(&cfg.Identity.Cert, "svid-cert", "", "server SVID certificate PEM")
@@ -157,6 +165,12 @@ func loadServerConfig(path string, cfg *serverConfig, cmd *cobra.Command) error 
 	if !set("admin") {
 		cfg.Admins = file.Admins
 	}
+	if !set("accept-trust-domain") {
+		cfg.AcceptTrustDomains = file.AcceptTrustDomains
+	}
+	if !set("federated-bundle") {
+		cfg.FederatedBundles = file.FederatedBundles
+	}
 	pick("audit-file", &cfg.Audit.File, file.Audit.File)
 	if !set("audit-fail-open") {
 		cfg.Audit.FailOpen = file.Audit.FailOpen
@@ -171,6 +185,7 @@ type startup struct {
 	source   identity.Source
 	serverID spiffeid.ID
 	td       spiffeid.TrustDomain
+	accept   []spiffeid.TrustDomain // trust domains whose clients may connect
 	admins   []spiffeid.ID
 	store    store.Store
 	dev      *identity.DevIdentities
@@ -191,7 +206,7 @@ func runServer(ctx context.Context, cfg *serverConfig, out interface{ Write([]by
 	}
 	defer st.store.Close()
 
-	tlsCfg, err := identity.ServerTLSConfig(st.source, st.td)
+	tlsCfg, err := identity.ServerTLSConfig(st.source, st.accept...)
 	if err != nil {
 		return err
 	}
@@ -298,7 +313,19 @@ func prepare(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*startup
 				problems = append(problems, "identity: "+err.Error())
 			} else {
 				st.source, st.serverID, st.td = src, src.ID(), src.ID().TrustDomain()
+				for name, file := range cfg.FederatedBundles {
+					td, err := spiffeid.TrustDomainFromString(name)
+					if err == nil {
+						err = src.AddFederatedBundle(td, file)
+					}
+					if err != nil {
+						problems = append(problems, "federated_bundles: "+err.Error())
+					}
+				}
 			}
+		}
+		if len(cfg.FederatedBundles) > 0 && cfg.Identity.WorkloadAPI != "" {
+			problems = append(problems, "federated_bundles: with the Workload API, SPIRE federation supplies the bundles")
 		}
 		if cfg.Store == "" {
 			problems = append(problems, "store: required outside --dev (sqlite:PATH or postgres://...)")
@@ -306,6 +333,17 @@ func prepare(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*startup
 		if len(cfg.Admins) == 0 {
 			problems = append(problems, "admins: at least one admin SPIFFE ID is required outside --dev")
 		}
+	}
+	for _, name := range cfg.AcceptTrustDomains {
+		td, err := spiffeid.TrustDomainFromString(name)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("accept_trust_domains: %q: %v", name, err))
+			continue
+		}
+		st.accept = append(st.accept, td)
+	}
+	if len(st.accept) == 0 && !st.td.IsZero() {
+		st.accept = []spiffeid.TrustDomain{st.td}
 	}
 	if cfg.Audit.FailOpen && !cfg.Dev {
 		problems = append(problems, "audit: fail_open is allowed in --dev only; production refuses requests it cannot audit")
