@@ -52,7 +52,7 @@ type serverConfig struct {
 	AcceptTrustDomains []string `yaml:"accept_trust_domains"`
 	// FederatedBundles maps a trust domain to a bundle file (file identity).
 	FederatedBundles map[string]string `yaml:"federated_bundles"`
-	Identity    struct {
+	Identity         struct {
 		// WorkloadAPI is the SPIFFE Workload API address (a SPIRE agent),
 		// e.g. unix:///run/spire/agent.sock. Alternative to the files.
 		WorkloadAPI string `yaml:"workload_api"`

@@ -50,7 +50,7 @@ func NewServer(cfg Config) *grpc.Server {
 	recover := recovery.WithRecoveryHandlerContext(recoveryHandler(cfg.Log))
 
 	srv := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(cfg.TLS)),
+		grpc.Creds(credentials.NewTLS(auditRefusedHandshakes(cfg.TLS, cfg.Audit, cfg.Log))),
 		grpc.ForceServerCodec(guard),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.ChainUnaryInterceptor(

@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"crypto/tls"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -13,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/secretplane/secretplane/identity"
+	"github.com/secretplane/secretplane/store"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 )
 
@@ -62,6 +64,16 @@ func TestTransportRefusesUnauthenticatedClients(t *testing.T) {
 				t.Fatalf("Health.Check: got %v, want Unavailable", err)
 			}
 		})
+	}
+	// A caller with a certificate was involved: the refusal is audited.
+	refused, err := e.store.QueryAudit(ctxT(t), store.AuditQuery{Action: "tls.handshake", Limit: 100})
+	if err != nil || len(refused) == 0 {
+		t.Fatalf("refused handshakes not audited: %v %v", refused, err)
+	}
+	for _, ev := range refused {
+		if ev.Decision != "deny" || !strings.HasPrefix(ev.Actor, "unverified:") {
+			t.Fatalf("refused handshake record: %+v", ev)
+		}
 	}
 	t.Run("valid admin SVID", func(t *testing.T) {
 		if _, err := e.adminClient(t).ListSecrets(ctxT(t), &spv1.ListSecretsRequest{}); err != nil {
