@@ -14,8 +14,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/secretplane/secretplane/identity"
-	"github.com/secretplane/secretplane/store"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
+	"github.com/secretplane/secretplane/store"
 )
 
 // Every listener is TLS 1.3 with client certificates required: plaintext,
