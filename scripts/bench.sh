@@ -8,6 +8,9 @@ echo "== machine: $(nproc) cores, $(go version | awk '{print $3}')"
 echo "== SecretRef parsing and literal detection"
 go test -run='^$' -bench=. -benchmem ./controlplane/secretref
 echo
+echo "== audit log: group-committed appends (SQLite), 64 goroutines"
+go test -run='^$' -bench=Record -benchtime=50000x ./controlplane/audit | grep -E '^Benchmark' | awk '{printf "%s %s ns/op  (%.0f events/s)\n", $1, $3, 1e9/$3}'
+echo
 echo "== admin API over mTLS (64 callers, 64 connections) vs bare mTLS health check"
 go test -run='^$' -bench='Baseline|Admin' -benchtime="$benchtime" ./controlplane/api | tee /tmp/secretplane-bench-api.txt
 echo

@@ -150,7 +150,7 @@ func BenchmarkRecord(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go l.Run(ctx)
-	b.SetParallelism(32)
+	b.SetParallelism(32) // 64 goroutines on 2 cores
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			if err := l.Record(context.Background(), audit.Event{Actor: "spiffe://x.test/a", Action: "Resolve", Target: "payments/db", Decision: audit.Allow}); err != nil {
