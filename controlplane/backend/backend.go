@@ -1,0 +1,102 @@
+// Package backend defines what secretplane needs from a secret manager:
+// read a value named by a SecretRef, describe it without reading it, and
+// write a new version (for rotation). One subpackage per manager (vault,
+// awssm, local) implements it.
+//
+// Values cross this interface and nothing else: callers keep them in memory
+// only as long as needed and never log, store or return them except to a
+// granted identity.
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/secretplane/secretplane/controlplane/secretref"
+)
+
+// Errors every backend maps its failures to, so that callers can answer
+// with a fitting status. Wrap them with the ref (never the value).
+var (
+	ErrNotFound         = errors.New("not found")          // no such secret, version or field
+	ErrPermissionDenied = errors.New("permission denied")  // the manager refused our credentials
+	ErrUnavailable      = errors.New("backend unavailable") // network, timeout, sealed, 5xx
+	ErrInvalidValue     = errors.New("invalid value")      // not UTF-8, too large, field is not a string
+)
+
+// MaxValueBytes bounds a value read from any backend.
+const MaxValueBytes = 512 << 10
+
+// Value is a secret value with its metadata.
+type Value struct {
+	Data      []byte
+	Version   string    // the manager's version id
+	CreatedAt time.Time // when this version was written, if known
+	ExpiresAt time.Time // when the value stops being valid, if known (certs, leases)
+}
+
+// Metadata describes a secret without its value.
+type Metadata struct {
+	Version   string // current version
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	Versions  int // how many versions the manager keeps, if known
+}
+
+// Backend is one secret manager.
+type Backend interface {
+	// Scheme is the SecretRef scheme the backend serves.
+	Scheme() secretref.Scheme
+	// Read returns the value ref names: its version (or the default), and
+	// its field (or the whole value).
+	Read(ctx context.Context, ref secretref.Ref) (Value, error)
+	// Describe returns metadata only: it proves the ref is reachable with
+	// our credentials without reading the value.
+	Describe(ctx context.Context, ref secretref.Ref) (Metadata, error)
+	// Write stores data as a new version at ref's locator (field, when set,
+	// names the key inside a key/value secret) and returns the new version.
+	Write(ctx context.Context, ref secretref.Ref, data []byte) (string, error)
+}
+
+// Registry routes refs to backends by scheme.
+type Registry struct {
+	backends map[secretref.Scheme]Backend
+}
+
+// NewRegistry returns a registry of the given backends.
+func NewRegistry(bs ...Backend) *Registry {
+	r := &Registry{backends: map[secretref.Scheme]Backend{}}
+	for _, b := range bs {
+		r.backends[b.Scheme()] = b
+	}
+	return r
+}
+
+// For returns the backend serving ref.
+func (r *Registry) For(ref secretref.Ref) (Backend, error) {
+	b, ok := r.backends[ref.Scheme]
+	if !ok {
+		return nil, fmt.Errorf("%s: no %s backend is configured: %w", ref, ref.Scheme, ErrUnavailable)
+	}
+	return b, nil
+}
+
+// Read reads ref from its backend.
+func (r *Registry) Read(ctx context.Context, ref secretref.Ref) (Value, error) {
+	b, err := r.For(ref)
+	if err != nil {
+		return Value{}, err
+	}
+	return b.Read(ctx, ref)
+}
+
+// Describe describes ref through its backend.
+func (r *Registry) Describe(ctx context.Context, ref secretref.Ref) (Metadata, error) {
+	b, err := r.For(ref)
+	if err != nil {
+		return Metadata{}, err
+	}
+	return b.Describe(ctx, ref)
+}

@@ -1,0 +1,299 @@
+// Package resolve turns SecretRefs into values through a bounded cache:
+// entries live for a TTL and are refreshed ahead of expiry with jitter;
+// concurrent misses of one ref share a single backend read; a backend
+// failure serves the last good value up to a max-stale bound and then fails
+// closed; not-found and permission errors are cached briefly; and every
+// new value is compared by keyed fingerprint so that changes can be pushed.
+package resolve
+
+import (
+	"container/list"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/secretplane/secretplane/controlplane/backend"
+	"github.com/secretplane/secretplane/controlplane/secretref"
+)
+
+// Reader reads values from secret managers (backend.Registry).
+type Reader interface {
+	Read(ctx context.Context, ref secretref.Ref) (backend.Value, error)
+}
+
+// Options tune a Resolver. Zero values take the defaults.
+type Options struct {
+	TTL          time.Duration // how long a value is fresh; default 5m
+	MaxStale     time.Duration // how long past its TTL a value may serve while the backend fails; default 1h
+	NegativeTTL  time.Duration // how long not-found and denied answers are cached; default 5s
+	RefreshAhead float64       // refresh once this fraction of the TTL has passed; default 0.75
+	Jitter       float64       // ± fraction of the TTL added to the refresh time; default 0.1
+	MaxEntries   int           // bound on cached values; default 100,000
+	MaxBytes     int64         // bound on cached value bytes; default 256 MiB
+	FetchTimeout time.Duration // bound on one backend read; default 10s
+	// FingerprintKey keys the HMAC that fingerprints values; required.
+	FingerprintKey []byte
+	// OnChange is called (outside locks) when a ref's fingerprint changes
+	// from one it had before.
+	OnChange func(ref secretref.Ref, old, new string)
+	Now      func() time.Time
+}
+
+// Result is a resolved value.
+type Result struct {
+	Data        []byte
+	Version     string
+	Fingerprint string    // keyed HMAC-SHA256 of the value, hex
+	FetchedAt   time.Time // when the backend returned it
+	RefreshAt   time.Time // when a client should ask again
+	ExpiresAt   time.Time // when the value itself expires, if the backend knows
+	Stale       bool      // served past its TTL because the backend failed
+}
+
+// ErrStale is wrapped by errors returned once max-stale has passed.
+var ErrStale = errors.New("cached value is past max-stale and the backend is failing")
+
+type entry struct {
+	key      string
+	ref      secretref.Ref
+	res      Result // zero Data when only an error is cached
+	err      error  // cached not-found / denied answer
+	errUntil time.Time
+	elem     *list.Element
+}
+
+// Resolver is the cache. Safe for concurrent use.
+type Resolver struct {
+	reader Reader
+	opts   Options
+	group  singleflight.Group
+
+	mu      sync.Mutex
+	entries map[string]*entry
+	lru     *list.List // front = most recently used
+	bytes   int64
+	reads   int64 // backend reads (for tests and metrics)
+	evicted int64
+}
+
+// New returns a resolver reading through r.
+func New(r Reader, opts Options) (*Resolver, error) {
+	if len(opts.FingerprintKey) < 16 {
+		return nil, errors.New("resolve: a fingerprint key of at least 16 bytes is required")
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&opts.TTL, 5*time.Minute)
+	def(&opts.MaxStale, time.Hour)
+	def(&opts.NegativeTTL, 5*time.Second)
+	def(&opts.FetchTimeout, 10*time.Second)
+	if opts.RefreshAhead <= 0 || opts.RefreshAhead >= 1 {
+		opts.RefreshAhead = 0.75
+	}
+	if opts.Jitter < 0 || opts.Jitter >= 0.25 {
+		opts.Jitter = 0.1
+	}
+	if opts.MaxEntries <= 0 {
+		opts.MaxEntries = 100_000
+	}
+	if opts.MaxBytes <= 0 {
+		opts.MaxBytes = 256 << 20
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Resolver{reader: r, opts: opts, entries: map[string]*entry{}, lru: list.New()}, nil
+}
+
+// Stats are counters for metrics and tests.
+type Stats struct {
+	Entries      int
+	Bytes        int64
+	BackendReads int64
+	Evictions    int64
+}
+
+// Stats returns the current counters.
+func (r *Resolver) Stats() Stats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return Stats{Entries: len(r.entries), Bytes: r.bytes, BackendReads: r.reads, Evictions: r.evicted}
+}
+
+// Get resolves ref: from the cache when fresh (starting a background
+// refresh once the refresh time has passed), else from the backend, with
+// concurrent misses sharing one read. The caller owns the returned Data (a
+// copy), so the cache can zero its own bytes when it drops them.
+func (r *Resolver) Get(ctx context.Context, ref secretref.Ref) (Result, error) {
+	key := ref.String()
+	now := r.opts.Now()
+	r.mu.Lock()
+	e := r.entries[key]
+	if e != nil {
+		r.lru.MoveToFront(e.elem)
+		if e.err != nil && now.Before(e.errUntil) {
+			err := e.err
+			r.mu.Unlock()
+			return Result{}, err
+		}
+		if e.res.Data != nil && now.Before(e.res.FetchedAt.Add(r.opts.TTL)) {
+			res := e.res
+			res.Data = clone(res.Data)
+			r.mu.Unlock()
+			if !now.Before(res.RefreshAt) {
+				r.refreshAsync(ref, key)
+			}
+			return res, nil
+		}
+	}
+	r.mu.Unlock()
+
+	v, err, _ := r.group.Do(key, func() (any, error) { return r.fetch(ctx, ref, key) })
+	if err == nil {
+		res := v.(Result)
+		res.Data = clone(res.Data)
+		return res, nil
+	}
+	// The backend failed: serve the last good value until max-stale.
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.entries[key]; e != nil && e.res.Data != nil && !isDefinitive(err) {
+		if now.Before(e.res.FetchedAt.Add(r.opts.TTL + r.opts.MaxStale)) {
+			res := e.res
+			res.Data = clone(res.Data)
+			res.Stale = true
+			return res, nil
+		}
+		return Result{}, fmt.Errorf("%s: %w: %w", ref, ErrStale, err)
+	}
+	return Result{}, err
+}
+
+// isDefinitive: answers that mean the value is gone or forbidden, which a
+// stale copy must not paper over.
+func isDefinitive(err error) bool {
+	return errors.Is(err, backend.ErrNotFound) || errors.Is(err, backend.ErrPermissionDenied)
+}
+
+func (r *Resolver) refreshAsync(ref secretref.Ref, key string) {
+	go func() {
+		_, _, _ = r.group.Do(key, func() (any, error) { return r.fetch(context.Background(), ref, key) })
+	}()
+}
+
+// fetch reads ref from the backend and updates the cache. Only one fetch
+// per key runs at a time (singleflight); it is detached from the first
+// caller's cancellation so that other waiters are not failed by it.
+func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string) (Result, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.opts.FetchTimeout)
+	defer cancel()
+	r.mu.Lock()
+	r.reads++
+	r.mu.Unlock()
+	v, err := r.reader.Read(ctx, ref)
+	now := r.opts.Now()
+	if err != nil {
+		if isDefinitive(err) {
+			r.mu.Lock()
+			e := r.entryLocked(key, ref)
+			e.err, e.errUntil = err, now.Add(r.opts.NegativeTTL)
+			if e.res.Data != nil { // the value is gone or forbidden now: drop it
+				r.dropDataLocked(e)
+			}
+			r.mu.Unlock()
+		}
+		return Result{}, err
+	}
+	res := Result{
+		Data:        clone(v.Data), // the cache's own copy
+		Version:     v.Version,
+		Fingerprint: r.fingerprint(v.Data),
+		FetchedAt:   now,
+		RefreshAt:   r.refreshTime(now),
+		ExpiresAt:   v.ExpiresAt,
+	}
+	r.mu.Lock()
+	e := r.entryLocked(key, ref)
+	old := e.res.Fingerprint
+	r.dropDataLocked(e)
+	e.res, e.err = res, nil
+	r.bytes += int64(len(res.Data))
+	r.evictLocked()
+	r.mu.Unlock()
+	if old != "" && old != res.Fingerprint && r.opts.OnChange != nil {
+		r.opts.OnChange(ref, old, res.Fingerprint)
+	}
+	return res, nil
+}
+
+func (r *Resolver) refreshTime(now time.Time) time.Time {
+	ttl := float64(r.opts.TTL)
+	offset := ttl * (r.opts.RefreshAhead + r.opts.Jitter*(2*rand.Float64()-1))
+	return now.Add(time.Duration(offset))
+}
+
+func (r *Resolver) entryLocked(key string, ref secretref.Ref) *entry {
+	if e := r.entries[key]; e != nil {
+		r.lru.MoveToFront(e.elem)
+		return e
+	}
+	e := &entry{key: key, ref: ref}
+	e.elem = r.lru.PushFront(e)
+	r.entries[key] = e
+	return e
+}
+
+// dropDataLocked forgets e's value, zeroing the bytes the cache owned.
+func (r *Resolver) dropDataLocked(e *entry) {
+	if e.res.Data == nil {
+		return
+	}
+	r.bytes -= int64(len(e.res.Data))
+	clear(e.res.Data)
+	e.res = Result{Fingerprint: e.res.Fingerprint}
+}
+
+// evictLocked removes least recently used entries beyond the bounds.
+func (r *Resolver) evictLocked() {
+	for len(r.entries) > r.opts.MaxEntries || r.bytes > r.opts.MaxBytes {
+		back := r.lru.Back()
+		if back == nil {
+			return
+		}
+		e := back.Value.(*entry)
+		r.dropDataLocked(e)
+		r.lru.Remove(back)
+		delete(r.entries, e.key)
+		r.evicted++
+	}
+}
+
+// Invalidate drops ref from the cache (after a rotation wrote a new version).
+func (r *Resolver) Invalidate(ref secretref.Ref) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.entries[ref.String()]; e != nil {
+		r.dropDataLocked(e)
+		r.lru.Remove(e.elem)
+		delete(r.entries, e.key)
+	}
+}
+
+func (r *Resolver) fingerprint(data []byte) string {
+	m := hmac.New(sha256.New, r.opts.FingerprintKey)
+	m.Write(data)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+func clone(b []byte) []byte { return append([]byte(nil), b...) }
