@@ -1,0 +1,345 @@
+// Package vault reads and writes HashiCorp Vault KV v2 secrets for
+// secretplane, through the official API client. Auth by token, AppRole or
+// TLS certificate; tokens are renewed while the backend runs. TLS to Vault
+// is required unless AllowInsecure (dev mode on loopback).
+package vault
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/hashicorp/vault/api"
+
+	"github.com/secretplane/secretplane/controlplane/backend"
+	"github.com/secretplane/secretplane/controlplane/secretref"
+)
+
+// Config configures the backend. It holds no secret: tokens and secret ids
+// are read from files.
+type Config struct {
+	Address       string // https://vault.internal:8200
+	CACert        string // PEM file of the CA that signs Vault's certificate
+	AllowInsecure bool   // allow http:// on loopback (dev mode only)
+
+	// Exactly one auth method.
+	TokenFile string // a file holding a Vault token
+	AppRole   *AppRoleAuth
+	Cert      *CertAuth
+}
+
+// AppRoleAuth logs in with a role id and a secret id read from a file.
+type AppRoleAuth struct {
+	Mount        string // default "approle"
+	RoleID       string
+	SecretIDFile string
+}
+
+// CertAuth logs in with a TLS client certificate (auth/cert).
+type CertAuth struct {
+	Mount    string // default "cert"
+	Name     string // the cert role, optional
+	CertFile string
+	KeyFile  string
+}
+
+// Backend is the vault backend.
+type Backend struct {
+	client *api.Client
+	log    *slog.Logger
+	login  func(ctx context.Context) (*api.Secret, error) // nil for a static token
+	mu     sync.Mutex
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+// New connects, authenticates and starts renewing the token until ctx ends.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (*Backend, error) {
+	u, err := url.Parse(cfg.Address)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("vault: address %q is not a URL", cfg.Address)
+	}
+	if u.Scheme != "https" {
+		host := u.Hostname()
+		ip := net.ParseIP(host)
+		loop := host == "localhost" || (ip != nil && ip.IsLoopback())
+		if !cfg.AllowInsecure || !loop {
+			return nil, errors.New("vault: TLS is required (https://); plain http is allowed only on loopback in dev mode")
+		}
+	}
+	vc := api.DefaultConfig()
+	vc.Address = cfg.Address
+	vc.MaxRetries = 0 // the resolver decides about retries and staleness
+	tlsCfg := &api.TLSConfig{CACert: cfg.CACert}
+	if cfg.Cert != nil {
+		tlsCfg.ClientCert, tlsCfg.ClientKey = cfg.Cert.CertFile, cfg.Cert.KeyFile
+	}
+	if u.Scheme == "https" {
+		if err := vc.ConfigureTLS(tlsCfg); err != nil {
+			return nil, fmt.Errorf("vault: TLS: %w", err)
+		}
+	}
+	client, err := api.NewClient(vc)
+	if err != nil {
+		return nil, fmt.Errorf("vault: client: %w", err)
+	}
+	client.ClearToken() // never pick up VAULT_TOKEN from the environment
+	b := &Backend{client: client, log: log}
+	methods := 0
+	switch {
+	case cfg.TokenFile != "":
+		methods++
+		raw, err := os.ReadFile(cfg.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("vault: token file: %w", err)
+		}
+		client.SetToken(strings.TrimSpace(string(raw)))
+	}
+	if cfg.AppRole != nil {
+		methods++
+		b.login = b.appRoleLogin(*cfg.AppRole)
+	}
+	if cfg.Cert != nil {
+		methods++
+		b.login = b.certLogin(*cfg.Cert)
+	}
+	if methods != 1 {
+		return nil, errors.New("vault: configure exactly one auth method (token file, AppRole or certificate)")
+	}
+	if err := b.authenticate(ctx); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// authenticate logs in (AppRole, cert) or checks the token, and keeps the
+// token renewed (re-logging in when it can no longer be renewed).
+func (b *Backend) authenticate(ctx context.Context) error {
+	var secret *api.Secret
+	if b.login != nil {
+		s, err := b.login(ctx)
+		if err != nil {
+			return err
+		}
+		secret = s
+	} else {
+		s, err := b.client.Auth().Token().LookupSelfWithContext(ctx)
+		if err != nil {
+			return fmt.Errorf("vault: token lookup: %w", classify(err))
+		}
+		if renewable, _ := s.TokenIsRenewable(); !renewable {
+			return nil // root or non-renewable token: nothing to renew
+		}
+		secret = &api.Secret{Auth: &api.SecretAuth{ClientToken: b.client.Token(), Renewable: true}}
+		if ttl, err := s.TokenTTL(); err == nil {
+			secret.Auth.LeaseDuration = int(ttl.Seconds())
+		}
+	}
+	if secret != nil && secret.Auth != nil && secret.Auth.Renewable {
+		go b.renew(ctx, secret)
+	}
+	return nil
+}
+
+func (b *Backend) renew(ctx context.Context, secret *api.Secret) {
+	w, err := b.client.NewLifetimeWatcher(&api.LifetimeWatcherInput{Secret: secret})
+	if err != nil {
+		b.log.Error("vault token renewal not started", "error", err)
+		return
+	}
+	go w.Start()
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case err := <-w.DoneCh():
+			if err != nil {
+				b.log.Warn("vault token renewal stopped", "error", err)
+			}
+			if b.login == nil {
+				return
+			}
+			if err := b.authenticate(ctx); err != nil {
+				b.log.Error("vault re-login failed", "error", err)
+			}
+			return
+		case <-w.RenewCh():
+			b.log.Debug("vault token renewed")
+		}
+	}
+}
+
+func (b *Backend) appRoleLogin(a AppRoleAuth) func(context.Context) (*api.Secret, error) {
+	mount := orDefault(a.Mount, "approle")
+	return func(ctx context.Context) (*api.Secret, error) {
+		raw, err := os.ReadFile(a.SecretIDFile)
+		if err != nil {
+			return nil, fmt.Errorf("vault: AppRole secret id file: %w", err)
+		}
+		s, err := b.client.Logical().WriteWithContext(ctx, "auth/"+mount+"/login", map[string]any{
+			"role_id": a.RoleID, "secret_id": strings.TrimSpace(string(raw)),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("vault: AppRole login: %w", classify(err))
+		}
+		if s == nil || s.Auth == nil {
+			return nil, errors.New("vault: AppRole login returned no token")
+		}
+		b.client.SetToken(s.Auth.ClientToken)
+		return s, nil
+	}
+}
+
+func (b *Backend) certLogin(c CertAuth) func(context.Context) (*api.Secret, error) {
+	mount := orDefault(c.Mount, "cert")
+	return func(ctx context.Context) (*api.Secret, error) {
+		body := map[string]any{}
+		if c.Name != "" {
+			body["name"] = c.Name
+		}
+		s, err := b.client.Logical().WriteWithContext(ctx, "auth/"+mount+"/login", body)
+		if err != nil {
+			return nil, fmt.Errorf("vault: certificate login: %w", classify(err))
+		}
+		if s == nil || s.Auth == nil {
+			return nil, errors.New("vault: certificate login returned no token")
+		}
+		b.client.SetToken(s.Auth.ClientToken)
+		return s, nil
+	}
+}
+
+// Scheme implements backend.Backend.
+func (b *Backend) Scheme() secretref.Scheme { return secretref.SchemeVault }
+
+// clientFor returns a client scoped to ref's namespace (Vault Enterprise).
+func (b *Backend) clientFor(ref secretref.Ref) *api.Client {
+	if ref.Namespace == "" {
+		return b.client
+	}
+	return b.client.WithNamespace(ref.Namespace)
+}
+
+// Read implements backend.Backend.
+func (b *Backend) Read(ctx context.Context, ref secretref.Ref) (backend.Value, error) {
+	kv := b.clientFor(ref).KVv2(ref.VaultMount())
+	var (
+		s   *api.KVSecret
+		err error
+	)
+	if ref.Version != "" {
+		v, _ := strconv.Atoi(ref.Version)
+		s, err = kv.GetVersion(ctx, ref.VaultPath(), v)
+	} else {
+		s, err = kv.Get(ctx, ref.VaultPath())
+	}
+	if err != nil {
+		return backend.Value{}, fmt.Errorf("%s: %w", ref, classify(err))
+	}
+	if s == nil || s.Data == nil {
+		return backend.Value{}, fmt.Errorf("%s: %w", ref, backend.ErrNotFound)
+	}
+	var raw []byte
+	if ref.Field == "" {
+		if raw, err = json.Marshal(s.Data); err != nil {
+			return backend.Value{}, fmt.Errorf("%s: encode value: %w", ref, backend.ErrInvalidValue)
+		}
+	}
+	data, err := backend.SelectField(ref, s.Data, raw)
+	if err != nil {
+		return backend.Value{}, err
+	}
+	out := backend.Value{Data: data}
+	if s.VersionMetadata != nil {
+		out.Version = strconv.Itoa(s.VersionMetadata.Version)
+		out.CreatedAt = s.VersionMetadata.CreatedTime
+	}
+	return out, nil
+}
+
+// Describe implements backend.Backend.
+func (b *Backend) Describe(ctx context.Context, ref secretref.Ref) (backend.Metadata, error) {
+	m, err := b.clientFor(ref).KVv2(ref.VaultMount()).GetMetadata(ctx, ref.VaultPath())
+	if err != nil {
+		return backend.Metadata{}, fmt.Errorf("%s: %w", ref, classify(err))
+	}
+	return backend.Metadata{Version: strconv.Itoa(m.CurrentVersion), CreatedAt: m.CreatedTime, UpdatedAt: m.UpdatedTime, Versions: len(m.Versions)}, nil
+}
+
+// Write implements backend.Backend: a new KV version, with check-and-set on
+// the version read so that concurrent writers cannot lose each other's
+// fields. With a field, the other keys of the secret are kept.
+func (b *Backend) Write(ctx context.Context, ref secretref.Ref, data []byte) (string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	kv := b.clientFor(ref).KVv2(ref.VaultMount())
+	values := map[string]any{}
+	cas := 0
+	if cur, err := kv.Get(ctx, ref.VaultPath()); err == nil && cur != nil {
+		if cur.VersionMetadata != nil {
+			cas = cur.VersionMetadata.Version
+		}
+		for k, v := range cur.Data {
+			values[k] = v
+		}
+	} else if err != nil && !errors.Is(classify(err), backend.ErrNotFound) {
+		return "", fmt.Errorf("%s: %w", ref, classify(err))
+	}
+	if ref.Field == "" {
+		values = map[string]any{}
+		if err := json.Unmarshal(data, &values); err != nil {
+			return "", fmt.Errorf("%s: a whole-secret write needs a JSON object: %w", ref, backend.ErrInvalidValue)
+		}
+	} else if strings.HasPrefix(ref.Field, "/") {
+		return "", fmt.Errorf("%s: writing through a JSON pointer is not supported: %w", ref, backend.ErrInvalidValue)
+	} else {
+		values[ref.Field] = string(data)
+	}
+	s, err := kv.Put(ctx, ref.VaultPath(), values, api.WithCheckAndSet(cas))
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", ref, classify(err))
+	}
+	return strconv.Itoa(s.VersionMetadata.Version), nil
+}
+
+// classify maps Vault client errors to backend errors. Vault's own error
+// texts name paths, never values.
+func classify(err error) error {
+	var re *api.ResponseError
+	if errors.As(err, &re) {
+		switch re.StatusCode {
+		case http.StatusNotFound:
+			return fmt.Errorf("%w (vault: %d)", backend.ErrNotFound, re.StatusCode)
+		case http.StatusForbidden, http.StatusUnauthorized:
+			return fmt.Errorf("%w (vault: %d)", backend.ErrPermissionDenied, re.StatusCode)
+		case http.StatusBadRequest:
+			return fmt.Errorf("%w (vault: %d %s)", backend.ErrInvalidValue, re.StatusCode, strings.Join(re.Errors, "; "))
+		default:
+			return fmt.Errorf("%w (vault: %d)", backend.ErrUnavailable, re.StatusCode)
+		}
+	}
+	if errors.Is(err, api.ErrSecretNotFound) {
+		return fmt.Errorf("%w (vault)", backend.ErrNotFound)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return fmt.Errorf("%w: %w", backend.ErrUnavailable, err)
+	}
+	return fmt.Errorf("%w: %v", backend.ErrUnavailable, err)
+}
+
+func orDefault(v, d string) string {
+	if v == "" {
+		return d
+	}
+	return v
+}
