@@ -20,10 +20,10 @@ import (
 // Errors every backend maps its failures to, so that callers can answer
 // with a fitting status. Wrap them with the ref (never the value).
 var (
-	ErrNotFound         = errors.New("not found")          // no such secret, version or field
-	ErrPermissionDenied = errors.New("permission denied")  // the manager refused our credentials
+	ErrNotFound         = errors.New("not found")           // no such secret, version or field
+	ErrPermissionDenied = errors.New("permission denied")   // the manager refused our credentials
 	ErrUnavailable      = errors.New("backend unavailable") // network, timeout, sealed, 5xx
-	ErrInvalidValue     = errors.New("invalid value")      // not UTF-8, too large, field is not a string
+	ErrInvalidValue     = errors.New("invalid value")       // not UTF-8, too large, field is not a string
 )
 
 // MaxValueBytes bounds a value read from any backend.
