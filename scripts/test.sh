@@ -16,13 +16,17 @@ if [ ! -x "$pg_bindir/initdb" ] && [ -z "${SECRETPLANE_TEST_POSTGRES_DSN:-}" ]; 
   fi
 fi
 
-# SPIRE 1.13.3 (server and agent) for the identity e2e tests: built once
-# from the Go module proxy into the user's cache (about 12 minutes on 2
-# cores), reused by every later run and fresh clone.
+# SPIRE 1.13.3 (server and agent) and Vault 1.19.0 for the identity and
+# backend tests: built once, in parallel, from the Go module proxy into the
+# user's cache (about 12 and 5 minutes cold on 2 cores), reused by every
+# later run and fresh clone.
 echo "== tools"
+./scripts/tools.sh all >/dev/null
 SECRETPLANE_SPIRE_BIN_DIR=$(./scripts/tools.sh spire)
-export SECRETPLANE_SPIRE_BIN_DIR
-echo "SPIRE binaries: $SECRETPLANE_SPIRE_BIN_DIR"
+SECRETPLANE_VAULT_BIN=$(./scripts/tools.sh vault)/vault
+export SECRETPLANE_SPIRE_BIN_DIR SECRETPLANE_VAULT_BIN
+echo "SPIRE: $SECRETPLANE_SPIRE_BIN_DIR"
+echo "Vault: $SECRETPLANE_VAULT_BIN ($("$SECRETPLANE_VAULT_BIN" version))"
 
 echo "== lint"
 make --no-print-directory lint
