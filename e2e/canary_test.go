@@ -26,9 +26,11 @@ func newCanary(t *testing.T) string {
 }
 
 // The canary test plants a unique secret in every input an admin could get
-// wrong, drives the APIs through the CLI, and asserts the value appears
-// nowhere: not in the server's logs, not in any response or error, not in
-// the database files.
+// wrong and as a real secret value (local backend, resolved by a granted
+// workload), drives the APIs through the CLI, and asserts the value appears
+// nowhere but in that one Resolve response: not in the server's logs, not
+// in any other response or error, not in the database files (audit rows
+// included), not in the local backend's file (sealed).
 func TestCanaryNeverLeaks(t *testing.T) {
 	dataDir := filepath.Join(t.TempDir(), "data")
 	srv := startDevServer(t, dataDir)
@@ -95,9 +97,32 @@ func TestCanaryNeverLeaks(t *testing.T) {
 	for _, d := range docs {
 		run(d, "config", "put", "-f", "-")
 	}
+	// The canary as a real secret value: stored in the local backend,
+	// registered by reference, granted to one workload and resolved by it.
+	// Only that Resolve response may carry it.
+	if out, errOut, err := cliStdin(t, dataDir, canary, "dev", "local-put", "local://payments/token#value"); err != nil {
+		t.Fatalf("local-put: %v %s %s", err, out, errOut)
+	}
+	run("", "secret", "put", "payments/token", "--ref", "local://payments/token#value")
+	run("name: payments/api\nentries:\n  TOKEN: local://payments/token#value\n", "config", "put", "-f", "-")
+	run("policies:\n  - name: api-read\n    subject: spiffe://secretplane.test/workload/payments-api\n    verbs: [read]\n    objects: [\"payments/*\"]\n", "policy", "apply", "-f", "-")
+	svid := filepath.Join(t.TempDir(), "svid")
+	run("", "dev", "issue", "payments-api", "--out", svid)
+	asAPI := []string{"--cert", filepath.Join(svid, "svid.pem"), "--key", filepath.Join(svid, "svid_key.pem"), "--bundle", filepath.Join(svid, "bundle.pem")}
+	resolved, errOut, err := cli(t, dataDir, append(asAPI, "resolve", "payments/token", "--raw")...)
+	if err != nil || resolved != canary {
+		t.Fatalf("granted workload did not resolve the value: %v %s", err, errOut)
+	}
+	run("", append(asAPI, "resolve", "payments/db")...) // not in the backend: an error, no value
+	issueOther := filepath.Join(t.TempDir(), "other")
+	run("", "dev", "issue", "billing-api", "--out", issueOther)
+	run("", "--cert", filepath.Join(issueOther, "svid.pem"), "--key", filepath.Join(issueOther, "svid_key.pem"), "--bundle", filepath.Join(issueOther, "bundle.pem"), "resolve", "payments/token")
+
 	// Reads after the attempts.
 	run("", "secret", "list", "-o", "json")
+	run("", "secret", "get", "payments/token", "-o", "json")
 	run("", "config", "get", "payments/api", "-o", "json")
+	run("", "audit", "tail", "-n", "200", "-o", "json")
 	srv.stop(t)
 
 	// Check every place: responses (CLI output), logs, database files.
@@ -110,7 +135,7 @@ func TestCanaryNeverLeaks(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
-		if e.IsDir() || !strings.HasPrefix(e.Name(), "secretplane.db") {
+		if e.IsDir() || !(strings.HasPrefix(e.Name(), "secretplane.db") || strings.HasPrefix(e.Name(), "local-secrets")) {
 			continue
 		}
 		raw, err := os.ReadFile(filepath.Join(dataDir, e.Name()))

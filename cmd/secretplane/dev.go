@@ -64,6 +64,6 @@ spiffe://<trust domain>/workload/NAME; --spiffe-id gives any ID of the trust dom
 	issue.Flags().StringVar(&out, "out", "", "output folder (default NAME-svid)")
 	issue.Flags().StringVar(&id, "spiffe-id", "", "full SPIFFE ID instead of NAME")
 	issue.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "lifetime of the SVID")
-	cmd.AddCommand(issue)
+	cmd.AddCommand(issue, newDevLocalPutCommand(g))
 	return cmd
 }

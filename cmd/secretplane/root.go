@@ -55,6 +55,7 @@ func newRootCommand() *cobra.Command {
 		newRefCommand(g),
 		newPolicyCommand(g),
 		newAuditCommand(g),
+		newResolveCommand(g),
 		newDevCommand(g),
 	)
 	return root

@@ -22,6 +22,7 @@ import (
 	"github.com/secretplane/secretplane/controlplane/catalog"
 	"github.com/secretplane/secretplane/controlplane/logging"
 	"github.com/secretplane/secretplane/controlplane/policy"
+	"github.com/secretplane/secretplane/controlplane/resolve"
 	"github.com/secretplane/secretplane/identity"
 	"github.com/secretplane/secretplane/store"
 	"github.com/secretplane/secretplane/store/postgres"
@@ -66,6 +67,28 @@ type serverConfig struct {
 		Format string `yaml:"format"`
 		Level  string `yaml:"level"`
 	} `yaml:"log"`
+	Backends struct {
+		Local struct {
+			// KeyFile holds the 32-byte key (raw or base64, mode 0600); the
+			// environment variable SECRETPLANE_LOCAL_KEY may give it instead.
+			KeyFile     string `yaml:"key_file"`
+			SecretsFile string `yaml:"secrets_file"`
+		} `yaml:"local"`
+		Vault struct {
+			Address           string `yaml:"address"`
+			CACert            string `yaml:"ca_cert"`
+			TokenFile         string `yaml:"token_file"`
+			AppRoleID         string `yaml:"approle_role_id"`
+			AppRoleSecretFile string `yaml:"approle_secret_id_file"`
+		} `yaml:"vault"`
+	} `yaml:"backends"`
+	Cache struct {
+		TTL      time.Duration `yaml:"ttl"`
+		MaxStale time.Duration `yaml:"max_stale"`
+		// FingerprintKeyFile keys value fingerprints, so they stay stable
+		// across restarts and replicas (random per process when unset).
+		FingerprintKeyFile string `yaml:"fingerprint_key_file"`
+	} `yaml:"cache"`
 	Audit struct {
 		// File mirrors every committed audit event as a JSON line.
 		File string `yaml:"file"`
@@ -120,6 +143,16 @@ startup fails closed on anything missing or unsafe.`,
 	f.StringVar(&cfg.Identity.Cert, "svid-cert", "", "server SVID certificate PEM")
 	f.StringVar(&cfg.Identity.Key, "svid-key", "", "server SVID private key PEM")
 	f.StringVar(&cfg.Identity.Bundle, "bundle-file", "", "trust bundle PEM")
+	f.StringVar(&cfg.Backends.Local.KeyFile, "local-key-file", "", "key of the embedded local backend (dev default: in the data directory; or env SECRETPLANE_LOCAL_KEY)")
+	f.StringVar(&cfg.Backends.Local.SecretsFile, "local-secrets-file", "", "secrets file of the embedded local backend (dev default: in the data directory)")
+	f.StringVar(&cfg.Backends.Vault.Address, "vault-addr", "", "HashiCorp Vault address (https://...)")
+	f.StringVar(&cfg.Backends.Vault.CACert, "vault-ca-cert", "", "CA certificate that signs Vault's TLS certificate")
+	f.StringVar(&cfg.Backends.Vault.TokenFile, "vault-token-file", "", "file holding a Vault token")
+	f.StringVar(&cfg.Backends.Vault.AppRoleID, "vault-approle-role-id", "", "Vault AppRole role id")
+	f.StringVar(&cfg.Backends.Vault.AppRoleSecretFile, "vault-approle-secret-id-file", "", "file holding the Vault AppRole secret id")
+	f.DurationVar(&cfg.Cache.TTL, "cache-ttl", 5*time.Minute, "how long a resolved value is fresh")
+	f.DurationVar(&cfg.Cache.MaxStale, "max-stale", time.Hour, "how long past its TTL a value serves while its backend fails; then fail closed")
+	f.StringVar(&cfg.Cache.FingerprintKeyFile, "fingerprint-key-file", "", "key for value fingerprints (dev default: in the data directory)")
 	f.StringVar(&cfg.Audit.File, "audit-file", "", "also append every audit event to this JSON-lines file")
 	f.BoolVar(&cfg.Audit.FailOpen, "audit-fail-open", false, "dev mode only: serve requests even when the audit log cannot be written")
 	f.StringVar(&cfg.Log.Format, "log-format", "", "log format: text or json (default text)")
@@ -172,6 +205,20 @@ func loadServerConfig(path string, cfg *serverConfig, cmd *cobra.Command) error 
 		cfg.FederatedBundles = file.FederatedBundles
 	}
 	pick("audit-file", &cfg.Audit.File, file.Audit.File)
+	pick("local-key-file", &cfg.Backends.Local.KeyFile, file.Backends.Local.KeyFile)
+	pick("local-secrets-file", &cfg.Backends.Local.SecretsFile, file.Backends.Local.SecretsFile)
+	pick("vault-addr", &cfg.Backends.Vault.Address, file.Backends.Vault.Address)
+	pick("vault-ca-cert", &cfg.Backends.Vault.CACert, file.Backends.Vault.CACert)
+	pick("vault-token-file", &cfg.Backends.Vault.TokenFile, file.Backends.Vault.TokenFile)
+	pick("vault-approle-role-id", &cfg.Backends.Vault.AppRoleID, file.Backends.Vault.AppRoleID)
+	pick("vault-approle-secret-id-file", &cfg.Backends.Vault.AppRoleSecretFile, file.Backends.Vault.AppRoleSecretFile)
+	pick("fingerprint-key-file", &cfg.Cache.FingerprintKeyFile, file.Cache.FingerprintKeyFile)
+	if !set("cache-ttl") && file.Cache.TTL > 0 {
+		cfg.Cache.TTL = file.Cache.TTL
+	}
+	if !set("max-stale") && file.Cache.MaxStale > 0 {
+		cfg.Cache.MaxStale = file.Cache.MaxStale
+	}
 	if !set("audit-fail-open") {
 		cfg.Audit.FailOpen = file.Audit.FailOpen
 	}
@@ -232,6 +279,18 @@ func runServer(ctx context.Context, cfg *serverConfig, out interface{ Write([]by
 	}
 	auditLog := audit.New(st.store, auditOpts)
 	go auditLog.Run(bg)
+	registry, err := openBackends(bg, cfg, log)
+	if err != nil {
+		return err
+	}
+	fpKey, err := fingerprintKey(cfg)
+	if err != nil {
+		return err
+	}
+	resolver, err := resolve.New(registry, resolve.Options{TTL: cfg.Cache.TTL, MaxStale: cfg.Cache.MaxStale, FingerprintKey: fpKey})
+	if err != nil {
+		return err
+	}
 	srv := api.NewServer(api.Config{
 		TLS:      tlsCfg,
 		Log:      log,
@@ -240,6 +299,7 @@ func runServer(ctx context.Context, cfg *serverConfig, out interface{ Write([]by
 		Policy:   engine,
 		Audit:    auditLog,
 		AuditLog: st.store,
+		Resolver: resolver,
 	})
 	addr := lis.Addr().String()
 	if cfg.Dev {

@@ -102,7 +102,7 @@ func allRPCs() []rpc {
 		{"SecretsService.Resolve", policy.Read, "name", func(ctx context.Context, c *grpc.ClientConn, n string) error {
 			_, err := spv1.NewSecretsServiceClient(c).Resolve(ctx, &spv1.ResolveRequest{Names: []string{n}})
 			return err
-		}, codes.Unimplemented},
+		}, codes.NotFound},
 	}
 }
 

@@ -17,9 +17,12 @@ import (
 
 	"github.com/secretplane/secretplane/controlplane/api"
 	"github.com/secretplane/secretplane/controlplane/audit"
+	"github.com/secretplane/secretplane/controlplane/backend"
+	"github.com/secretplane/secretplane/controlplane/backend/local"
 	"github.com/secretplane/secretplane/controlplane/catalog"
 	"github.com/secretplane/secretplane/controlplane/logging"
 	"github.com/secretplane/secretplane/controlplane/policy"
+	"github.com/secretplane/secretplane/controlplane/resolve"
 	"github.com/secretplane/secretplane/identity"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 	"github.com/secretplane/secretplane/store/sqlite"
@@ -40,6 +43,7 @@ type env struct {
 	serverTLS *tls.Config
 	store     *sqlite.Store
 	engine    *policy.Engine
+	local     *local.Backend
 }
 
 type syncBuffer struct {
@@ -111,9 +115,18 @@ func newEnvLevel(t testing.TB, level slog.Level) *env {
 	actx, stopAudit := context.WithCancel(context.Background())
 	go auditLog.Run(actx)
 	t.Cleanup(stopAudit)
+	e.local, err = local.New(filepath.Join(t.TempDir(), "local-secrets.json"), []byte("0123456789abcdef0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resolver, err := resolve.New(backend.NewRegistry(e.local), resolve.Options{FingerprintKey: []byte("fingerprint-key-for-tests-only!!")})
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv := api.NewServer(api.Config{
 		TLS: tlsCfg, Log: log, Catalog: catalog.New(st),
 		Policies: policy.NewManager(st, e.engine), Policy: e.engine, Audit: auditLog, AuditLog: st,
+		Resolver: resolver,
 	})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/secretplane/secretplane/controlplane/audit"
 	"github.com/secretplane/secretplane/controlplane/catalog"
 	"github.com/secretplane/secretplane/controlplane/policy"
+	"github.com/secretplane/secretplane/controlplane/resolve"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 )
 
@@ -34,6 +35,7 @@ type Config struct {
 	Policy   Authorizer   // decides every call (policy.Engine)
 	Audit    Auditor      // records every decision (audit.Log)
 	AuditLog audit.Reader // the audit store, for queries and verification
+	Resolver *resolve.Resolver
 }
 
 // NewServer returns a gRPC server with every service registered and the
@@ -73,14 +75,8 @@ func NewServer(cfg Config) *grpc.Server {
 	spv1.RegisterAdminServiceServer(srv, NewAdminServer(cfg.Catalog, cfg.Log))
 	spv1.RegisterPolicyServiceServer(srv, NewPolicyServer(cfg.Policies, cfg.Log))
 	spv1.RegisterAuditServiceServer(srv, NewAuditServer(cfg.AuditLog, cfg.Log))
-	// Declared, not yet served: registered so that calls are authorised and
-	// audited like any other before answering UNIMPLEMENTED.
-	spv1.RegisterSecretsServiceServer(srv, notYetSecrets{})
+	spv1.RegisterSecretsServiceServer(srv, NewSecretsServer(cfg.Catalog, cfg.Resolver, cfg.Log))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	return srv
-}
-
-type notYetSecrets struct {
-	spv1.UnimplementedSecretsServiceServer
 }
