@@ -98,4 +98,3 @@ func newDevLocalPutCommand(g *globalFlags) *cobra.Command {
 		},
 	}
 }
-
