@@ -2,15 +2,23 @@ package e2e_test
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/api"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/secretplane/secretplane/e2e/testenv"
+	"github.com/secretplane/secretplane/identity"
+	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 )
 
 // Resolve through the real binary from a real Vault: by version, with the
@@ -79,4 +87,98 @@ func TestResolveFromVaultThroughOutage(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// 1,000 concurrent Resolves of one uncached ref make exactly one read at
+// Vault, counted by Vault's own file audit device.
+func TestMissStormIsOneVaultRead(t *testing.T) {
+	v := testenv.StartVault(t)
+	cfg := api.DefaultConfig()
+	cfg.Address = v.Addr
+	root, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root.SetToken(v.RootToken)
+	ctx := context.Background()
+	if _, err := root.KVv2("secret").Put(ctx, "storm/db", map[string]any{"password": "storm-pw"}); err != nil {
+		t.Fatal(err)
+	}
+	auditFile := filepath.Join(t.TempDir(), "vault-audit.log")
+	if err := root.Sys().EnableAuditWithOptionsWithContext(ctx, "file", &api.EnableAuditOptions{Type: "file", Options: map[string]string{"file_path": auditFile}}); err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(t.TempDir(), "vault-token")
+	if err := os.WriteFile(tokenFile, []byte(v.RootToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dataDir := filepath.Join(t.TempDir(), "data")
+	startDevServer(t, dataDir, "--vault-addr", v.Addr, "--vault-token-file", tokenFile)
+	mustCLI(t, dataDir, "secret", "put", "storm/db", "--ref", "vault://secret/storm/db#password")
+	if _, errOut, err := cliStdin(t, dataDir, "policies:\n  - name: storm\n    subject: spiffe://secretplane.test/workload/storm\n    verbs: [read]\n    objects: [\"storm/*\"]\n", "policy", "apply", "-f", "-"); err != nil {
+		t.Fatalf("policy: %v %s", err, errOut)
+	}
+	svid := filepath.Join(t.TempDir(), "svid")
+	mustCLI(t, dataDir, "dev", "issue", "storm", "--out", svid)
+	client := workloadClient(t, dataDir, svid)
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 1000)
+	for i := 0; i < 1000; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := client.Resolve(ctx, &spv1.ResolveRequest{Names: []string{"storm/db"}})
+			if err == nil && string(resp.GetValues()[0].GetValue()) != "storm-pw" {
+				err = errors.New("wrong value")
+			}
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	raw, err := os.ReadFile(auditFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reads := 0
+	for _, line := range strings.Split(string(raw), "\n") {
+		if strings.Contains(line, `"type":"request"`) && strings.Contains(line, `"path":"secret/data/storm/db"`) && strings.Contains(line, `"operation":"read"`) {
+			reads++
+		}
+	}
+	if reads != 1 {
+		t.Fatalf("Vault saw %d reads of secret/data/storm/db, want exactly 1", reads)
+	}
+}
+
+// workloadClient dials the dev server of dataDir with the SVID in dir.
+func workloadClient(t *testing.T, dataDir, dir string) spv1.SecretsServiceClient {
+	t.Helper()
+	src, err := identity.LoadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dataDir, "dev.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ep struct {
+		Address  string `json:"address"`
+		ServerID string `json:"server_id"`
+	}
+	if err := json.Unmarshal(raw, &ep); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(ep.Address, grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(src, spiffeid.RequireFromString(ep.ServerID)))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return spv1.NewSecretsServiceClient(conn)
 }
