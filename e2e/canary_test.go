@@ -54,7 +54,7 @@ func TestCanaryNeverLeaks(t *testing.T) {
 
 	// Good data first, so the database is not empty.
 	run("", "secret", "put", "payments/db", "--ref", "vault://secret/payments/db#password")
-	docOK := "name: payments/api\nentries:\n  DB_PASSWORD: vault://secret/payments/db#password\n  HOST: db.internal\n"
+	docOK := "name: payments/api\nentries:\n  HOST: db.internal\n  PORT: 5432\n"
 	run(docOK, "config", "put", "-f", "-")
 
 	// Attempts to put the secret where it does not belong.

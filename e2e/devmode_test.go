@@ -26,24 +26,45 @@ func TestDevModeTourAndRestart(t *testing.T) {
 			t.Fatalf("get output lacks %q:\n%s", want, out)
 		}
 	}
+	// Values in the embedded backend, registered, granted to the service.
+	for ref, value := range map[string]string{"local://payments/db#password": "pw-1", "local://payments/stripe#api_key": "sk-1"} {
+		if _, errOut, err := cliStdin(t, dataDir, value, "dev", "local-put", ref); err != nil {
+			t.Fatalf("local-put: %v %s", err, errOut)
+		}
+	}
+	mustCLI(t, dataDir, "secret", "put", "payments/db-local", "--ref", "local://payments/db#password")
+	mustCLI(t, dataDir, "secret", "put", "payments/stripe", "--ref", "local://payments/stripe#api_key")
+	if _, errOut, err := cliStdin(t, dataDir, "policies:\n  - name: api-read\n    subject: spiffe://secretplane.test/workload/payments-api\n    verbs: [read]\n    objects: [\"payments/*\"]\n", "policy", "apply", "-f", "-"); err != nil {
+		t.Fatalf("policy: %v %s", err, errOut)
+	}
 	doc := filepath.Join(t.TempDir(), "api.yaml")
 	if err := os.WriteFile(doc, []byte(`name: payments/api
 identity: spiffe://secretplane.test/workload/payments-api
 labels: {team: payments}
 entries:
   DB_HOST: db.internal.example.com
-  DB_PASSWORD: vault://secret/payments/db#password
-  STRIPE_KEY: {ref: "aws-sm://prod/stripe?stage=AWSCURRENT#api_key"}
+  DB_PASSWORD: local://payments/db#password
+  STRIPE_KEY: {ref: "local://payments/stripe#api_key"}
   TIMEOUT: 30s
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if out := mustCLI(t, dataDir, "config", "put", "-f", doc, "--dry-run"); !strings.Contains(out, "dry run") {
+		t.Fatalf("dry run: %s", out)
+	}
+	if _, errOut, err := cli(t, dataDir, "config", "get", "payments/api"); err == nil || !strings.Contains(errOut, "NotFound") {
+		t.Fatalf("dry run stored the document: %v %s", err, errOut)
+	}
 	mustCLI(t, dataDir, "config", "put", "-f", doc)
 	out = mustCLI(t, dataDir, "config", "get", "payments/api", "-o", "json")
-	for _, want := range []string{`"ref": "vault://secret/payments/db#password"`, `"ref": "aws-sm://prod/stripe?stage=AWSCURRENT#api_key"`, `"literal": "30s"`} {
+	for _, want := range []string{`"ref": "local://payments/db#password"`, `"ref": "local://payments/stripe#api_key"`, `"literal": "30s"`} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("config get lacks %s:\n%s", want, out)
 		}
+	}
+	// A ref no backend can see is refused, naming the entry.
+	if _, errOut, err := cliStdin(t, dataDir, "name: payments/api\nentries:\n  X: vault://secret/payments/db#password\n", "config", "put", "-f", "-"); err == nil || !strings.Contains(errOut, "FailedPrecondition") || !strings.Contains(errOut, "config.entries[0].ref") {
+		t.Fatalf("invisible ref: %v %s", err, errOut)
 	}
 	// The JSON output is valid input (round trip through stdin).
 	if _, errOut, err := cliStdin(t, dataDir, out, "config", "put", "-f", "-"); err != nil {

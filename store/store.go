@@ -86,6 +86,8 @@ type Store interface {
 	PutSecret(ctx context.Context, s Secret, pre Precondition) (Secret, error)
 	GetSecret(ctx context.Context, name string) (Secret, error)
 	ListSecrets(ctx context.Context, q ListQuery) ([]Secret, error)
+	// SecretsByRef returns the secrets bound to a canonical ref, by name.
+	SecretsByRef(ctx context.Context, ref string) ([]Secret, error)
 	DeleteSecret(ctx context.Context, name string, pre Precondition) error
 
 	PutConfig(ctx context.Context, d ConfigDocument, pre Precondition) (ConfigDocument, error)

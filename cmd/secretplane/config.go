@@ -21,6 +21,7 @@ func newConfigPutCommand(g *globalFlags) *cobra.Command {
 	var (
 		file       string
 		createOnly bool
+		dryRun     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "put -f FILE",
@@ -41,9 +42,13 @@ func newConfigPutCommand(g *globalFlags) *cobra.Command {
 				return err
 			}
 			return withConn(cmd.Context(), g, func(ctx context.Context, c *connection) error {
-				resp, err := c.admin.PutConfig(ctx, &spv1.PutConfigRequest{Config: doc, CreateOnly: createOnly})
+				resp, err := c.admin.PutConfig(ctx, &spv1.PutConfigRequest{Config: doc, CreateOnly: createOnly, DryRun: dryRun})
 				if err != nil {
 					return err
+				}
+				if dryRun && g.output != "json" {
+					fmt.Fprintf(cmd.OutOrStdout(), "config %s: every check passed (dry run, nothing stored)\n", resp.GetConfig().GetName())
+					return nil
 				}
 				if g.output == "json" {
 					return printJSON(cmd.OutOrStdout(), resp)
@@ -59,6 +64,7 @@ func newConfigPutCommand(g *globalFlags) *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "document file, or - for standard input (required)")
 	cmd.Flags().BoolVar(&createOnly, "create", false, "fail if the document exists")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "run every check (refs, backend visibility, grants) and store nothing")
 	_ = cmd.MarkFlagRequired("file")
 	return cmd
 }

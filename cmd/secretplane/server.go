@@ -294,7 +294,7 @@ func runServer(ctx context.Context, cfg *serverConfig, out interface{ Write([]by
 	srv := api.NewServer(api.Config{
 		TLS:      tlsCfg,
 		Log:      log,
-		Catalog:  catalog.New(st.store),
+		Catalog:  catalog.New(st.store, catalog.WithAccessCheck(registry, engine)),
 		Policies: policy.NewManager(st.store, engine),
 		Policy:   engine,
 		Audit:    auditLog,
@@ -495,9 +495,11 @@ The CLI finds the dev server and its admin identity by itself. In another termin
   secretplane secret get payments/db
   secretplane secret list
   secretplane ref check 'aws-sm://prod/db?stage=AWSPREVIOUS#password'
-  secretplane config put -f docs/examples/payments-api.yaml
-  secretplane config get payments/api -o json
   secretplane dev issue payments-api --out ./payments-api-svid
+  secretplane policy apply -f docs/examples/policies.yaml
+  secretplane audit tail
+
+The README's five-minute tour goes on from there: values, resolve, configuration.
 
 (Use ./bin/secretplane if the binary is not on your PATH.) Ctrl-C stops the server; data is kept.
 

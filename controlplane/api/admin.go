@@ -101,11 +101,15 @@ func (s *AdminServer) PutConfig(ctx context.Context, req *spv1.PutConfigRequest)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	out, created, err := s.catalog.PutConfig(ctx, configFromProto(req.GetConfig()), catalog.Write{CreateOnly: req.GetCreateOnly(), IfRevision: rev})
+	out, created, err := s.catalog.PutConfig(ctx, configFromProto(req.GetConfig()), catalog.Write{CreateOnly: req.GetCreateOnly(), IfRevision: rev, DryRun: req.GetDryRun()})
 	if err != nil {
 		return nil, toStatus(ctx, s.log, prefixed(err, "config."))
 	}
-	return &spv1.PutConfigResponse{Config: configToProto(out), Created: created}, nil
+	resp := &spv1.PutConfigResponse{Config: configToProto(out), Created: created}
+	if req.GetDryRun() { // nothing was stored: no etag, no times
+		resp.Config.Etag, resp.Config.CreateTime, resp.Config.UpdateTime = "", nil, nil
+	}
+	return resp, nil
 }
 
 // GetConfig implements AdminService.GetConfig.

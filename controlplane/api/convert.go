@@ -5,6 +5,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/secretplane/secretplane/controlplane/catalog"
 	"github.com/secretplane/secretplane/controlplane/validate"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 	"github.com/secretplane/secretplane/store"
@@ -90,8 +91,11 @@ func configToProto(d store.ConfigDocument) *spv1.ConfigDocument {
 // prefixed re-roots the field paths of a validation error under the
 // request field that held the object ("secret.", "config.").
 func prefixed(err error, prefix string) error {
-	if verr, ok := err.(*validate.Error); ok {
-		return verr.Prefixed(prefix)
+	switch e := err.(type) {
+	case *validate.Error:
+		return e.Prefixed(prefix)
+	case *catalog.AccessError:
+		return e.Prefixed(prefix)
 	}
 	return err
 }

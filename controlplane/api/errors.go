@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/secretplane/secretplane/controlplane/catalog"
 	"github.com/secretplane/secretplane/controlplane/validate"
 	"github.com/secretplane/secretplane/store"
 )
@@ -23,10 +24,15 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	var verr *validate.Error
+	var (
+		verr *validate.Error
+		aerr *catalog.AccessError
+	)
 	switch {
 	case errors.As(err, &verr):
 		return invalidArgument(verr)
+	case errors.As(err, &aerr):
+		return withViolations(codes.FailedPrecondition, aerr.Error(), aerr.Violations)
 	case errors.Is(err, store.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, store.ErrAlreadyExists):
@@ -46,9 +52,14 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 // invalidArgument builds an INVALID_ARGUMENT status with a
 // google.rpc.BadRequest detail listing every field violation.
 func invalidArgument(verr *validate.Error) error {
-	st := status.New(codes.InvalidArgument, verr.Error())
+	return withViolations(codes.InvalidArgument, verr.Error(), verr.Violations)
+}
+
+// withViolations builds a status with a google.rpc.BadRequest detail.
+func withViolations(code codes.Code, msg string, violations []validate.Violation) error {
+	st := status.New(code, msg)
 	br := &errdetails.BadRequest{}
-	for _, v := range verr.Violations {
+	for _, v := range violations {
 		br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{
 			Field:       v.Field,
 			Description: v.Description,

@@ -119,12 +119,13 @@ func newEnvLevel(t testing.TB, level slog.Level) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resolver, err := resolve.New(backend.NewRegistry(e.local), resolve.Options{FingerprintKey: []byte("fingerprint-key-for-tests-only!!")})
+	registry := backend.NewRegistry(e.local)
+	resolver, err := resolve.New(registry, resolve.Options{FingerprintKey: []byte("fingerprint-key-for-tests-only!!")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := api.NewServer(api.Config{
-		TLS: tlsCfg, Log: log, Catalog: catalog.New(st),
+		TLS: tlsCfg, Log: log, Catalog: catalog.New(st, catalog.WithAccessCheck(registry, e.engine)),
 		Policies: policy.NewManager(st, e.engine), Policy: e.engine, Audit: auditLog, AuditLog: st,
 		Resolver: resolver,
 	})

@@ -18,6 +18,7 @@ type Store interface {
 	PutSecret(ctx context.Context, s store.Secret, pre store.Precondition) (store.Secret, error)
 	GetSecret(ctx context.Context, name string) (store.Secret, error)
 	ListSecrets(ctx context.Context, q store.ListQuery) ([]store.Secret, error)
+	SecretsByRef(ctx context.Context, ref string) ([]store.Secret, error)
 	DeleteSecret(ctx context.Context, name string, pre store.Precondition) error
 
 	PutConfig(ctx context.Context, d store.ConfigDocument, pre store.Precondition) (store.ConfigDocument, error)
@@ -28,16 +29,27 @@ type Store interface {
 
 // Catalog validates and stores secrets and configuration documents.
 type Catalog struct {
-	store Store
+	store  Store
+	access *accessCheck // nil: refs are checked for syntax only
 }
 
+// Option configures a Catalog.
+type Option func(*Catalog)
+
 // New returns a catalog over s.
-func New(s Store) *Catalog { return &Catalog{store: s} }
+func New(s Store, opts ...Option) *Catalog {
+	c := &Catalog{store: s}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
+}
 
 // Write says how a put or delete is conditioned.
 type Write struct {
 	CreateOnly bool  // fail with store.ErrAlreadyExists when the name is taken
 	IfRevision int64 // when non-zero, the stored revision must match (store.ErrConflict)
+	DryRun     bool  // run every check, store nothing (configuration documents)
 }
 
 func (w Write) precondition() store.Precondition {
@@ -114,6 +126,14 @@ func (c *Catalog) PutConfig(ctx context.Context, d store.ConfigDocument, w Write
 	}
 	if err := checkWrite(w); err != nil {
 		return store.ConfigDocument{}, false, err
+	}
+	if c.access != nil {
+		if err := c.access.check(ctx, c.store, d); err != nil {
+			return store.ConfigDocument{}, false, err
+		}
+	}
+	if w.DryRun {
+		return d, false, nil
 	}
 	out, err := c.store.PutConfig(ctx, d, w.precondition())
 	if err != nil {

@@ -83,6 +83,13 @@ func testSecretLifecycle(t *testing.T, s store.Store) {
 	if got.Owner != "team-b" || !got.Required || !reflect.DeepEqual(got, updated) {
 		t.Fatalf("get after update: %+v", got)
 	}
+	byRef, err := s.SecretsByRef(c, created.Ref)
+	if err != nil || len(byRef) != 1 || byRef[0].Name != "payments/db" {
+		t.Fatalf("by ref: %+v %v", byRef, err)
+	}
+	if none, err := s.SecretsByRef(c, "vault://secret/none#x"); err != nil || len(none) != 0 {
+		t.Fatalf("by unknown ref: %+v %v", none, err)
+	}
 	if err := s.DeleteSecret(c, "payments/db", store.Precondition{}); err != nil {
 		t.Fatalf("delete: %v", err)
 	}

@@ -834,7 +834,11 @@ type PutConfigRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Config *ConfigDocument        `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
 	// Fail with ALREADY_EXISTS if a document of that name exists.
-	CreateOnly    bool `protobuf:"varint,2,opt,name=create_only,json=createOnly,proto3" json:"create_only,omitempty"`
+	CreateOnly bool `protobuf:"varint,2,opt,name=create_only,json=createOnly,proto3" json:"create_only,omitempty"`
+	// Run every check (refs parse, each backend can see its ref, the
+	// document's identity is granted read on a secret bound to each ref) and
+	// report, without storing anything.
+	DryRun        bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -879,6 +883,13 @@ func (x *PutConfigRequest) GetConfig() *ConfigDocument {
 func (x *PutConfigRequest) GetCreateOnly() bool {
 	if x != nil {
 		return x.CreateOnly
+	}
+	return false
+}
+
+func (x *PutConfigRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
 	}
 	return false
 }
@@ -1248,11 +1259,12 @@ const file_secretplane_v1_admin_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1a\n" +
 	"\aliteral\x18\x02 \x01(\tH\x00R\aliteral\x12\x12\n" +
 	"\x03ref\x18\x03 \x01(\tH\x00R\x03refB\a\n" +
-	"\x05value\"k\n" +
+	"\x05value\"\x84\x01\n" +
 	"\x10PutConfigRequest\x126\n" +
 	"\x06config\x18\x01 \x01(\v2\x1e.secretplane.v1.ConfigDocumentR\x06config\x12\x1f\n" +
 	"\vcreate_only\x18\x02 \x01(\bR\n" +
-	"createOnly\"e\n" +
+	"createOnly\x12\x17\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"e\n" +
 	"\x11PutConfigResponse\x126\n" +
 	"\x06config\x18\x01 \x01(\v2\x1e.secretplane.v1.ConfigDocumentR\x06config\x12\x18\n" +
 	"\acreated\x18\x02 \x01(\bR\acreated\"&\n" +

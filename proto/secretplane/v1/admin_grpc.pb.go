@@ -52,7 +52,9 @@ type AdminServiceClient interface {
 	CheckRef(ctx context.Context, in *CheckRefRequest, opts ...grpc.CallOption) (*CheckRefResponse, error)
 	// PutConfig creates or replaces a configuration document. Literal values
 	// that look like secrets are refused: store them in a secret manager and
-	// reference them instead.
+	// reference them instead. Every ref must be visible to its backend
+	// (metadata only) and, when the document names an identity, granted to it:
+	// FAILED_PRECONDITION with a BadRequest detail per entry otherwise.
 	PutConfig(ctx context.Context, in *PutConfigRequest, opts ...grpc.CallOption) (*PutConfigResponse, error)
 	GetConfig(ctx context.Context, in *GetConfigRequest, opts ...grpc.CallOption) (*ConfigDocument, error)
 	ListConfigs(ctx context.Context, in *ListConfigsRequest, opts ...grpc.CallOption) (*ListConfigsResponse, error)
@@ -179,7 +181,9 @@ type AdminServiceServer interface {
 	CheckRef(context.Context, *CheckRefRequest) (*CheckRefResponse, error)
 	// PutConfig creates or replaces a configuration document. Literal values
 	// that look like secrets are refused: store them in a secret manager and
-	// reference them instead.
+	// reference them instead. Every ref must be visible to its backend
+	// (metadata only) and, when the document names an identity, granted to it:
+	// FAILED_PRECONDITION with a BadRequest detail per entry otherwise.
 	PutConfig(context.Context, *PutConfigRequest) (*PutConfigResponse, error)
 	GetConfig(context.Context, *GetConfigRequest) (*ConfigDocument, error)
 	ListConfigs(context.Context, *ListConfigsRequest) (*ListConfigsResponse, error)

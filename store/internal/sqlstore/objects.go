@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/secretplane/secretplane/store"
@@ -132,4 +133,23 @@ func (s *Store) ListConfigs(ctx context.Context, q store.ListQuery) ([]store.Con
 // DeleteConfig implements store.Store.
 func (s *Store) DeleteConfig(ctx context.Context, name string, pre store.Precondition) error {
 	return del(ctx, s, configKind(), name, pre)
+}
+
+// SecretsByRef implements store.Store.
+func (s *Store) SecretsByRef(ctx context.Context, ref string) ([]store.Secret, error) {
+	k := secretKind()
+	rows, err := s.db.QueryContext(ctx, s.dialect.Rebind(`SELECT `+k.selectCols()+` FROM secrets WHERE ref = $1 ORDER BY name LIMIT 1000`), ref)
+	if err != nil {
+		return nil, fmt.Errorf("secrets by ref: %w", err)
+	}
+	defer rows.Close()
+	var out []store.Secret
+	for rows.Next() {
+		sec, err := k.scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("secrets by ref: %w", err)
+		}
+		out = append(out, sec)
+	}
+	return out, rows.Err()
 }
