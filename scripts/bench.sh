@@ -11,8 +11,8 @@ echo
 echo "== audit log: group-committed appends (SQLite), 64 goroutines"
 go test -run='^$' -bench=Record -benchtime=50000x ./controlplane/audit | grep -E '^Benchmark' | awk '{printf "%s %s ns/op  (%.0f events/s)\n", $1, $3, 1e9/$3}'
 echo
-echo "== admin API over mTLS (64 callers, 64 connections) vs bare mTLS health check"
-go test -run='^$' -bench='Baseline|Admin' -benchtime="$benchtime" ./controlplane/api | tee /tmp/secretplane-bench-api.txt
+echo "== Resolve (cache hit) and admin reads over mTLS (64 callers, 64 connections) vs the bare mTLS health check"
+go test -run='^$' -bench='Baseline|Admin|Resolve' -benchtime="$benchtime" ./controlplane/api | tee /tmp/secretplane-bench-api.txt
 echo
 awk '/^Benchmark/ { name=$1; for (i=2;i<=NF;i++) { if ($(i)=="calls/s") cps[name]=$(i-1); if ($(i)=="p50-µs") p50[name]=$(i-1); if ($(i)=="p99-µs") p99[name]=$(i-1) } }
 END {

@@ -18,7 +18,7 @@ import (
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 )
 
-func issueFor(t *testing.T, e *env, path string) *identity.StaticSource {
+func issueFor(t testing.TB, e *env, path string) *identity.StaticSource {
 	t.Helper()
 	id := e.admin.ID().TrustDomain()
 	svid, err := e.ca.IssueSVID(mustID(t, id.IDString()+path), time.Hour)
