@@ -57,7 +57,7 @@ func (s *SecretsServer) Resolve(ctx context.Context, req *spv1.ResolveRequest) (
 }
 
 func (s *SecretsServer) resolveOne(ctx context.Context, name string) (*spv1.SecretValue, error) {
-	sec, err := s.catalog.GetSecret(ctx, name)
+	sec, err := s.catalog.LookupSecret(ctx, name)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, status.Errorf(codes.NotFound, "secret %s is not registered", name)

@@ -31,6 +31,7 @@ type Store interface {
 type Catalog struct {
 	store  Store
 	access *accessCheck // nil: refs are checked for syntax only
+	refs   *refCache
 }
 
 // Option configures a Catalog.
@@ -38,7 +39,7 @@ type Option func(*Catalog)
 
 // New returns a catalog over s.
 func New(s Store, opts ...Option) *Catalog {
-	c := &Catalog{store: s}
+	c := &Catalog{store: s, refs: newRefCache()}
 	for _, o := range opts {
 		o(c)
 	}
@@ -69,6 +70,7 @@ func (c *Catalog) PutSecret(ctx context.Context, s store.Secret, w Write) (store
 	if err := checkWrite(w); err != nil {
 		return store.Secret{}, false, err
 	}
+	c.refs.drop(s.Name)
 	out, err := c.store.PutSecret(ctx, s, w.precondition())
 	if err != nil {
 		return store.Secret{}, false, err
@@ -111,6 +113,7 @@ func (c *Catalog) DeleteSecret(ctx context.Context, name string, ifRevision int6
 	if err := checkWrite(Write{IfRevision: ifRevision}); err != nil {
 		return err
 	}
+	c.refs.drop(name)
 	if err := c.store.DeleteSecret(ctx, name, store.Precondition{IfRevision: ifRevision}); err != nil {
 		return err
 	}

@@ -133,3 +133,27 @@ func TestListPagesAndTokens(t *testing.T) {
 		t.Errorf("negative page size accepted: %v", err)
 	}
 }
+
+func TestLookupSecretCachesAndInvalidates(t *testing.T) {
+	c := newCatalog(t)
+	ctx := context.Background()
+	if _, _, err := c.PutSecret(ctx, store.Secret{Name: "a/b", Ref: "local://x#k"}, catalog.Write{}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.LookupSecret(ctx, "a/b")
+	if err != nil || s.Ref != "local://x#k" {
+		t.Fatalf("lookup: %+v %v", s, err)
+	}
+	if _, _, err := c.PutSecret(ctx, store.Secret{Name: "a/b", Ref: "local://y#k"}, catalog.Write{}); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := c.LookupSecret(ctx, "a/b"); s.Ref != "local://y#k" {
+		t.Fatalf("a write through the catalog did not invalidate: %s", s.Ref)
+	}
+	if err := c.DeleteSecret(ctx, "a/b", 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.LookupSecret(ctx, "a/b"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("deleted secret still resolvable: %v", err)
+	}
+}
