@@ -31,18 +31,23 @@ func (s *Store) AppendAudit(ctx context.Context, fn func(store.AuditChainHead) (
 	if len(events) == 0 {
 		return nil
 	}
-	ph := make([]string, 11)
-	for i := range ph {
-		ph[i] = fmt.Sprintf("$%d", i+1)
-	}
-	stmt, err := tx.PrepareContext(ctx, s.dialect.Rebind(`INSERT INTO audit_events (`+auditColumns+`) VALUES (`+strings.Join(ph, ", ")+`)`))
-	if err != nil {
-		return fmt.Errorf("append audit: prepare: %w", err)
-	}
-	defer stmt.Close()
-	for _, e := range events {
-		if _, err := stmt.ExecContext(ctx, e.Seq, e.Time.UnixMicro(), e.Actor, e.Action, e.Target, e.Decision, e.Policy, e.Outcome, e.RequestID, e.PrevHash, e.Hash); err != nil {
-			return fmt.Errorf("append audit event %d: %w", e.Seq, err)
+	// One multi-row INSERT per chunk: a batch costs a few statements, not
+	// one per event.
+	const perRow, maxRows = 11, 256
+	for start := 0; start < len(events); start += maxRows {
+		chunk := events[start:min(start+maxRows, len(events))]
+		rows := make([]string, len(chunk))
+		args := make([]any, 0, len(chunk)*perRow)
+		for i, e := range chunk {
+			ph := make([]string, perRow)
+			for j := range ph {
+				ph[j] = fmt.Sprintf("$%d", i*perRow+j+1)
+			}
+			rows[i] = "(" + strings.Join(ph, ", ") + ")"
+			args = append(args, e.Seq, e.Time.UnixMicro(), e.Actor, e.Action, e.Target, e.Decision, e.Policy, e.Outcome, e.RequestID, e.PrevHash, e.Hash)
+		}
+		if _, err := tx.ExecContext(ctx, s.dialect.Rebind(`INSERT INTO audit_events (`+auditColumns+`) VALUES `+strings.Join(rows, ", ")), args...); err != nil {
+			return fmt.Errorf("append audit events %d to %d: %w", chunk[0].Seq, chunk[len(chunk)-1].Seq, err)
 		}
 	}
 	last := events[len(events)-1]
