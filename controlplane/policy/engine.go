@@ -102,24 +102,22 @@ func (e *Engine) Refresh(ctx context.Context, interval time.Duration) {
 
 // Decide evaluates verb on object for id. Deny by default.
 func (e *Engine) Decide(id spiffeid.ID, verb Verb, object string) Decision {
-	if verb == Admin && e.bootstrap[id] {
-		return Decision{Allowed: true, Grant: BootstrapGrant}
-	}
-	for _, g := range *e.grants.Load() {
-		if g.Allows(id, verb, object) {
-			return Decision{Allowed: true, Grant: g.Name}
-		}
-	}
-	return Decision{}
+	return e.decide(id, verb, func(g Grant) bool { return g.Allows(id, verb, object) })
 }
 
 // DecidePrefix evaluates verb on every object whose name starts with prefix.
 func (e *Engine) DecidePrefix(id spiffeid.ID, verb Verb, prefix string) Decision {
+	return e.decide(id, verb, func(g Grant) bool { return g.AllowsPrefix(id, verb, prefix) })
+}
+
+// decide returns the bootstrap grant for the configured admins, else the
+// first grant (by name) that allows, else a denial.
+func (e *Engine) decide(id spiffeid.ID, verb Verb, allows func(Grant) bool) Decision {
 	if verb == Admin && e.bootstrap[id] {
 		return Decision{Allowed: true, Grant: BootstrapGrant}
 	}
 	for _, g := range *e.grants.Load() {
-		if g.AllowsPrefix(id, verb, prefix) {
+		if allows(g) {
 			return Decision{Allowed: true, Grant: g.Name}
 		}
 	}
