@@ -31,11 +31,10 @@ type Decision struct {
 // Engine evaluates requests against an in-memory snapshot of the policies,
 // replaced whole on Load. Evaluation never touches the store.
 type Engine struct {
-	store      Lister
-	bootstrap  map[spiffeid.ID]bool
-	grants     atomic.Pointer[[]Grant]
-	log        *slog.Logger
-	loadErrors atomic.Int64
+	store     Lister
+	bootstrap map[spiffeid.ID]bool
+	grants    atomic.Pointer[[]Grant]
+	log       *slog.Logger
 }
 
 // NewEngine returns an engine with no grants but the bootstrap admins; call
@@ -61,7 +60,6 @@ func (e *Engine) Load(ctx context.Context) error {
 	for {
 		page, err := e.store.ListPolicies(ctx, store.ListQuery{After: after, Limit: 500})
 		if err != nil {
-			e.loadErrors.Add(1)
 			return fmt.Errorf("load policies: %w", err)
 		}
 		for _, p := range page {
