@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/secretplane/secretplane/controlplane/backend"
+	"github.com/secretplane/secretplane/controlplane/backend/awssm"
 	"github.com/secretplane/secretplane/controlplane/backend/local"
 	"github.com/secretplane/secretplane/controlplane/backend/vault"
 )
@@ -68,6 +69,13 @@ func openBackends(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*ba
 			c.AppRole = &vault.AppRoleAuth{RoleID: vc.AppRoleID, SecretIDFile: vc.AppRoleSecretFile}
 		}
 		b, err := vault.New(ctx, c, log)
+		if err != nil {
+			return nil, err
+		}
+		bs = append(bs, b)
+	}
+	if ac := cfg.Backends.AWS; ac.Region != "" {
+		b, err := awssm.New(ctx, awssm.Config{Region: ac.Region, Endpoint: ac.Endpoint})
 		if err != nil {
 			return nil, err
 		}

@@ -74,6 +74,12 @@ type serverConfig struct {
 			KeyFile     string `yaml:"key_file"`
 			SecretsFile string `yaml:"secrets_file"`
 		} `yaml:"local"`
+		AWS struct {
+			// Region enables the AWS Secrets Manager backend; credentials
+			// come from the SDK's default chain.
+			Region   string `yaml:"region"`
+			Endpoint string `yaml:"endpoint"`
+		} `yaml:"aws_sm"`
 		Vault struct {
 			Address           string `yaml:"address"`
 			CACert            string `yaml:"ca_cert"`
@@ -145,6 +151,8 @@ startup fails closed on anything missing or unsafe.`,
 	f.StringVar(&cfg.Identity.Bundle, "bundle-file", "", "trust bundle PEM")
 	f.StringVar(&cfg.Backends.Local.KeyFile, "local-key-file", "", "key of the embedded local backend (dev default: in the data directory; or env SECRETPLANE_LOCAL_KEY)")
 	f.StringVar(&cfg.Backends.Local.SecretsFile, "local-secrets-file", "", "secrets file of the embedded local backend (dev default: in the data directory)")
+	f.StringVar(&cfg.Backends.AWS.Region, "aws-region", "", "enable AWS Secrets Manager in this default region (credentials: the AWS SDK's default chain)")
+	f.StringVar(&cfg.Backends.AWS.Endpoint, "aws-endpoint", "", "AWS Secrets Manager endpoint override (VPC endpoint)")
 	f.StringVar(&cfg.Backends.Vault.Address, "vault-addr", "", "HashiCorp Vault address (https://...)")
 	f.StringVar(&cfg.Backends.Vault.CACert, "vault-ca-cert", "", "CA certificate that signs Vault's TLS certificate")
 	f.StringVar(&cfg.Backends.Vault.TokenFile, "vault-token-file", "", "file holding a Vault token")
@@ -207,6 +215,8 @@ func loadServerConfig(path string, cfg *serverConfig, cmd *cobra.Command) error 
 	pick("audit-file", &cfg.Audit.File, file.Audit.File)
 	pick("local-key-file", &cfg.Backends.Local.KeyFile, file.Backends.Local.KeyFile)
 	pick("local-secrets-file", &cfg.Backends.Local.SecretsFile, file.Backends.Local.SecretsFile)
+	pick("aws-region", &cfg.Backends.AWS.Region, file.Backends.AWS.Region)
+	pick("aws-endpoint", &cfg.Backends.AWS.Endpoint, file.Backends.AWS.Endpoint)
 	pick("vault-addr", &cfg.Backends.Vault.Address, file.Backends.Vault.Address)
 	pick("vault-ca-cert", &cfg.Backends.Vault.CACert, file.Backends.Vault.CACert)
 	pick("vault-token-file", &cfg.Backends.Vault.TokenFile, file.Backends.Vault.TokenFile)
