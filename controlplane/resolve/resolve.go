@@ -159,7 +159,7 @@ func (r *Resolver) Get(ctx context.Context, ref secretref.Ref) (Result, error) {
 	}
 	r.mu.Unlock()
 
-	v, err, _ := r.group.Do(key, func() (any, error) { return r.fetch(ctx, ref, key) })
+	v, err, _ := r.group.Do(key, func() (any, error) { return r.fetch(ctx, ref, key, false) })
 	if err == nil {
 		res := v.(Result)
 		res.Data = clone(res.Data)
@@ -188,19 +188,42 @@ func isDefinitive(err error) bool {
 
 func (r *Resolver) refreshAsync(ref secretref.Ref, key string) {
 	go func() {
-		_, _, _ = r.group.Do(key, func() (any, error) { return r.fetch(context.Background(), ref, key) })
+		_, _, _ = r.group.Do(key, func() (any, error) { return r.fetch(context.Background(), ref, key, true) })
 	}()
 }
 
 // fetch reads ref from the backend and updates the cache. Only one fetch
 // per key runs at a time (singleflight); it is detached from the first
 // caller's cancellation so that other waiters are not failed by it.
-func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string) (Result, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.opts.FetchTimeout)
-	defer cancel()
+//
+// A caller that saw a miss may reach the flight just after another flight
+// for the same key finished, so fetch first looks again: a value fetched in
+// the meantime is returned without a read (for a refresh, one that is not
+// yet due for refreshing).
+func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string, refresh bool) (Result, error) {
 	r.mu.Lock()
+	if e := r.entries[key]; e != nil && e.err != nil && !refresh && r.opts.Now().Before(e.errUntil) {
+		err := e.err
+		r.mu.Unlock()
+		return Result{}, err
+	}
+	if e := r.entries[key]; e != nil && e.res.Data != nil {
+		now := r.opts.Now()
+		due := e.res.FetchedAt.Add(r.opts.TTL)
+		if refresh {
+			due = e.res.RefreshAt
+		}
+		if now.Before(due) {
+			res := e.res
+			res.Data = clone(res.Data)
+			r.mu.Unlock()
+			return res, nil
+		}
+	}
 	r.reads++
 	r.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.opts.FetchTimeout)
+	defer cancel()
 	v, err := r.reader.Read(ctx, ref)
 	now := r.opts.Now()
 	if err != nil {
