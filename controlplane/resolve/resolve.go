@@ -159,7 +159,23 @@ func (r *Resolver) Get(ctx context.Context, ref secretref.Ref) (Result, error) {
 	}
 	r.mu.Unlock()
 
-	v, err, _ := r.group.Do(key, func() (any, error) { return r.fetch(ctx, ref, key, false) })
+	return r.load(ctx, ref, key, false)
+}
+
+// Refresh returns ref's value, reading the backend first when the cached
+// value is due for refreshing (or absent). Watchers call it at each value's
+// RefreshAt, so a change in the backend is seen within the refresh
+// interval even when nobody resolves the ref; a change is reported through
+// OnChange like any other.
+func (r *Resolver) Refresh(ctx context.Context, ref secretref.Ref) (Result, error) {
+	return r.load(ctx, ref, ref.String(), true)
+}
+
+// load fetches through the flight and, when the backend fails, serves the
+// last good value until max-stale.
+func (r *Resolver) load(ctx context.Context, ref secretref.Ref, key string, refresh bool) (Result, error) {
+	v, err, _ := r.group.Do(key, func() (any, error) { return r.fetch(ctx, ref, key, refresh) })
+	now := r.opts.Now()
 	if err == nil {
 		res := v.(Result)
 		res.Data = clone(res.Data)

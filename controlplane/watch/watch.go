@@ -1,0 +1,356 @@
+// Package watch keeps watched secrets fresh and tells their watchers when a
+// value changes. The hub polls every watched name at its value's refresh
+// time (through the resolver, so a poll that is not due costs no backend
+// read and concurrent polls share one), compares the value's keyed
+// fingerprint with what each subscriber last received, and queues the new
+// value for the subscribers that lack it. Delivery is level-triggered: a
+// subscriber that misses an edge still converges on the current value.
+//
+// The hub knows nothing of transports: Watch streams (controlplane/api)
+// and, later, SDS streams are its subscribers.
+package watch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/secretplane/secretplane/controlplane/resolve"
+	"github.com/secretplane/secretplane/controlplane/secretref"
+	"github.com/secretplane/secretplane/store"
+)
+
+// Catalog maps secret names to their stored refs (catalog.Catalog).
+type Catalog interface {
+	LookupSecret(ctx context.Context, name string) (store.Secret, error)
+}
+
+// Resolver refreshes values (resolve.Resolver).
+type Resolver interface {
+	Refresh(ctx context.Context, ref secretref.Ref) (resolve.Result, error)
+}
+
+// Options tune a Hub. Zero values take the defaults.
+type Options struct {
+	// RetryInterval is how soon a poll that failed (or served a stale
+	// value) is retried; default 5s.
+	RetryInterval time.Duration
+	// Workers bounds concurrent polls; default 16.
+	Workers int
+	Log     *slog.Logger
+	Now     func() time.Time
+}
+
+// Update is a value queued for a subscriber. Result.Data is shared between
+// the subscribers of one poll: read it, never modify it.
+type Update struct {
+	Name   string
+	Result resolve.Result
+}
+
+// Hub tracks watched names and their subscribers. Safe for concurrent use.
+type Hub struct {
+	catalog  Catalog
+	resolver Resolver
+	opts     Options
+	log      *slog.Logger
+
+	mu    sync.Mutex
+	names map[string]*watched
+	wake  chan struct{}
+}
+
+type watched struct {
+	name    string
+	ref     string // canonical ref of the last poll, to route resolver changes
+	subs    map[*Subscription]struct{}
+	next    time.Time
+	polling bool
+}
+
+// NewHub returns a hub; call Run to start polling.
+func NewHub(c Catalog, r Resolver, opts Options) *Hub {
+	if opts.RetryInterval <= 0 {
+		opts.RetryInterval = 5 * time.Second
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 16
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Hub{catalog: c, resolver: r, opts: opts, log: log, names: map[string]*watched{}, wake: make(chan struct{}, 1)}
+}
+
+// Subscription is one watcher's set of names and its queue of updates.
+type Subscription struct {
+	hub *Hub
+	c   chan struct{}
+
+	mu      sync.Mutex
+	names   map[string]bool
+	sent    map[string]string // name -> fingerprint the subscriber has
+	pending map[string]Update
+	closed  bool
+}
+
+// Subscribe returns an empty subscription; Add names to it.
+func (h *Hub) Subscribe() *Subscription {
+	return &Subscription{hub: h, c: make(chan struct{}, 1), names: map[string]bool{}, sent: map[string]string{}, pending: map[string]Update{}}
+}
+
+// C is signalled when updates are pending.
+func (s *Subscription) C() <-chan struct{} { return s.c }
+
+// Add starts watching names. For each, the hub polls promptly, so a value
+// that changed since the subscriber read it is queued without waiting for
+// the next refresh.
+func (s *Subscription) Add(names ...string) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	var added []string
+	for _, n := range names {
+		if !s.names[n] {
+			s.names[n] = true
+			added = append(added, n)
+		}
+	}
+	s.mu.Unlock()
+	h := s.hub
+	now := h.opts.Now()
+	h.mu.Lock()
+	for _, n := range added {
+		w := h.names[n]
+		if w == nil {
+			w = &watched{name: n, subs: map[*Subscription]struct{}{}}
+			h.names[n] = w
+		}
+		w.subs[s] = struct{}{}
+		w.next = now
+	}
+	h.mu.Unlock()
+	h.poke()
+}
+
+// Watching reports whether name is in the subscription.
+func (s *Subscription) Watching(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.names[name]
+}
+
+// Sent records the fingerprint the subscriber now has for name, so the hub
+// does not queue that value again.
+func (s *Subscription) Sent(name, fingerprint string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sent[name] = fingerprint
+	if u, ok := s.pending[name]; ok && u.Result.Fingerprint == fingerprint {
+		delete(s.pending, name)
+	}
+}
+
+// Take returns and clears the pending updates, in no particular order.
+func (s *Subscription) Take() []Update {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Update, 0, len(s.pending))
+	for n, u := range s.pending {
+		out = append(out, u)
+		delete(s.pending, n)
+	}
+	return out
+}
+
+// Close stops the subscription; names nobody watches any more stop being
+// polled.
+func (s *Subscription) Close() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	names := s.names
+	s.names, s.pending = map[string]bool{}, map[string]Update{}
+	s.mu.Unlock()
+	h := s.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for n := range names {
+		if w := h.names[n]; w != nil {
+			delete(w.subs, s)
+			if len(w.subs) == 0 && !w.polling {
+				delete(h.names, n)
+			}
+		}
+	}
+}
+
+// offer queues u unless the subscriber already has that value.
+func (s *Subscription) offer(u Update) {
+	s.mu.Lock()
+	if s.closed || !s.names[u.Name] || s.sent[u.Name] == u.Result.Fingerprint {
+		s.mu.Unlock()
+		return
+	}
+	s.pending[u.Name] = u
+	s.mu.Unlock()
+	select {
+	case s.c <- struct{}{}:
+	default:
+	}
+}
+
+// Changed tells the hub that ref's value changed (resolve.Options.OnChange):
+// the names bound to it are polled now rather than at their refresh time.
+func (h *Hub) Changed(ref secretref.Ref) {
+	key := ref.String()
+	now := h.opts.Now()
+	h.mu.Lock()
+	hit := false
+	for _, w := range h.names {
+		if w.ref == key {
+			w.next, hit = now, true
+		}
+	}
+	h.mu.Unlock()
+	if hit {
+		h.poke()
+	}
+}
+
+// Watched returns how many names are watched and by how many subscriptions
+// in total (for metrics).
+func (h *Hub) Watched() (names, subscriptions int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, w := range h.names {
+		names++
+		subscriptions += len(w.subs)
+	}
+	return names, subscriptions
+}
+
+func (h *Hub) poke() {
+	select {
+	case h.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run polls due names until ctx ends.
+func (h *Hub) Run(ctx context.Context) {
+	sem := make(chan struct{}, h.opts.Workers)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		now := h.opts.Now()
+		var due []*watched
+		next := now.Add(time.Minute)
+		h.mu.Lock()
+		for _, w := range h.names {
+			switch {
+			case w.polling:
+			case !now.Before(w.next):
+				w.polling = true
+				due = append(due, w)
+			case w.next.Before(next):
+				next = w.next
+			}
+		}
+		h.mu.Unlock()
+		for _, w := range due {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				h.poll(ctx, w)
+				h.poke()
+			}()
+		}
+		if len(due) > 0 {
+			continue
+		}
+		timer.Reset(next.Sub(now))
+		select {
+		case <-ctx.Done():
+			return
+		case <-h.wake:
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
+		case <-timer.C:
+		}
+	}
+}
+
+// poll refreshes one name and queues its value for subscribers that lack it.
+func (h *Hub) poll(ctx context.Context, w *watched) {
+	res, ref, err := h.current(ctx, w.name)
+	now := h.opts.Now()
+	h.mu.Lock()
+	w.polling = false
+	if len(w.subs) == 0 {
+		delete(h.names, w.name)
+		h.mu.Unlock()
+		return
+	}
+	if err != nil {
+		w.next = now.Add(h.opts.RetryInterval)
+		h.mu.Unlock()
+		if !errors.Is(err, context.Canceled) {
+			h.log.WarnContext(ctx, "watched secret could not be refreshed; subscribers keep their value", "secret", w.name, "error", err.Error())
+		}
+		return
+	}
+	w.ref = ref
+	w.next = res.RefreshAt
+	if res.Stale || !w.next.After(now) {
+		w.next = now.Add(h.opts.RetryInterval)
+	}
+	subs := make([]*Subscription, 0, len(w.subs))
+	for s := range w.subs {
+		subs = append(subs, s)
+	}
+	h.mu.Unlock()
+	u := Update{Name: w.name, Result: res}
+	for _, s := range subs {
+		s.offer(u)
+	}
+}
+
+func (h *Hub) current(ctx context.Context, name string) (resolve.Result, string, error) {
+	sec, err := h.catalog.LookupSecret(ctx, name)
+	if err != nil {
+		return resolve.Result{}, "", fmt.Errorf("look up watched secret %s: %w", name, err)
+	}
+	ref, err := secretref.Parse(sec.Ref)
+	if err != nil {
+		return resolve.Result{}, "", fmt.Errorf("watched secret %s has an unparseable stored ref: %w", name, err)
+	}
+	res, err := h.resolver.Refresh(ctx, ref)
+	if err != nil {
+		return resolve.Result{}, ref.String(), fmt.Errorf("refresh watched secret %s: %w", name, err)
+	}
+	return res, ref.String(), nil
+}

@@ -1,0 +1,214 @@
+package watch_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/secretplane/secretplane/controlplane/backend"
+	"github.com/secretplane/secretplane/controlplane/resolve"
+	"github.com/secretplane/secretplane/controlplane/secretref"
+	"github.com/secretplane/secretplane/controlplane/watch"
+	"github.com/secretplane/secretplane/store"
+)
+
+// manager is an in-memory secret manager whose values change under the
+// test's control (the backends are tested against the real managers).
+type manager struct {
+	mu     sync.Mutex
+	values map[string]string
+	fail   error
+	reads  atomic.Int64
+}
+
+func (m *manager) Read(_ context.Context, ref secretref.Ref) (backend.Value, error) {
+	m.reads.Add(1)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fail != nil {
+		return backend.Value{}, m.fail
+	}
+	v, ok := m.values[ref.String()]
+	if !ok {
+		return backend.Value{}, fmt.Errorf("%s: %w", ref, backend.ErrNotFound)
+	}
+	return backend.Value{Data: []byte(v), Version: v}, nil
+}
+
+func (m *manager) set(ref, v string) { m.mu.Lock(); m.values[ref] = v; m.mu.Unlock() }
+func (m *manager) setFail(err error) { m.mu.Lock(); m.fail = err; m.mu.Unlock() }
+
+type catalog map[string]string
+
+func (c catalog) LookupSecret(_ context.Context, name string) (store.Secret, error) {
+	ref, ok := c[name]
+	if !ok {
+		return store.Secret{}, fmt.Errorf("secret %s: %w", name, store.ErrNotFound)
+	}
+	return store.Secret{Name: name, Ref: ref}, nil
+}
+
+const (
+	dbRef  = "vault://secret/payments/db#password"
+	apiRef = "vault://secret/payments/api#key"
+)
+
+func start(t *testing.T, ttl time.Duration) (*watch.Hub, *manager, *resolve.Resolver) {
+	t.Helper()
+	m := &manager{values: map[string]string{dbRef: "v1", apiRef: "k1"}}
+	var hub *watch.Hub
+	r, err := resolve.New(m, resolve.Options{
+		TTL: ttl, FingerprintKey: []byte("0123456789abcdef0123456789abcdef"),
+		OnChange: func(ref secretref.Ref, _, _ string) { hub.Changed(ref) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub = watch.NewHub(catalog{"payments/db": dbRef, "payments/api": apiRef}, r, watch.Options{RetryInterval: 50 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { hub.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return hub, m, r
+}
+
+// next waits for the subscription's next batch of updates.
+func next(t *testing.T, s *watch.Subscription, within time.Duration) []watch.Update {
+	t.Helper()
+	select {
+	case <-s.C():
+		return s.Take()
+	case <-time.After(within):
+		return nil
+	}
+}
+
+func TestChangesReachSubscribersOnce(t *testing.T) {
+	hub, m, _ := start(t, 200*time.Millisecond)
+	a, b := hub.Subscribe(), hub.Subscribe()
+	defer a.Close()
+	defer b.Close()
+	a.Add("payments/db", "payments/api")
+	b.Add("payments/db")
+
+	got := map[string]string{}
+	for len(got) < 2 {
+		us := next(t, a, 2*time.Second)
+		if us == nil {
+			t.Fatalf("initial values: got %v", got)
+		}
+		for _, u := range us {
+			got[u.Name] = string(u.Result.Data)
+			a.Sent(u.Name, u.Result.Fingerprint)
+		}
+	}
+	if got["payments/db"] != "v1" || got["payments/api"] != "k1" {
+		t.Fatalf("initial values: %v", got)
+	}
+	us := next(t, b, 2*time.Second)
+	if len(us) != 1 || string(us[0].Result.Data) != "v1" {
+		t.Fatalf("b initial: %+v", us)
+	}
+	b.Sent("payments/db", us[0].Result.Fingerprint)
+
+	// Unchanged values are not queued again across several refreshes.
+	if us := next(t, a, 600*time.Millisecond); us != nil {
+		t.Fatalf("unchanged value queued: %+v", us)
+	}
+
+	// A change in the backend reaches both, within the refresh interval
+	// (0.75 x TTL +- jitter, plus a poll), once.
+	m.set(dbRef, "v2")
+	changed := time.Now()
+	for _, s := range []*watch.Subscription{a, b} {
+		us := next(t, s, 2*time.Second)
+		if len(us) != 1 || us[0].Name != "payments/db" || string(us[0].Result.Data) != "v2" || us[0].Result.Version != "v2" {
+			t.Fatalf("change: %+v", us)
+		}
+		s.Sent(us[0].Name, us[0].Result.Fingerprint)
+	}
+	if d := time.Since(changed); d > 400*time.Millisecond {
+		t.Logf("change seen after %v", d) // informative; timing is measured by make bench
+	}
+	if us := next(t, b, 500*time.Millisecond); us != nil {
+		t.Fatalf("change delivered twice: %+v", us)
+	}
+}
+
+func TestFailuresKeepTheValueAndRecover(t *testing.T) {
+	hub, m, _ := start(t, 100*time.Millisecond)
+	s := hub.Subscribe()
+	defer s.Close()
+	s.Add("payments/db")
+	us := next(t, s, 2*time.Second)
+	if len(us) != 1 {
+		t.Fatalf("initial: %+v", us)
+	}
+	s.Sent("payments/db", us[0].Result.Fingerprint)
+
+	m.setFail(fmt.Errorf("connection refused: %w", backend.ErrUnavailable))
+	if us := next(t, s, 500*time.Millisecond); us != nil {
+		t.Fatalf("a failing backend produced an update: %+v", us)
+	}
+	m.set(dbRef, "v2")
+	m.setFail(nil)
+	us = next(t, s, 2*time.Second)
+	if len(us) != 1 || string(us[0].Result.Data) != "v2" {
+		t.Fatalf("after recovery: %+v", us)
+	}
+}
+
+func TestUnwatchedNamesStopBeingPolled(t *testing.T) {
+	hub, m, _ := start(t, 100*time.Millisecond)
+	s := hub.Subscribe()
+	s.Add("payments/db", "payments/unknown")
+	if us := next(t, s, 2*time.Second); len(us) != 1 || us[0].Name != "payments/db" {
+		t.Fatalf("initial: %+v", us)
+	}
+	if !s.Watching("payments/db") || s.Watching("payments/api") {
+		t.Fatal("Watching")
+	}
+	s.Close()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		if n, subs := hub.Watched(); n == 0 && subs == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("names still watched after Close")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	before := m.reads.Load()
+	time.Sleep(300 * time.Millisecond)
+	if after := m.reads.Load(); after != before {
+		t.Fatalf("%d backend reads after every watcher left", after-before)
+	}
+}
+
+// A subscriber that joins a watched name gets the current value even when
+// it changed before it joined (level-triggered), and the join costs no
+// backend read when the cached value is fresh.
+func TestLateSubscriberConverges(t *testing.T) {
+	hub, m, _ := start(t, time.Hour)
+	a := hub.Subscribe()
+	defer a.Close()
+	a.Add("payments/db")
+	if us := next(t, a, 2*time.Second); len(us) != 1 {
+		t.Fatalf("a: %+v", us)
+	}
+	reads := m.reads.Load()
+	b := hub.Subscribe()
+	defer b.Close()
+	b.Add("payments/db")
+	us := next(t, b, 2*time.Second)
+	if len(us) != 1 || string(us[0].Result.Data) != "v1" {
+		t.Fatalf("b: %+v", us)
+	}
+	if m.reads.Load() != reads {
+		t.Fatal("a join read the backend while the value was fresh")
+	}
+}
