@@ -97,6 +97,7 @@ type Store interface {
 
 	PolicyStore
 	AuditStore
+	ConsumerStore
 
 	// Ping checks that the store is reachable.
 	Ping(ctx context.Context) error
@@ -166,4 +167,30 @@ type PolicyStore interface {
 type AuditStore interface {
 	AppendAudit(ctx context.Context, fn func(head AuditChainHead) ([]AuditEvent, error)) error
 	QueryAudit(ctx context.Context, q AuditQuery) ([]AuditEvent, error)
+}
+
+// Consumer is an identity observed reading or watching a secret: the
+// secret's dependents list, which rotation verifies its rollout against.
+// One row per secret, identity and channel.
+type Consumer struct {
+	Secret   string // secret name
+	Identity string // SPIFFE ID
+	Channel  string // "resolve", "watch" or "sds"
+
+	FirstSeen time.Time
+	LastSeen  time.Time
+	Version   string // the version last delivered
+
+	AckedVersion string    // the version the consumer last acknowledged applying
+	AckError     string    // set when it reported failing to apply one
+	AckTime      time.Time // when it last acknowledged (zero: never)
+}
+
+// ConsumerStore persists the consumer registry. Writes come from every
+// replica: UpsertConsumers merges, keeping the earliest FirstSeen and the
+// fields of the newest sighting and the newest acknowledgement.
+type ConsumerStore interface {
+	UpsertConsumers(ctx context.Context, cs []Consumer) error
+	// ListConsumers returns a secret's consumers by identity and channel.
+	ListConsumers(ctx context.Context, secret string) ([]Consumer, error)
 }

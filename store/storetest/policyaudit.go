@@ -130,3 +130,47 @@ func testAuditConcurrentAppends(t *testing.T, s store.Store) {
 		}
 	}
 }
+
+func testConsumers(t *testing.T, s store.Store) {
+	c := ctx(t)
+	at := func(sec int) time.Time { return time.Unix(1_800_000_000+int64(sec), 0).UTC() }
+	api, worker := "spiffe://example.org/payments/api", "spiffe://example.org/payments/worker"
+	if got, err := s.ListConsumers(c, "payments/db"); err != nil || len(got) != 0 {
+		t.Fatalf("empty: %v %v", got, err)
+	}
+	// Two replicas report out of order; the merge keeps the earliest first
+	// sighting, the newest sighting's version and the newest ack.
+	steps := [][]store.Consumer{
+		{{Secret: "payments/db", Identity: api, Channel: "watch", FirstSeen: at(10), LastSeen: at(20), Version: "3", AckedVersion: "3", AckTime: at(20)},
+			{Secret: "payments/db", Identity: worker, Channel: "resolve", FirstSeen: at(5), LastSeen: at(5), Version: "3"},
+			{Secret: "other/x", Identity: api, Channel: "resolve", FirstSeen: at(1), LastSeen: at(1), Version: "1"}},
+		{{Secret: "payments/db", Identity: api, Channel: "watch", FirstSeen: at(2), LastSeen: at(15), Version: "2", AckedVersion: "2", AckTime: at(15)}},
+		{{Secret: "payments/db", Identity: api, Channel: "watch", FirstSeen: at(30), LastSeen: at(30), Version: "4", AckedVersion: "3", AckError: "bad key", AckTime: at(30)},
+			{Secret: "payments/db", Identity: api, Channel: "resolve", FirstSeen: at(31), LastSeen: at(31), Version: "4"}},
+	}
+	for _, cs := range steps {
+		if err := s.UpsertConsumers(c, cs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []store.Consumer{
+		{Secret: "payments/db", Identity: api, Channel: "resolve", FirstSeen: at(31), LastSeen: at(31), Version: "4"},
+		{Secret: "payments/db", Identity: api, Channel: "watch", FirstSeen: at(2), LastSeen: at(30), Version: "4", AckedVersion: "3", AckError: "bad key", AckTime: at(30)},
+		{Secret: "payments/db", Identity: worker, Channel: "resolve", FirstSeen: at(5), LastSeen: at(5), Version: "3"},
+	}
+	got, err := s.ListConsumers(c, "payments/db")
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("consumers:\n got %+v %v\nwant %+v", got, err, want)
+	}
+	// Large batches span several statements.
+	many := make([]store.Consumer, 450)
+	for i := range many {
+		many[i] = store.Consumer{Secret: "bulk/s", Identity: fmt.Sprintf("spiffe://example.org/w/%03d", i), Channel: "resolve", FirstSeen: at(1), LastSeen: at(1)}
+	}
+	if err := s.UpsertConsumers(c, many); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.ListConsumers(c, "bulk/s"); err != nil || len(got) != 450 || got[0].Identity != many[0].Identity {
+		t.Fatalf("bulk: %d %v", len(got), err)
+	}
+}

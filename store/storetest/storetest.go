@@ -37,6 +37,7 @@ func Run(t *testing.T, open Opener) {
 		{"PolicyLifecycle", testPolicyLifecycle},
 		{"AuditAppendQuery", testAuditAppendQuery},
 		{"AuditConcurrentAppends", testAuditConcurrentAppends},
+		{"Consumers", testConsumers},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
