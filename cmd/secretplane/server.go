@@ -20,9 +20,12 @@ import (
 	"github.com/secretplane/secretplane/controlplane/api"
 	"github.com/secretplane/secretplane/controlplane/audit"
 	"github.com/secretplane/secretplane/controlplane/catalog"
+	"github.com/secretplane/secretplane/controlplane/consumers"
 	"github.com/secretplane/secretplane/controlplane/logging"
 	"github.com/secretplane/secretplane/controlplane/policy"
 	"github.com/secretplane/secretplane/controlplane/resolve"
+	"github.com/secretplane/secretplane/controlplane/secretref"
+	"github.com/secretplane/secretplane/controlplane/watch"
 	"github.com/secretplane/secretplane/identity"
 	"github.com/secretplane/secretplane/store"
 	"github.com/secretplane/secretplane/store/postgres"
@@ -297,19 +300,33 @@ func runServer(ctx context.Context, cfg *serverConfig, out interface{ Write([]by
 	if err != nil {
 		return err
 	}
-	resolver, err := resolve.New(registry, resolve.Options{TTL: cfg.Cache.TTL, MaxStale: cfg.Cache.MaxStale, FingerprintKey: fpKey})
+	var hub *watch.Hub
+	resolver, err := resolve.New(registry, resolve.Options{
+		TTL: cfg.Cache.TTL, MaxStale: cfg.Cache.MaxStale, FingerprintKey: fpKey,
+		// A change seen while resolving reaches watchers at once.
+		OnChange: func(ref secretref.Ref, _, _ string) { hub.Changed(ref) },
+	})
 	if err != nil {
 		return err
 	}
+	cat := catalog.New(st.store, catalog.WithAccessCheck(registry, engine))
+	hub = watch.NewHub(cat, resolver, watch.Options{Log: log})
+	go hub.Run(bg)
+	deps := consumers.New(st.store, consumers.Options{Log: log})
+	depsDone := make(chan struct{})
+	go func() { deps.Run(bg); close(depsDone) }()
+	defer func() { stopBackground(); <-depsDone }() // the last sightings are written before the store closes
 	srv := api.NewServer(api.Config{
 		TLS:      tlsCfg,
 		Log:      log,
-		Catalog:  catalog.New(st.store, catalog.WithAccessCheck(registry, engine)),
+		Catalog:  cat,
 		Policies: policy.NewManager(st.store, engine),
 		Policy:   engine,
 		Audit:    auditLog,
 		AuditLog: st.store,
 		Resolver: resolver,
+		Watch:    hub,
+		Consumer: deps,
 	})
 	addr := lis.Addr().String()
 	if cfg.Dev {

@@ -6,19 +6,43 @@ import (
 
 	"github.com/secretplane/secretplane/controlplane/catalog"
 	"github.com/secretplane/secretplane/controlplane/secretref"
+	"github.com/secretplane/secretplane/controlplane/validate"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
+	"github.com/secretplane/secretplane/store"
 )
 
 // AdminServer implements secretplane.v1.AdminService over the catalog.
 type AdminServer struct {
 	spv1.UnimplementedAdminServiceServer
-	catalog *catalog.Catalog
-	log     *slog.Logger
+	catalog   *catalog.Catalog
+	consumers ConsumerLister
+	log       *slog.Logger
+}
+
+// ConsumerLister reads the dependents list (consumers.Registry).
+type ConsumerLister interface {
+	List(ctx context.Context, secret string) ([]store.Consumer, error)
 }
 
 // NewAdminServer returns the admin service.
-func NewAdminServer(c *catalog.Catalog, log *slog.Logger) *AdminServer {
-	return &AdminServer{catalog: c, log: log}
+func NewAdminServer(c *catalog.Catalog, cl ConsumerLister, log *slog.Logger) *AdminServer {
+	return &AdminServer{catalog: c, consumers: cl, log: log}
+}
+
+// ListConsumers implements AdminService.ListConsumers.
+func (s *AdminServer) ListConsumers(ctx context.Context, req *spv1.ListConsumersRequest) (*spv1.ListConsumersResponse, error) {
+	if err := validate.Name(req.GetName()); err != nil {
+		return nil, toStatus(ctx, s.log, fieldError("name", err.Error()))
+	}
+	cs, err := s.consumers.List(ctx, req.GetName())
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	resp := &spv1.ListConsumersResponse{Consumers: make([]*spv1.Consumer, len(cs))}
+	for i, c := range cs {
+		resp.Consumers[i] = consumerToProto(c)
+	}
+	return resp, nil
 }
 
 // PutSecret implements AdminService.PutSecret.

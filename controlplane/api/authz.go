@@ -53,15 +53,16 @@ func everything(any) string { return "" }
 func rules() map[string]rule {
 	admin := policy.Admin
 	return map[string]rule{
-		spv1.AdminService_PutSecret_FullMethodName:    {verb: admin, objects: named(func(r any) string { return r.(*spv1.PutSecretRequest).GetSecret().GetName() })},
-		spv1.AdminService_GetSecret_FullMethodName:    {verb: admin, objects: named(func(r any) string { return r.(*spv1.GetSecretRequest).GetName() })},
-		spv1.AdminService_DeleteSecret_FullMethodName: {verb: admin, objects: named(func(r any) string { return r.(*spv1.DeleteSecretRequest).GetName() })},
-		spv1.AdminService_ListSecrets_FullMethodName:  {verb: admin, prefix: func(r any) string { return r.(*spv1.ListSecretsRequest).GetPrefix() }},
-		spv1.AdminService_PutConfig_FullMethodName:    {verb: admin, objects: named(func(r any) string { return r.(*spv1.PutConfigRequest).GetConfig().GetName() })},
-		spv1.AdminService_GetConfig_FullMethodName:    {verb: admin, objects: named(func(r any) string { return r.(*spv1.GetConfigRequest).GetName() })},
-		spv1.AdminService_DeleteConfig_FullMethodName: {verb: admin, objects: named(func(r any) string { return r.(*spv1.DeleteConfigRequest).GetName() })},
-		spv1.AdminService_ListConfigs_FullMethodName:  {verb: admin, prefix: func(r any) string { return r.(*spv1.ListConfigsRequest).GetPrefix() }},
-		spv1.AdminService_CheckRef_FullMethodName:     {anyone: true},
+		spv1.AdminService_PutSecret_FullMethodName:     {verb: admin, objects: named(func(r any) string { return r.(*spv1.PutSecretRequest).GetSecret().GetName() })},
+		spv1.AdminService_GetSecret_FullMethodName:     {verb: admin, objects: named(func(r any) string { return r.(*spv1.GetSecretRequest).GetName() })},
+		spv1.AdminService_DeleteSecret_FullMethodName:  {verb: admin, objects: named(func(r any) string { return r.(*spv1.DeleteSecretRequest).GetName() })},
+		spv1.AdminService_ListConsumers_FullMethodName: {verb: admin, objects: named(func(r any) string { return r.(*spv1.ListConsumersRequest).GetName() })},
+		spv1.AdminService_ListSecrets_FullMethodName:   {verb: admin, prefix: func(r any) string { return r.(*spv1.ListSecretsRequest).GetPrefix() }},
+		spv1.AdminService_PutConfig_FullMethodName:     {verb: admin, objects: named(func(r any) string { return r.(*spv1.PutConfigRequest).GetConfig().GetName() })},
+		spv1.AdminService_GetConfig_FullMethodName:     {verb: admin, objects: named(func(r any) string { return r.(*spv1.GetConfigRequest).GetName() })},
+		spv1.AdminService_DeleteConfig_FullMethodName:  {verb: admin, objects: named(func(r any) string { return r.(*spv1.DeleteConfigRequest).GetName() })},
+		spv1.AdminService_ListConfigs_FullMethodName:   {verb: admin, prefix: func(r any) string { return r.(*spv1.ListConfigsRequest).GetPrefix() }},
+		spv1.AdminService_CheckRef_FullMethodName:      {anyone: true},
 
 		spv1.PolicyService_PutPolicy_FullMethodName:    {verb: admin, prefix: everything},
 		spv1.PolicyService_GetPolicy_FullMethodName:    {verb: admin, prefix: everything},
@@ -72,8 +73,9 @@ func rules() map[string]rule {
 		spv1.AuditService_Verify_FullMethodName:        {verb: admin, prefix: everything},
 
 		spv1.SecretsService_Resolve_FullMethodName: {verb: policy.Read, objects: func(r any) []string { return r.(*spv1.ResolveRequest).GetNames() }},
-		// Watch names its secrets in stream messages, each checked by the
-		// handler; opening the stream needs only authentication.
+		// Watch names its secrets in stream messages: the handler checks
+		// "watch" on each when subscribed and again before every push.
+		// Opening the stream needs only authentication.
 		spv1.SecretsService_Watch_FullMethodName: {anyone: true},
 	}
 }
@@ -105,12 +107,23 @@ func (a *authorizer) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 }
 
 func (a *authorizer) authorize(ctx context.Context, method string, req any) error {
+	r, known := a.rules[method]
+	return a.check(ctx, shortMethod(method), r, known, req)
+}
+
+// authorizeNames decides verb on every name for the caller and records the
+// decision as action: for streams, which name their objects in messages.
+func (a *authorizer) authorizeNames(ctx context.Context, action string, verb policy.Verb, names []string) error {
+	return a.check(ctx, action, rule{verb: verb, objects: func(any) []string { return names }}, true, names)
+}
+
+// check evaluates rule r for the caller, records the decision, and returns
+// the error to answer with when the call may not proceed.
+func (a *authorizer) check(ctx context.Context, action string, r rule, known bool, req any) error {
 	id, ok := PeerID(ctx)
 	if !ok {
 		return status.Error(codes.Unauthenticated, "caller not authenticated")
 	}
-	action := shortMethod(method)
-	r, known := a.rules[method]
 	target, decision := "", policy.Decision{}
 	switch {
 	case !known:

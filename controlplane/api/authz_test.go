@@ -47,6 +47,10 @@ func allRPCs() []rpc {
 			_, err := adm(c).ListSecrets(ctx, &spv1.ListSecretsRequest{Prefix: prefixOf(n)})
 			return err
 		}, codes.OK},
+		{"AdminService.ListConsumers", policy.Admin, "name", func(ctx context.Context, c *grpc.ClientConn, n string) error {
+			_, err := adm(c).ListConsumers(ctx, &spv1.ListConsumersRequest{Name: n})
+			return err
+		}, codes.OK},
 		{"AdminService.CheckRef", "", "anyone", func(ctx context.Context, c *grpc.ClientConn, n string) error {
 			_, err := adm(c).CheckRef(ctx, &spv1.CheckRefRequest{Ref: "vault://secret/" + n + "#v"})
 			return err
@@ -103,10 +107,23 @@ func allRPCs() []rpc {
 			_, err := spv1.NewSecretsServiceClient(c).Resolve(ctx, &spv1.ResolveRequest{Names: []string{n}})
 			return err
 		}, codes.NotFound},
+		{"SecretsService.Watch", policy.Watch, "name", func(ctx context.Context, c *grpc.ClientConn, n string) error {
+			ctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			st, err := spv1.NewSecretsServiceClient(c).Watch(ctx)
+			if err != nil {
+				return err
+			}
+			if err := st.Send(&spv1.WatchRequest{Request: &spv1.WatchRequest_Subscribe{Subscribe: &spv1.WatchSubscribe{Names: []string{n}}}}); err != nil {
+				return err
+			}
+			_, err = st.Recv()
+			return err
+		}, codes.NotFound},
 	}
 }
 
-// The authorisation matrix: 4 identities x every RPC x 3 secrets. Exactly
+// The authorisation matrix: 4 identities x every RPC (Watch included) x 3 secrets. Exactly
 // the granted combinations get past authorisation; every denial is
 // PermissionDenied and leaves an audit record.
 func TestAuthorizationMatrix(t *testing.T) {
@@ -134,10 +151,10 @@ func TestAuthorizationMatrix(t *testing.T) {
 	}{
 		{"root admin", e.admin, e.admin.ID().String(), func(v policy.Verb, scope, s string) bool { return v == policy.Admin || scope == "anyone" }},
 		{"payments lead", lead, lead.ID().String(), func(v policy.Verb, scope, s string) bool {
-			return scope == "anyone" || (v == policy.Admin && scope != "all" && strings.HasPrefix(s, "payments/")) || (v == policy.Read && strings.HasPrefix(s, "payments/"))
+			return scope == "anyone" || (v == policy.Admin && scope != "all" && strings.HasPrefix(s, "payments/")) || ((v == policy.Read || v == policy.Watch) && strings.HasPrefix(s, "payments/"))
 		}},
 		{"payments api", api, api.ID().String(), func(v policy.Verb, scope, s string) bool {
-			return scope == "anyone" || (v == policy.Read && strings.HasPrefix(s, "payments/"))
+			return scope == "anyone" || ((v == policy.Read || v == policy.Watch) && strings.HasPrefix(s, "payments/"))
 		}},
 		{"billing worker", billing, billing.ID().String(), func(v policy.Verb, scope, s string) bool {
 			return scope == "anyone" || (v == policy.Read && s == "billing/db")
@@ -145,8 +162,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 	}
 	secrets := []string{"payments/db", "payments/api-key", "billing/db"}
 	rpcs := allRPCs()
-	if got, want := len(rpcs), len(spv1.AdminService_ServiceDesc.Methods)+len(spv1.PolicyService_ServiceDesc.Methods)+len(spv1.AuditService_ServiceDesc.Methods)+1; got != want {
-		t.Fatalf("the matrix covers %d unary RPCs; the API has %d", got, want)
+	if got, want := len(rpcs), len(spv1.AdminService_ServiceDesc.Methods)+len(spv1.PolicyService_ServiceDesc.Methods)+len(spv1.AuditService_ServiceDesc.Methods)+
+		len(spv1.SecretsService_ServiceDesc.Methods)+len(spv1.SecretsService_ServiceDesc.Streams); got != want {
+		t.Fatalf("the matrix covers %d RPCs; the API has %d", got, want)
 	}
 	checked := 0
 	for _, id := range identities {

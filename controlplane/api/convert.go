@@ -99,3 +99,15 @@ func prefixed(err error, prefix string) error {
 	}
 	return err
 }
+
+func consumerToProto(c store.Consumer) *spv1.Consumer {
+	out := &spv1.Consumer{
+		Secret: c.Secret, Identity: c.Identity, Channel: c.Channel,
+		FirstSeenTime: timestamppb.New(c.FirstSeen), LastSeenTime: timestamppb.New(c.LastSeen),
+		Version: c.Version, AckedVersion: c.AckedVersion, AckError: c.AckError,
+	}
+	if !c.AckTime.IsZero() {
+		out.AckTime = timestamppb.New(c.AckTime)
+	}
+	return out
+}

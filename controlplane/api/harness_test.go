@@ -20,9 +20,12 @@ import (
 	"github.com/secretplane/secretplane/controlplane/backend"
 	"github.com/secretplane/secretplane/controlplane/backend/local"
 	"github.com/secretplane/secretplane/controlplane/catalog"
+	"github.com/secretplane/secretplane/controlplane/consumers"
 	"github.com/secretplane/secretplane/controlplane/logging"
 	"github.com/secretplane/secretplane/controlplane/policy"
 	"github.com/secretplane/secretplane/controlplane/resolve"
+	"github.com/secretplane/secretplane/controlplane/secretref"
+	"github.com/secretplane/secretplane/controlplane/watch"
 	"github.com/secretplane/secretplane/identity"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 	"github.com/secretplane/secretplane/store/sqlite"
@@ -44,6 +47,7 @@ type env struct {
 	store     *sqlite.Store
 	engine    *policy.Engine
 	local     *local.Backend
+	consumers *consumers.Registry
 }
 
 type syncBuffer struct {
@@ -120,14 +124,23 @@ func newEnvLevel(t testing.TB, level slog.Level) *env {
 		t.Fatal(err)
 	}
 	registry := backend.NewRegistry(e.local)
-	resolver, err := resolve.New(registry, resolve.Options{FingerprintKey: []byte("fingerprint-key-for-tests-only!!")})
+	var hub *watch.Hub
+	resolver, err := resolve.New(registry, resolve.Options{
+		TTL: time.Second, FingerprintKey: []byte("fingerprint-key-for-tests-only!!"),
+		OnChange: func(ref secretref.Ref, _, _ string) { hub.Changed(ref) },
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	cat := catalog.New(st, catalog.WithAccessCheck(registry, e.engine))
+	hub = watch.NewHub(cat, resolver, watch.Options{Log: log, RetryInterval: 200 * time.Millisecond})
+	go hub.Run(actx)
+	e.consumers = consumers.New(st, consumers.Options{Log: log})
+	go e.consumers.Run(actx)
 	srv := api.NewServer(api.Config{
-		TLS: tlsCfg, Log: log, Catalog: catalog.New(st, catalog.WithAccessCheck(registry, e.engine)),
+		TLS: tlsCfg, Log: log, Catalog: cat,
 		Policies: policy.NewManager(st, e.engine), Policy: e.engine, Audit: auditLog, AuditLog: st,
-		Resolver: resolver,
+		Resolver: resolver, Watch: hub, Consumer: e.consumers,
 	})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"slices"
+	"strings"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -12,39 +16,48 @@ import (
 
 	"github.com/secretplane/secretplane/controlplane/backend"
 	"github.com/secretplane/secretplane/controlplane/catalog"
+	"github.com/secretplane/secretplane/controlplane/consumers"
+	"github.com/secretplane/secretplane/controlplane/policy"
 	"github.com/secretplane/secretplane/controlplane/resolve"
 	"github.com/secretplane/secretplane/controlplane/secretref"
+	"github.com/secretplane/secretplane/controlplane/validate"
+	"github.com/secretplane/secretplane/controlplane/watch"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 	"github.com/secretplane/secretplane/store"
 )
 
-// MaxResolveNames bounds a batch Resolve.
+// MaxResolveNames bounds a batch Resolve and one Watch subscription.
 const MaxResolveNames = 100
 
-// SecretsServer implements secretplane.v1.SecretsService.Resolve. (Watch
-// answers UNIMPLEMENTED until it lands.) Authorisation (read on every name)
-// and audit happen in the interceptor before it runs.
-type SecretsServer struct {
-	spv1.UnimplementedSecretsServiceServer
-	catalog  *catalog.Catalog
-	resolver *resolve.Resolver
-	log      *slog.Logger
+// MaxWatchNames bounds the names one Watch stream may hold.
+const MaxWatchNames = 1000
+
+// Consumers records who reads and watches what (consumers.Registry).
+type Consumers interface {
+	Seen(identity, secret, channel, version string)
+	Acked(identity, secret, channel, version, errMsg string)
 }
 
-// NewSecretsServer returns the workload-facing service.
-func NewSecretsServer(c *catalog.Catalog, r *resolve.Resolver, log *slog.Logger) *SecretsServer {
-	return &SecretsServer{catalog: c, resolver: r, log: log}
+// SecretsServer implements secretplane.v1.SecretsService. Authorisation of
+// Resolve (read on every name) and its audit happen in the interceptor
+// before it runs; Watch checks "watch" per name as the stream names them.
+type SecretsServer struct {
+	spv1.UnimplementedSecretsServiceServer
+	catalog   *catalog.Catalog
+	resolver  *resolve.Resolver
+	hub       *watch.Hub
+	consumers Consumers
+	authz     *authorizer
+	log       *slog.Logger
 }
 
 // Resolve implements SecretsService.Resolve.
 func (s *SecretsServer) Resolve(ctx context.Context, req *spv1.ResolveRequest) (*spv1.ResolveResponse, error) {
 	names := req.GetNames()
-	switch {
-	case len(names) == 0:
-		return nil, toStatus(ctx, s.log, fieldError("names", "is required"))
-	case len(names) > MaxResolveNames:
-		return nil, toStatus(ctx, s.log, fieldError("names", fmt.Sprintf("has %d names; the limit is %d", len(names), MaxResolveNames)))
+	if err := checkNames(names, MaxResolveNames); err != nil {
+		return nil, toStatus(ctx, s.log, err)
 	}
+	id, _ := PeerID(ctx)
 	resp := &spv1.ResolveResponse{Values: make([]*spv1.SecretValue, 0, len(names))}
 	for _, name := range names {
 		v, err := s.resolveOne(ctx, name)
@@ -53,7 +66,168 @@ func (s *SecretsServer) Resolve(ctx context.Context, req *spv1.ResolveRequest) (
 		}
 		resp.Values = append(resp.Values, v)
 	}
+	for _, v := range resp.Values {
+		s.consumers.Seen(id.String(), v.GetName(), consumers.Resolve, v.GetVersion())
+	}
 	return resp, nil
+}
+
+func checkNames(names []string, limit int) error {
+	switch {
+	case len(names) == 0:
+		return fieldError("names", "is required")
+	case len(names) > limit:
+		return fieldError("names", fmt.Sprintf("has %d names; the limit is %d", len(names), limit))
+	}
+	return nil
+}
+
+// Watch implements SecretsService.Watch: one goroutine reads requests, this
+// one answers them and sends updates, so sends never race.
+func (s *SecretsServer) Watch(stream spv1.SecretsService_WatchServer) error {
+	ctx := stream.Context()
+	id, _ := PeerID(ctx)
+	w := &watcher{s: s, stream: stream, id: id.String(), sub: s.hub.Subscribe(), sent: map[string][]byte{}}
+	defer w.sub.Close()
+	reqs, recvErr := make(chan *spv1.WatchRequest), make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		case req := <-reqs:
+			if err := w.handle(ctx, req); err != nil {
+				return err
+			}
+		case <-w.sub.C():
+			if err := w.push(ctx); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// watcher is one Watch stream's state.
+type watcher struct {
+	s      *SecretsServer
+	stream spv1.SecretsService_WatchServer
+	id     string
+	sub    *watch.Subscription
+	sent   map[string][]byte // name -> value last sent, to keep it out of ack errors
+	count  int
+}
+
+const watchAction = "SecretsService.Watch"
+
+func (w *watcher) handle(ctx context.Context, req *spv1.WatchRequest) error {
+	s := w.s
+	switch m := req.GetRequest().(type) {
+	case *spv1.WatchRequest_Subscribe:
+		names := m.Subscribe.GetNames()
+		if err := checkNames(names, MaxResolveNames); err != nil {
+			return toStatus(ctx, s.log, prefixed(err, "subscribe."))
+		}
+		var fresh []string
+		for _, n := range names {
+			if !w.sub.Watching(n) && !slices.Contains(fresh, n) {
+				fresh = append(fresh, n)
+			}
+		}
+		if w.count+len(fresh) > MaxWatchNames {
+			return status.Errorf(codes.ResourceExhausted, "a watch stream holds at most %d secrets; open another stream", MaxWatchNames)
+		}
+		if err := s.authz.authorizeNames(ctx, watchAction, policy.Watch, names); err != nil {
+			return err
+		}
+		for _, n := range fresh {
+			v, err := s.resolveOne(ctx, n)
+			if err != nil {
+				return err
+			}
+			if err := w.send(v); err != nil {
+				return err
+			}
+		}
+		w.count += len(fresh)
+		w.sub.Add(fresh...)
+		return nil
+	case *spv1.WatchRequest_Ack:
+		name := m.Ack.GetName()
+		if !w.sub.Watching(name) {
+			return status.Errorf(codes.InvalidArgument, "ack.name: this stream does not watch %s", safeTarget(name))
+		}
+		version := m.Ack.GetVersion()
+		if err := validate.Text(version, 256); err != nil || version == "" {
+			return status.Error(codes.InvalidArgument, "ack.version: must be the version the stream sent, at most 256 printable bytes")
+		}
+		s.consumers.Acked(w.id, name, consumers.Watch, version, w.ackError(name, m.Ack.GetError()))
+		return nil
+	}
+	return status.Error(codes.InvalidArgument, "a watch request must carry subscribe or ack")
+}
+
+// ackError keeps a client's failure text for the consumer registry unless
+// it could hold a secret: the value sent, or anything that looks like one.
+func (w *watcher) ackError(name, text string) string {
+	if text == "" {
+		return ""
+	}
+	const limit = 512
+	if v := w.sent[name]; len(v) > 0 && strings.Contains(text, string(v)) {
+		return "[error text withheld: it contains the secret's value]"
+	}
+	if f, ok := secretref.DetectLiteral(text); ok {
+		return "[error text withheld: it looks like a " + f.Kind + "]"
+	}
+	if validate.HasControl(text) || !utf8.ValidString(text) {
+		return "[error text withheld: it has control characters]"
+	}
+	if len(text) > limit {
+		text = strings.ToValidUTF8(text[:limit], "") + "..."
+	}
+	return text
+}
+
+// push sends the pending updates, checking the grant again for each: a
+// revoked grant ends the stream before a new value leaves.
+func (w *watcher) push(ctx context.Context) error {
+	for _, u := range w.sub.Take() {
+		if err := w.s.authz.authorizeNames(ctx, watchAction+".Push", policy.Watch, []string{u.Name}); err != nil {
+			return err
+		}
+		if err := w.send(valueProto(u.Name, u.Result)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (w *watcher) send(v *spv1.SecretValue) error {
+	if err := w.stream.Send(&spv1.WatchResponse{Value: v}); err != nil {
+		return err
+	}
+	w.sub.Sent(v.GetName(), v.GetFingerprint())
+	w.sent[v.GetName()] = v.GetValue()
+	w.s.consumers.Seen(w.id, v.GetName(), consumers.Watch, v.GetVersion())
+	return nil
 }
 
 func (s *SecretsServer) resolveOne(ctx context.Context, name string) (*spv1.SecretValue, error) {
@@ -72,11 +246,15 @@ func (s *SecretsServer) resolveOne(ctx context.Context, name string) (*spv1.Secr
 	if err != nil {
 		return nil, backendStatus(ctx, s.log, name, err)
 	}
+	return valueProto(name, res), nil
+}
+
+func valueProto(name string, res resolve.Result) *spv1.SecretValue {
 	v := &spv1.SecretValue{Name: name, Version: res.Version, Value: res.Data, Fingerprint: res.Fingerprint, RefreshTime: timestamppb.New(res.RefreshAt)}
 	if !res.ExpiresAt.IsZero() {
 		v.ExpireTime = timestamppb.New(res.ExpiresAt)
 	}
-	return v, nil
+	return v
 }
 
 // backendStatus maps a resolution failure to a status naming the secret

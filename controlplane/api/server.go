@@ -17,8 +17,10 @@ import (
 
 	"github.com/secretplane/secretplane/controlplane/audit"
 	"github.com/secretplane/secretplane/controlplane/catalog"
+	"github.com/secretplane/secretplane/controlplane/consumers"
 	"github.com/secretplane/secretplane/controlplane/policy"
 	"github.com/secretplane/secretplane/controlplane/resolve"
+	"github.com/secretplane/secretplane/controlplane/watch"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 )
 
@@ -36,6 +38,8 @@ type Config struct {
 	Audit    Auditor      // records every decision (audit.Log)
 	AuditLog audit.Reader // the audit store, for queries and verification
 	Resolver *resolve.Resolver
+	Watch    *watch.Hub          // keeps watched secrets fresh
+	Consumer *consumers.Registry // the dependents list
 }
 
 // NewServer returns a gRPC server with every service registered and the
@@ -72,10 +76,10 @@ func NewServer(cfg Config) *grpc.Server {
 			selector.StreamServerInterceptor(authz.stream, notHealth),
 		),
 	)
-	spv1.RegisterAdminServiceServer(srv, NewAdminServer(cfg.Catalog, cfg.Log))
+	spv1.RegisterAdminServiceServer(srv, NewAdminServer(cfg.Catalog, cfg.Consumer, cfg.Log))
 	spv1.RegisterPolicyServiceServer(srv, NewPolicyServer(cfg.Policies, cfg.Log))
 	spv1.RegisterAuditServiceServer(srv, NewAuditServer(cfg.AuditLog, cfg.Log))
-	spv1.RegisterSecretsServiceServer(srv, NewSecretsServer(cfg.Catalog, cfg.Resolver, cfg.Log))
+	spv1.RegisterSecretsServiceServer(srv, &SecretsServer{catalog: cfg.Catalog, resolver: cfg.Resolver, hub: cfg.Watch, consumers: cfg.Consumer, authz: authz, log: cfg.Log})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	return srv

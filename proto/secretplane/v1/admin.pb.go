@@ -493,6 +493,208 @@ func (*DeleteSecretResponse) Descriptor() ([]byte, []int) {
 	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
+type ListConsumersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConsumersRequest) Reset() {
+	*x = ListConsumersRequest{}
+	mi := &file_secretplane_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConsumersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConsumersRequest) ProtoMessage() {}
+
+func (x *ListConsumersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_secretplane_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConsumersRequest.ProtoReflect.Descriptor instead.
+func (*ListConsumersRequest) Descriptor() ([]byte, []int) {
+	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ListConsumersRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ListConsumersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Consumers     []*Consumer            `protobuf:"bytes,1,rep,name=consumers,proto3" json:"consumers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConsumersResponse) Reset() {
+	*x = ListConsumersResponse{}
+	mi := &file_secretplane_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConsumersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConsumersResponse) ProtoMessage() {}
+
+func (x *ListConsumersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_secretplane_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConsumersResponse.ProtoReflect.Descriptor instead.
+func (*ListConsumersResponse) Descriptor() ([]byte, []int) {
+	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ListConsumersResponse) GetConsumers() []*Consumer {
+	if x != nil {
+		return x.Consumers
+	}
+	return nil
+}
+
+// Consumer is an identity observed reading or watching a secret.
+type Consumer struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Secret string                 `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	// SPIFFE ID of the consumer.
+	Identity string `protobuf:"bytes,2,opt,name=identity,proto3" json:"identity,omitempty"`
+	// "resolve", "watch" or "sds".
+	Channel       string                 `protobuf:"bytes,3,opt,name=channel,proto3" json:"channel,omitempty"`
+	FirstSeenTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=first_seen_time,json=firstSeenTime,proto3" json:"first_seen_time,omitempty"`
+	LastSeenTime  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
+	// Version last delivered to it.
+	Version string `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"`
+	// Version it last acknowledged applying (watch and SDS only).
+	AckedVersion string `protobuf:"bytes,7,opt,name=acked_version,json=ackedVersion,proto3" json:"acked_version,omitempty"`
+	// Set when it reported failing to apply acked_version.
+	AckError      string                 `protobuf:"bytes,8,opt,name=ack_error,json=ackError,proto3" json:"ack_error,omitempty"`
+	AckTime       *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=ack_time,json=ackTime,proto3" json:"ack_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Consumer) Reset() {
+	*x = Consumer{}
+	mi := &file_secretplane_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Consumer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Consumer) ProtoMessage() {}
+
+func (x *Consumer) ProtoReflect() protoreflect.Message {
+	mi := &file_secretplane_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Consumer.ProtoReflect.Descriptor instead.
+func (*Consumer) Descriptor() ([]byte, []int) {
+	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Consumer) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *Consumer) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *Consumer) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *Consumer) GetFirstSeenTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstSeenTime
+	}
+	return nil
+}
+
+func (x *Consumer) GetLastSeenTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSeenTime
+	}
+	return nil
+}
+
+func (x *Consumer) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Consumer) GetAckedVersion() string {
+	if x != nil {
+		return x.AckedVersion
+	}
+	return ""
+}
+
+func (x *Consumer) GetAckError() string {
+	if x != nil {
+		return x.AckError
+	}
+	return ""
+}
+
+func (x *Consumer) GetAckTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AckTime
+	}
+	return nil
+}
+
 type CheckRefRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ref           string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
@@ -502,7 +704,7 @@ type CheckRefRequest struct {
 
 func (x *CheckRefRequest) Reset() {
 	*x = CheckRefRequest{}
-	mi := &file_secretplane_v1_admin_proto_msgTypes[8]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -514,7 +716,7 @@ func (x *CheckRefRequest) String() string {
 func (*CheckRefRequest) ProtoMessage() {}
 
 func (x *CheckRefRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_secretplane_v1_admin_proto_msgTypes[8]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -527,7 +729,7 @@ func (x *CheckRefRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRefRequest.ProtoReflect.Descriptor instead.
 func (*CheckRefRequest) Descriptor() ([]byte, []int) {
-	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CheckRefRequest) GetRef() string {
@@ -556,7 +758,7 @@ type CheckRefResponse struct {
 
 func (x *CheckRefResponse) Reset() {
 	*x = CheckRefResponse{}
-	mi := &file_secretplane_v1_admin_proto_msgTypes[9]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -568,7 +770,7 @@ func (x *CheckRefResponse) String() string {
 func (*CheckRefResponse) ProtoMessage() {}
 
 func (x *CheckRefResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_secretplane_v1_admin_proto_msgTypes[9]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -581,7 +783,7 @@ func (x *CheckRefResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckRefResponse.ProtoReflect.Descriptor instead.
 func (*CheckRefResponse) Descriptor() ([]byte, []int) {
-	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CheckRefResponse) GetCanonical() string {
@@ -660,7 +862,7 @@ type ConfigDocument struct {
 
 func (x *ConfigDocument) Reset() {
 	*x = ConfigDocument{}
-	mi := &file_secretplane_v1_admin_proto_msgTypes[10]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -672,7 +874,7 @@ func (x *ConfigDocument) String() string {
 func (*ConfigDocument) ProtoMessage() {}
 
 func (x *ConfigDocument) ProtoReflect() protoreflect.Message {
-	mi := &file_secretplane_v1_admin_proto_msgTypes[10]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -685,7 +887,7 @@ func (x *ConfigDocument) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigDocument.ProtoReflect.Descriptor instead.
 func (*ConfigDocument) Descriptor() ([]byte, []int) {
-	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ConfigDocument) GetName() string {
@@ -752,7 +954,7 @@ type ConfigEntry struct {
 
 func (x *ConfigEntry) Reset() {
 	*x = ConfigEntry{}
-	mi := &file_secretplane_v1_admin_proto_msgTypes[11]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -764,7 +966,7 @@ func (x *ConfigEntry) String() string {
 func (*ConfigEntry) ProtoMessage() {}
 
 func (x *ConfigEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_secretplane_v1_admin_proto_msgTypes[11]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -777,7 +979,7 @@ func (x *ConfigEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigEntry.ProtoReflect.Descriptor instead.
 func (*ConfigEntry) Descriptor() ([]byte, []int) {
-	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ConfigEntry) GetKey() string {
@@ -845,7 +1047,7 @@ type PutConfigRequest struct {
 
 func (x *PutConfigRequest) Reset() {
 	*x = PutConfigRequest{}
-	mi := &file_secretplane_v1_admin_proto_msgTypes[12]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +1059,7 @@ func (x *PutConfigRequest) String() string {
 func (*PutConfigRequest) ProtoMessage() {}
 
 func (x *PutConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_secretplane_v1_admin_proto_msgTypes[12]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +1072,7 @@ func (x *PutConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutConfigRequest.ProtoReflect.Descriptor instead.
 func (*PutConfigRequest) Descriptor() ([]byte, []int) {
-	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PutConfigRequest) GetConfig() *ConfigDocument {
@@ -904,7 +1106,7 @@ type PutConfigResponse struct {
 
 func (x *PutConfigResponse) Reset() {
 	*x = PutConfigResponse{}
-	mi := &file_secretplane_v1_admin_proto_msgTypes[13]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +1118,7 @@ func (x *PutConfigResponse) String() string {
 func (*PutConfigResponse) ProtoMessage() {}
 
 func (x *PutConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_secretplane_v1_admin_proto_msgTypes[13]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1131,7 @@ func (x *PutConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutConfigResponse.ProtoReflect.Descriptor instead.
 func (*PutConfigResponse) Descriptor() ([]byte, []int) {
-	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PutConfigResponse) GetConfig() *ConfigDocument {
@@ -955,7 +1157,7 @@ type GetConfigRequest struct {
 
 func (x *GetConfigRequest) Reset() {
 	*x = GetConfigRequest{}
-	mi := &file_secretplane_v1_admin_proto_msgTypes[14]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -967,7 +1169,7 @@ func (x *GetConfigRequest) String() string {
 func (*GetConfigRequest) ProtoMessage() {}
 
 func (x *GetConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_secretplane_v1_admin_proto_msgTypes[14]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -980,7 +1182,7 @@ func (x *GetConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConfigRequest.ProtoReflect.Descriptor instead.
 func (*GetConfigRequest) Descriptor() ([]byte, []int) {
-	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetConfigRequest) GetName() string {
@@ -1001,7 +1203,7 @@ type ListConfigsRequest struct {
 
 func (x *ListConfigsRequest) Reset() {
 	*x = ListConfigsRequest{}
-	mi := &file_secretplane_v1_admin_proto_msgTypes[15]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1013,7 +1215,7 @@ func (x *ListConfigsRequest) String() string {
 func (*ListConfigsRequest) ProtoMessage() {}
 
 func (x *ListConfigsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_secretplane_v1_admin_proto_msgTypes[15]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1026,7 +1228,7 @@ func (x *ListConfigsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConfigsRequest.ProtoReflect.Descriptor instead.
 func (*ListConfigsRequest) Descriptor() ([]byte, []int) {
-	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListConfigsRequest) GetPrefix() string {
@@ -1060,7 +1262,7 @@ type ListConfigsResponse struct {
 
 func (x *ListConfigsResponse) Reset() {
 	*x = ListConfigsResponse{}
-	mi := &file_secretplane_v1_admin_proto_msgTypes[16]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1274,7 @@ func (x *ListConfigsResponse) String() string {
 func (*ListConfigsResponse) ProtoMessage() {}
 
 func (x *ListConfigsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_secretplane_v1_admin_proto_msgTypes[16]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1287,7 @@ func (x *ListConfigsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConfigsResponse.ProtoReflect.Descriptor instead.
 func (*ListConfigsResponse) Descriptor() ([]byte, []int) {
-	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListConfigsResponse) GetConfigs() []*ConfigDocument {
@@ -1112,7 +1314,7 @@ type DeleteConfigRequest struct {
 
 func (x *DeleteConfigRequest) Reset() {
 	*x = DeleteConfigRequest{}
-	mi := &file_secretplane_v1_admin_proto_msgTypes[17]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1124,7 +1326,7 @@ func (x *DeleteConfigRequest) String() string {
 func (*DeleteConfigRequest) ProtoMessage() {}
 
 func (x *DeleteConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_secretplane_v1_admin_proto_msgTypes[17]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1137,7 +1339,7 @@ func (x *DeleteConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConfigRequest.ProtoReflect.Descriptor instead.
 func (*DeleteConfigRequest) Descriptor() ([]byte, []int) {
-	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeleteConfigRequest) GetName() string {
@@ -1162,7 +1364,7 @@ type DeleteConfigResponse struct {
 
 func (x *DeleteConfigResponse) Reset() {
 	*x = DeleteConfigResponse{}
-	mi := &file_secretplane_v1_admin_proto_msgTypes[18]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1174,7 +1376,7 @@ func (x *DeleteConfigResponse) String() string {
 func (*DeleteConfigResponse) ProtoMessage() {}
 
 func (x *DeleteConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_secretplane_v1_admin_proto_msgTypes[18]
+	mi := &file_secretplane_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1187,7 +1389,7 @@ func (x *DeleteConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConfigResponse.ProtoReflect.Descriptor instead.
 func (*DeleteConfigResponse) Descriptor() ([]byte, []int) {
-	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_secretplane_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 var File_secretplane_v1_admin_proto protoreflect.FileDescriptor
@@ -1230,7 +1432,21 @@ const file_secretplane_v1_admin_proto_rawDesc = "" +
 	"\x13DeleteSecretRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04etag\x18\x02 \x01(\tR\x04etag\"\x16\n" +
-	"\x14DeleteSecretResponse\"#\n" +
+	"\x14DeleteSecretResponse\"*\n" +
+	"\x14ListConsumersRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"O\n" +
+	"\x15ListConsumersResponse\x126\n" +
+	"\tconsumers\x18\x01 \x03(\v2\x18.secretplane.v1.ConsumerR\tconsumers\"\xf1\x02\n" +
+	"\bConsumer\x12\x16\n" +
+	"\x06secret\x18\x01 \x01(\tR\x06secret\x12\x1a\n" +
+	"\bidentity\x18\x02 \x01(\tR\bidentity\x12\x18\n" +
+	"\achannel\x18\x03 \x01(\tR\achannel\x12B\n" +
+	"\x0ffirst_seen_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\rfirstSeenTime\x12@\n" +
+	"\x0elast_seen_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x12\x18\n" +
+	"\aversion\x18\x06 \x01(\tR\aversion\x12#\n" +
+	"\racked_version\x18\a \x01(\tR\fackedVersion\x12\x1b\n" +
+	"\tack_error\x18\b \x01(\tR\backError\x125\n" +
+	"\back_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\aackTime\"#\n" +
 	"\x0fCheckRefRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"\xd8\x01\n" +
 	"\x10CheckRefResponse\x12\x1c\n" +
@@ -1281,12 +1497,13 @@ const file_secretplane_v1_admin_proto_rawDesc = "" +
 	"\x13DeleteConfigRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04etag\x18\x02 \x01(\tR\x04etag\"\x16\n" +
-	"\x14DeleteConfigResponse2\xfd\x05\n" +
+	"\x14DeleteConfigResponse2\xdb\x06\n" +
 	"\fAdminService\x12P\n" +
 	"\tPutSecret\x12 .secretplane.v1.PutSecretRequest\x1a!.secretplane.v1.PutSecretResponse\x12E\n" +
 	"\tGetSecret\x12 .secretplane.v1.GetSecretRequest\x1a\x16.secretplane.v1.Secret\x12V\n" +
 	"\vListSecrets\x12\".secretplane.v1.ListSecretsRequest\x1a#.secretplane.v1.ListSecretsResponse\x12Y\n" +
-	"\fDeleteSecret\x12#.secretplane.v1.DeleteSecretRequest\x1a$.secretplane.v1.DeleteSecretResponse\x12M\n" +
+	"\fDeleteSecret\x12#.secretplane.v1.DeleteSecretRequest\x1a$.secretplane.v1.DeleteSecretResponse\x12\\\n" +
+	"\rListConsumers\x12$.secretplane.v1.ListConsumersRequest\x1a%.secretplane.v1.ListConsumersResponse\x12M\n" +
 	"\bCheckRef\x12\x1f.secretplane.v1.CheckRefRequest\x1a .secretplane.v1.CheckRefResponse\x12P\n" +
 	"\tPutConfig\x12 .secretplane.v1.PutConfigRequest\x1a!.secretplane.v1.PutConfigResponse\x12M\n" +
 	"\tGetConfig\x12 .secretplane.v1.GetConfigRequest\x1a\x1e.secretplane.v1.ConfigDocument\x12V\n" +
@@ -1305,7 +1522,7 @@ func file_secretplane_v1_admin_proto_rawDescGZIP() []byte {
 	return file_secretplane_v1_admin_proto_rawDescData
 }
 
-var file_secretplane_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_secretplane_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_secretplane_v1_admin_proto_goTypes = []any{
 	(*Secret)(nil),                // 0: secretplane.v1.Secret
 	(*PutSecretRequest)(nil),      // 1: secretplane.v1.PutSecretRequest
@@ -1315,58 +1532,67 @@ var file_secretplane_v1_admin_proto_goTypes = []any{
 	(*ListSecretsResponse)(nil),   // 5: secretplane.v1.ListSecretsResponse
 	(*DeleteSecretRequest)(nil),   // 6: secretplane.v1.DeleteSecretRequest
 	(*DeleteSecretResponse)(nil),  // 7: secretplane.v1.DeleteSecretResponse
-	(*CheckRefRequest)(nil),       // 8: secretplane.v1.CheckRefRequest
-	(*CheckRefResponse)(nil),      // 9: secretplane.v1.CheckRefResponse
-	(*ConfigDocument)(nil),        // 10: secretplane.v1.ConfigDocument
-	(*ConfigEntry)(nil),           // 11: secretplane.v1.ConfigEntry
-	(*PutConfigRequest)(nil),      // 12: secretplane.v1.PutConfigRequest
-	(*PutConfigResponse)(nil),     // 13: secretplane.v1.PutConfigResponse
-	(*GetConfigRequest)(nil),      // 14: secretplane.v1.GetConfigRequest
-	(*ListConfigsRequest)(nil),    // 15: secretplane.v1.ListConfigsRequest
-	(*ListConfigsResponse)(nil),   // 16: secretplane.v1.ListConfigsResponse
-	(*DeleteConfigRequest)(nil),   // 17: secretplane.v1.DeleteConfigRequest
-	(*DeleteConfigResponse)(nil),  // 18: secretplane.v1.DeleteConfigResponse
-	nil,                           // 19: secretplane.v1.Secret.LabelsEntry
-	nil,                           // 20: secretplane.v1.ConfigDocument.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(*ListConsumersRequest)(nil),  // 8: secretplane.v1.ListConsumersRequest
+	(*ListConsumersResponse)(nil), // 9: secretplane.v1.ListConsumersResponse
+	(*Consumer)(nil),              // 10: secretplane.v1.Consumer
+	(*CheckRefRequest)(nil),       // 11: secretplane.v1.CheckRefRequest
+	(*CheckRefResponse)(nil),      // 12: secretplane.v1.CheckRefResponse
+	(*ConfigDocument)(nil),        // 13: secretplane.v1.ConfigDocument
+	(*ConfigEntry)(nil),           // 14: secretplane.v1.ConfigEntry
+	(*PutConfigRequest)(nil),      // 15: secretplane.v1.PutConfigRequest
+	(*PutConfigResponse)(nil),     // 16: secretplane.v1.PutConfigResponse
+	(*GetConfigRequest)(nil),      // 17: secretplane.v1.GetConfigRequest
+	(*ListConfigsRequest)(nil),    // 18: secretplane.v1.ListConfigsRequest
+	(*ListConfigsResponse)(nil),   // 19: secretplane.v1.ListConfigsResponse
+	(*DeleteConfigRequest)(nil),   // 20: secretplane.v1.DeleteConfigRequest
+	(*DeleteConfigResponse)(nil),  // 21: secretplane.v1.DeleteConfigResponse
+	nil,                           // 22: secretplane.v1.Secret.LabelsEntry
+	nil,                           // 23: secretplane.v1.ConfigDocument.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
 }
 var file_secretplane_v1_admin_proto_depIdxs = []int32{
-	19, // 0: secretplane.v1.Secret.labels:type_name -> secretplane.v1.Secret.LabelsEntry
-	21, // 1: secretplane.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
-	21, // 2: secretplane.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
+	22, // 0: secretplane.v1.Secret.labels:type_name -> secretplane.v1.Secret.LabelsEntry
+	24, // 1: secretplane.v1.Secret.create_time:type_name -> google.protobuf.Timestamp
+	24, // 2: secretplane.v1.Secret.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 3: secretplane.v1.PutSecretRequest.secret:type_name -> secretplane.v1.Secret
 	0,  // 4: secretplane.v1.PutSecretResponse.secret:type_name -> secretplane.v1.Secret
 	0,  // 5: secretplane.v1.ListSecretsResponse.secrets:type_name -> secretplane.v1.Secret
-	11, // 6: secretplane.v1.ConfigDocument.entries:type_name -> secretplane.v1.ConfigEntry
-	20, // 7: secretplane.v1.ConfigDocument.labels:type_name -> secretplane.v1.ConfigDocument.LabelsEntry
-	21, // 8: secretplane.v1.ConfigDocument.create_time:type_name -> google.protobuf.Timestamp
-	21, // 9: secretplane.v1.ConfigDocument.update_time:type_name -> google.protobuf.Timestamp
-	10, // 10: secretplane.v1.PutConfigRequest.config:type_name -> secretplane.v1.ConfigDocument
-	10, // 11: secretplane.v1.PutConfigResponse.config:type_name -> secretplane.v1.ConfigDocument
-	10, // 12: secretplane.v1.ListConfigsResponse.configs:type_name -> secretplane.v1.ConfigDocument
-	1,  // 13: secretplane.v1.AdminService.PutSecret:input_type -> secretplane.v1.PutSecretRequest
-	3,  // 14: secretplane.v1.AdminService.GetSecret:input_type -> secretplane.v1.GetSecretRequest
-	4,  // 15: secretplane.v1.AdminService.ListSecrets:input_type -> secretplane.v1.ListSecretsRequest
-	6,  // 16: secretplane.v1.AdminService.DeleteSecret:input_type -> secretplane.v1.DeleteSecretRequest
-	8,  // 17: secretplane.v1.AdminService.CheckRef:input_type -> secretplane.v1.CheckRefRequest
-	12, // 18: secretplane.v1.AdminService.PutConfig:input_type -> secretplane.v1.PutConfigRequest
-	14, // 19: secretplane.v1.AdminService.GetConfig:input_type -> secretplane.v1.GetConfigRequest
-	15, // 20: secretplane.v1.AdminService.ListConfigs:input_type -> secretplane.v1.ListConfigsRequest
-	17, // 21: secretplane.v1.AdminService.DeleteConfig:input_type -> secretplane.v1.DeleteConfigRequest
-	2,  // 22: secretplane.v1.AdminService.PutSecret:output_type -> secretplane.v1.PutSecretResponse
-	0,  // 23: secretplane.v1.AdminService.GetSecret:output_type -> secretplane.v1.Secret
-	5,  // 24: secretplane.v1.AdminService.ListSecrets:output_type -> secretplane.v1.ListSecretsResponse
-	7,  // 25: secretplane.v1.AdminService.DeleteSecret:output_type -> secretplane.v1.DeleteSecretResponse
-	9,  // 26: secretplane.v1.AdminService.CheckRef:output_type -> secretplane.v1.CheckRefResponse
-	13, // 27: secretplane.v1.AdminService.PutConfig:output_type -> secretplane.v1.PutConfigResponse
-	10, // 28: secretplane.v1.AdminService.GetConfig:output_type -> secretplane.v1.ConfigDocument
-	16, // 29: secretplane.v1.AdminService.ListConfigs:output_type -> secretplane.v1.ListConfigsResponse
-	18, // 30: secretplane.v1.AdminService.DeleteConfig:output_type -> secretplane.v1.DeleteConfigResponse
-	22, // [22:31] is the sub-list for method output_type
-	13, // [13:22] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	10, // 6: secretplane.v1.ListConsumersResponse.consumers:type_name -> secretplane.v1.Consumer
+	24, // 7: secretplane.v1.Consumer.first_seen_time:type_name -> google.protobuf.Timestamp
+	24, // 8: secretplane.v1.Consumer.last_seen_time:type_name -> google.protobuf.Timestamp
+	24, // 9: secretplane.v1.Consumer.ack_time:type_name -> google.protobuf.Timestamp
+	14, // 10: secretplane.v1.ConfigDocument.entries:type_name -> secretplane.v1.ConfigEntry
+	23, // 11: secretplane.v1.ConfigDocument.labels:type_name -> secretplane.v1.ConfigDocument.LabelsEntry
+	24, // 12: secretplane.v1.ConfigDocument.create_time:type_name -> google.protobuf.Timestamp
+	24, // 13: secretplane.v1.ConfigDocument.update_time:type_name -> google.protobuf.Timestamp
+	13, // 14: secretplane.v1.PutConfigRequest.config:type_name -> secretplane.v1.ConfigDocument
+	13, // 15: secretplane.v1.PutConfigResponse.config:type_name -> secretplane.v1.ConfigDocument
+	13, // 16: secretplane.v1.ListConfigsResponse.configs:type_name -> secretplane.v1.ConfigDocument
+	1,  // 17: secretplane.v1.AdminService.PutSecret:input_type -> secretplane.v1.PutSecretRequest
+	3,  // 18: secretplane.v1.AdminService.GetSecret:input_type -> secretplane.v1.GetSecretRequest
+	4,  // 19: secretplane.v1.AdminService.ListSecrets:input_type -> secretplane.v1.ListSecretsRequest
+	6,  // 20: secretplane.v1.AdminService.DeleteSecret:input_type -> secretplane.v1.DeleteSecretRequest
+	8,  // 21: secretplane.v1.AdminService.ListConsumers:input_type -> secretplane.v1.ListConsumersRequest
+	11, // 22: secretplane.v1.AdminService.CheckRef:input_type -> secretplane.v1.CheckRefRequest
+	15, // 23: secretplane.v1.AdminService.PutConfig:input_type -> secretplane.v1.PutConfigRequest
+	17, // 24: secretplane.v1.AdminService.GetConfig:input_type -> secretplane.v1.GetConfigRequest
+	18, // 25: secretplane.v1.AdminService.ListConfigs:input_type -> secretplane.v1.ListConfigsRequest
+	20, // 26: secretplane.v1.AdminService.DeleteConfig:input_type -> secretplane.v1.DeleteConfigRequest
+	2,  // 27: secretplane.v1.AdminService.PutSecret:output_type -> secretplane.v1.PutSecretResponse
+	0,  // 28: secretplane.v1.AdminService.GetSecret:output_type -> secretplane.v1.Secret
+	5,  // 29: secretplane.v1.AdminService.ListSecrets:output_type -> secretplane.v1.ListSecretsResponse
+	7,  // 30: secretplane.v1.AdminService.DeleteSecret:output_type -> secretplane.v1.DeleteSecretResponse
+	9,  // 31: secretplane.v1.AdminService.ListConsumers:output_type -> secretplane.v1.ListConsumersResponse
+	12, // 32: secretplane.v1.AdminService.CheckRef:output_type -> secretplane.v1.CheckRefResponse
+	16, // 33: secretplane.v1.AdminService.PutConfig:output_type -> secretplane.v1.PutConfigResponse
+	13, // 34: secretplane.v1.AdminService.GetConfig:output_type -> secretplane.v1.ConfigDocument
+	19, // 35: secretplane.v1.AdminService.ListConfigs:output_type -> secretplane.v1.ListConfigsResponse
+	21, // 36: secretplane.v1.AdminService.DeleteConfig:output_type -> secretplane.v1.DeleteConfigResponse
+	27, // [27:37] is the sub-list for method output_type
+	17, // [17:27] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_secretplane_v1_admin_proto_init() }
@@ -1374,7 +1600,7 @@ func file_secretplane_v1_admin_proto_init() {
 	if File_secretplane_v1_admin_proto != nil {
 		return
 	}
-	file_secretplane_v1_admin_proto_msgTypes[11].OneofWrappers = []any{
+	file_secretplane_v1_admin_proto_msgTypes[14].OneofWrappers = []any{
 		(*ConfigEntry_Literal)(nil),
 		(*ConfigEntry_Ref)(nil),
 	}
@@ -1384,7 +1610,7 @@ func file_secretplane_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_secretplane_v1_admin_proto_rawDesc), len(file_secretplane_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,15 +19,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_PutSecret_FullMethodName    = "/secretplane.v1.AdminService/PutSecret"
-	AdminService_GetSecret_FullMethodName    = "/secretplane.v1.AdminService/GetSecret"
-	AdminService_ListSecrets_FullMethodName  = "/secretplane.v1.AdminService/ListSecrets"
-	AdminService_DeleteSecret_FullMethodName = "/secretplane.v1.AdminService/DeleteSecret"
-	AdminService_CheckRef_FullMethodName     = "/secretplane.v1.AdminService/CheckRef"
-	AdminService_PutConfig_FullMethodName    = "/secretplane.v1.AdminService/PutConfig"
-	AdminService_GetConfig_FullMethodName    = "/secretplane.v1.AdminService/GetConfig"
-	AdminService_ListConfigs_FullMethodName  = "/secretplane.v1.AdminService/ListConfigs"
-	AdminService_DeleteConfig_FullMethodName = "/secretplane.v1.AdminService/DeleteConfig"
+	AdminService_PutSecret_FullMethodName     = "/secretplane.v1.AdminService/PutSecret"
+	AdminService_GetSecret_FullMethodName     = "/secretplane.v1.AdminService/GetSecret"
+	AdminService_ListSecrets_FullMethodName   = "/secretplane.v1.AdminService/ListSecrets"
+	AdminService_DeleteSecret_FullMethodName  = "/secretplane.v1.AdminService/DeleteSecret"
+	AdminService_ListConsumers_FullMethodName = "/secretplane.v1.AdminService/ListConsumers"
+	AdminService_CheckRef_FullMethodName      = "/secretplane.v1.AdminService/CheckRef"
+	AdminService_PutConfig_FullMethodName     = "/secretplane.v1.AdminService/PutConfig"
+	AdminService_GetConfig_FullMethodName     = "/secretplane.v1.AdminService/GetConfig"
+	AdminService_ListConfigs_FullMethodName   = "/secretplane.v1.AdminService/ListConfigs"
+	AdminService_DeleteConfig_FullMethodName  = "/secretplane.v1.AdminService/DeleteConfig"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -48,6 +49,10 @@ type AdminServiceClient interface {
 	GetSecret(ctx context.Context, in *GetSecretRequest, opts ...grpc.CallOption) (*Secret, error)
 	ListSecrets(ctx context.Context, in *ListSecretsRequest, opts ...grpc.CallOption) (*ListSecretsResponse, error)
 	DeleteSecret(ctx context.Context, in *DeleteSecretRequest, opts ...grpc.CallOption) (*DeleteSecretResponse, error)
+	// ListConsumers returns a secret's dependents: every identity seen
+	// resolving or watching it, with the version it was last given and the
+	// version it last acknowledged applying.
+	ListConsumers(ctx context.Context, in *ListConsumersRequest, opts ...grpc.CallOption) (*ListConsumersResponse, error)
 	// CheckRef parses and validates a SecretRef and returns its canonical form.
 	CheckRef(ctx context.Context, in *CheckRefRequest, opts ...grpc.CallOption) (*CheckRefResponse, error)
 	// PutConfig creates or replaces a configuration document. Literal values
@@ -103,6 +108,16 @@ func (c *adminServiceClient) DeleteSecret(ctx context.Context, in *DeleteSecretR
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DeleteSecretResponse)
 	err := c.cc.Invoke(ctx, AdminService_DeleteSecret_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListConsumers(ctx context.Context, in *ListConsumersRequest, opts ...grpc.CallOption) (*ListConsumersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListConsumersResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListConsumers_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -177,6 +192,10 @@ type AdminServiceServer interface {
 	GetSecret(context.Context, *GetSecretRequest) (*Secret, error)
 	ListSecrets(context.Context, *ListSecretsRequest) (*ListSecretsResponse, error)
 	DeleteSecret(context.Context, *DeleteSecretRequest) (*DeleteSecretResponse, error)
+	// ListConsumers returns a secret's dependents: every identity seen
+	// resolving or watching it, with the version it was last given and the
+	// version it last acknowledged applying.
+	ListConsumers(context.Context, *ListConsumersRequest) (*ListConsumersResponse, error)
 	// CheckRef parses and validates a SecretRef and returns its canonical form.
 	CheckRef(context.Context, *CheckRefRequest) (*CheckRefResponse, error)
 	// PutConfig creates or replaces a configuration document. Literal values
@@ -209,6 +228,9 @@ func (UnimplementedAdminServiceServer) ListSecrets(context.Context, *ListSecrets
 }
 func (UnimplementedAdminServiceServer) DeleteSecret(context.Context, *DeleteSecretRequest) (*DeleteSecretResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteSecret not implemented")
+}
+func (UnimplementedAdminServiceServer) ListConsumers(context.Context, *ListConsumersRequest) (*ListConsumersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListConsumers not implemented")
 }
 func (UnimplementedAdminServiceServer) CheckRef(context.Context, *CheckRefRequest) (*CheckRefResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CheckRef not implemented")
@@ -314,6 +336,24 @@ func _AdminService_DeleteSecret_Handler(srv interface{}, ctx context.Context, de
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServiceServer).DeleteSecret(ctx, req.(*DeleteSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListConsumers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListConsumersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListConsumers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListConsumers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListConsumers(ctx, req.(*ListConsumersRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -430,6 +470,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteSecret",
 			Handler:    _AdminService_DeleteSecret_Handler,
+		},
+		{
+			MethodName: "ListConsumers",
+			Handler:    _AdminService_ListConsumers_Handler,
 		},
 		{
 			MethodName: "CheckRef",

@@ -28,14 +28,17 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // SecretsService is the workload-facing API: a service reads the secrets its
-// policy grants to its SPIFFE ID. Declared here so that clients and the
-// admin API share one package; the server implements it in a later release
-// and answers UNIMPLEMENTED until then.
+// policy grants to its SPIFFE ID (verb "read" for Resolve, "watch" for
+// Watch).
 type SecretsServiceClient interface {
 	// Resolve returns the current value of one or more secrets, by name.
 	Resolve(ctx context.Context, in *ResolveRequest, opts ...grpc.CallOption) (*ResolveResponse, error)
-	// Watch pushes every new version of the watched secrets. The client
-	// acknowledges the version it applied, which feeds rollout verification.
+	// Watch pushes the current value of every subscribed secret, then every
+	// new version. The client acknowledges the version it applied, which feeds
+	// rollout verification. A subscription naming a secret that is not
+	// granted, not registered or cannot be resolved ends the stream with the
+	// status Resolve would return; a backend failure after that keeps the
+	// stream open (the client keeps its value) until the value changes.
 	Watch(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchRequest, WatchResponse], error)
 }
 
@@ -75,14 +78,17 @@ type SecretsService_WatchClient = grpc.BidiStreamingClient[WatchRequest, WatchRe
 // for forward compatibility.
 //
 // SecretsService is the workload-facing API: a service reads the secrets its
-// policy grants to its SPIFFE ID. Declared here so that clients and the
-// admin API share one package; the server implements it in a later release
-// and answers UNIMPLEMENTED until then.
+// policy grants to its SPIFFE ID (verb "read" for Resolve, "watch" for
+// Watch).
 type SecretsServiceServer interface {
 	// Resolve returns the current value of one or more secrets, by name.
 	Resolve(context.Context, *ResolveRequest) (*ResolveResponse, error)
-	// Watch pushes every new version of the watched secrets. The client
-	// acknowledges the version it applied, which feeds rollout verification.
+	// Watch pushes the current value of every subscribed secret, then every
+	// new version. The client acknowledges the version it applied, which feeds
+	// rollout verification. A subscription naming a secret that is not
+	// granted, not registered or cannot be resolved ends the stream with the
+	// status Resolve would return; a backend failure after that keeps the
+	// stream open (the client keeps its value) until the value changes.
 	Watch(grpc.BidiStreamingServer[WatchRequest, WatchResponse]) error
 	mustEmbedUnimplementedSecretsServiceServer()
 }
