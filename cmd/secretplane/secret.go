@@ -12,7 +12,7 @@ import (
 
 func newSecretCommand(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "secret", Short: "Manage secrets: names bound to SecretRefs (never values)"}
-	cmd.AddCommand(newSecretPutCommand(g), newSecretGetCommand(g), newSecretListCommand(g), newSecretDeleteCommand(g))
+	cmd.AddCommand(newSecretPutCommand(g), newSecretGetCommand(g), newSecretListCommand(g), newSecretDeleteCommand(g), newSecretConsumersCommand(g))
 	return cmd
 }
 
@@ -202,4 +202,35 @@ func parseLabels(kvs []string) (map[string]string, error) {
 		out[k] = v
 	}
 	return out, nil
+}
+
+func newSecretConsumersCommand(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "consumers NAME",
+		Short: "Show who reads or watches a secret, and the version each last acknowledged",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(g.output); err != nil {
+				return err
+			}
+			return withConn(cmd.Context(), g, func(ctx context.Context, c *connection) error {
+				resp, err := c.admin.ListConsumers(ctx, &spv1.ListConsumersRequest{Name: args[0]})
+				if err != nil {
+					return err
+				}
+				if g.output == "json" {
+					return printJSON(cmd.OutOrStdout(), resp)
+				}
+				rows := make([][]string, len(resp.GetConsumers()))
+				for i, c := range resp.GetConsumers() {
+					acked := c.GetAckedVersion()
+					if c.GetAckError() != "" {
+						acked += " (failed: " + c.GetAckError() + ")"
+					}
+					rows[i] = []string{c.GetIdentity(), c.GetChannel(), c.GetVersion(), acked, formatTime(c.GetLastSeenTime())}
+				}
+				return table(cmd.OutOrStdout(), []string{"IDENTITY", "CHANNEL", "VERSION", "ACKED", "LAST SEEN"}, rows)
+			})
+		},
+	}
 }

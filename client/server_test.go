@@ -1,0 +1,171 @@
+package client_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/secretplane/secretplane/controlplane/api"
+	"github.com/secretplane/secretplane/controlplane/audit"
+	"github.com/secretplane/secretplane/controlplane/backend"
+	"github.com/secretplane/secretplane/controlplane/backend/local"
+	"github.com/secretplane/secretplane/controlplane/catalog"
+	"github.com/secretplane/secretplane/controlplane/consumers"
+	"github.com/secretplane/secretplane/controlplane/logging"
+	"github.com/secretplane/secretplane/controlplane/policy"
+	"github.com/secretplane/secretplane/controlplane/resolve"
+	"github.com/secretplane/secretplane/controlplane/secretref"
+	"github.com/secretplane/secretplane/controlplane/watch"
+	"github.com/secretplane/secretplane/identity"
+	"github.com/secretplane/secretplane/store"
+	"github.com/secretplane/secretplane/store/sqlite"
+)
+
+// server is a real secretplane server in-process (SQLite store, local
+// backend, dev CA) for the library's tests and runnable examples. It can be
+// stopped and started again on the same address.
+type server struct {
+	dir      string
+	ca       *identity.CA
+	serverID spiffeid.ID
+	addr     string
+	local    *local.Backend
+	store    *sqlite.Store
+	engine   *policy.Engine
+
+	stop func()
+}
+
+const td = "example.org"
+
+func newServer(ttl time.Duration) (*server, error) {
+	dir, err := os.MkdirTemp("", "secretplane-client-test-")
+	if err != nil {
+		return nil, err
+	}
+	ca, err := identity.NewCA(spiffeid.RequireTrustDomainFromString(td), time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	s := &server{dir: dir, ca: ca, serverID: spiffeid.RequireFromString("spiffe://" + td + "/secretplane/server")}
+	if s.store, err = sqlite.Open(context.Background(), filepath.Join(dir, "store.db")); err != nil {
+		return nil, err
+	}
+	if s.local, err = local.New(filepath.Join(dir, "local.json"), []byte("0123456789abcdef0123456789abcdef")); err != nil {
+		return nil, err
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	s.addr = lis.Addr().String()
+	return s, s.start(lis, ttl)
+}
+
+func (s *server) start(lis net.Listener, ttl time.Duration) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	log := slog.New(logging.NewHandler(slog.NewTextHandler(io.Discard, nil)))
+	svid, err := s.ca.IssueSVID(s.serverID, time.Hour)
+	if err != nil {
+		cancel()
+		return err
+	}
+	tlsCfg, err := identity.ServerTLSConfig(identity.NewStaticSource(svid, s.ca.Bundle()), s.ca.TrustDomain())
+	if err != nil {
+		cancel()
+		return err
+	}
+	engine := policy.NewEngine(s.store, nil, log)
+	s.engine = engine
+	if err := engine.Load(ctx); err != nil {
+		cancel()
+		return err
+	}
+	auditLog := audit.New(s.store, audit.Options{Log: log})
+	go auditLog.Run(ctx)
+	registry := backend.NewRegistry(s.local)
+	var hub *watch.Hub
+	resolver, err := resolve.New(registry, resolve.Options{TTL: ttl, FingerprintKey: []byte("fingerprint-key-for-tests-only!!"),
+		OnChange: func(ref secretref.Ref, _, _ string) { hub.Changed(ref) }})
+	if err != nil {
+		cancel()
+		return err
+	}
+	cat := catalog.New(s.store, catalog.WithAccessCheck(registry, engine))
+	hub = watch.NewHub(cat, resolver, watch.Options{Log: log})
+	go hub.Run(ctx)
+	deps := consumers.New(s.store, consumers.Options{Log: log})
+	go deps.Run(ctx)
+	srv := api.NewServer(api.Config{TLS: tlsCfg, Log: log, Catalog: cat, Policies: policy.NewManager(s.store, engine),
+		Policy: engine, Audit: auditLog, AuditLog: s.store, Resolver: resolver, Watch: hub, Consumer: deps})
+	go func() { _ = srv.Serve(lis) }()
+	s.stop = func() { srv.Stop(); cancel() }
+	return nil
+}
+
+// restart stops the server and serves again on the same address.
+func (s *server) restart(ttl time.Duration) error {
+	s.stop()
+	lis, err := net.Listen("tcp", s.addr)
+	if err != nil {
+		return err
+	}
+	return s.start(lis, ttl)
+}
+
+func (s *server) close() {
+	s.stop()
+	s.store.Close()
+	os.RemoveAll(s.dir)
+}
+
+// register binds name to a local ref, stores value, and grants verbs on it
+// to the workload at path.
+func (s *server) register(name, value, path string, verbs ...string) error {
+	ctx := context.Background()
+	ref := "local://" + name + "#value"
+	if _, err := s.store.PutSecret(ctx, store.Secret{Name: name, Ref: ref}, store.Precondition{}); err != nil {
+		return err
+	}
+	if err := s.write(name, value); err != nil {
+		return err
+	}
+	if _, err := s.store.PutPolicy(ctx, store.Policy{Name: "grant-" + filepath.Base(name), Subject: "spiffe://" + td + path, Verbs: verbs, Objects: []string{name}}, store.Precondition{}); err != nil {
+		return err
+	}
+	return s.engine.Load(ctx)
+}
+
+// write stores a new version of name's value in the backend directly.
+func (s *server) write(name, value string) error {
+	_, err := s.local.Write(context.Background(), secretref.MustParse("local://"+name+"#value"), []byte(value))
+	return err
+}
+
+// workload returns an identity for the workload at path.
+func (s *server) workload(path string) (identity.Source, error) {
+	svid, err := s.ca.IssueSVID(spiffeid.RequireFromString("spiffe://"+td+path), time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	return identity.NewStaticSource(svid, s.ca.Bundle()), nil
+}
+
+// svidFiles writes the workload's SVID files, as spiffe-helper would.
+func (s *server) svidFiles(path string) (cert, key, bundle string, err error) {
+	svid, err := s.ca.IssueSVID(spiffeid.RequireFromString("spiffe://"+td+path), time.Hour)
+	if err != nil {
+		return "", "", "", err
+	}
+	dir := filepath.Join(s.dir, "svid"+filepath.Base(path))
+	if err := identity.WriteFiles(dir, svid, s.ca.Bundle()); err != nil {
+		return "", "", "", err
+	}
+	return filepath.Join(dir, identity.SVIDCertFile), filepath.Join(dir, identity.SVIDKeyFile), filepath.Join(dir, identity.BundleFile), nil
+}
