@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -156,6 +157,14 @@ func (ca *CA) Bundle() *x509bundle.Bundle {
 // IssueSVID issues an X.509-SVID for id, valid for ttl (capped at the CA's
 // own expiry), usable for both TLS server and client authentication.
 func (ca *CA) IssueSVID(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, error) {
+	return ca.IssueServingSVID(id, ttl)
+}
+
+// IssueServingSVID is IssueSVID with DNS names and IP addresses added, for
+// a server that non-SPIFFE clients verify by host name (a dev Vault
+// listener, for instance). As SPIRE does, the first DNS name is also the
+// subject's common name, which Vault's certificate auth requires.
+func (ca *CA) IssueServingSVID(id spiffeid.ID, ttl time.Duration, hosts ...string) (*x509svid.SVID, error) {
 	if !id.MemberOf(ca.td) {
 		return nil, fmt.Errorf("issue SVID for %s: not in trust domain %s", id, ca.td)
 	}
@@ -184,6 +193,16 @@ func (ca *CA) IssueSVID(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, erro
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageKeyAgreement,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			if len(tmpl.DNSNames) == 0 {
+				tmpl.Subject.CommonName = h
+			}
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
 	if err != nil {

@@ -20,7 +20,9 @@ const EnvVaultBin = "SECRETPLANE_VAULT_BIN"
 // storage, unsealed, KV v2 at secret/, listening on a free loopback port.
 type Vault struct {
 	Addr      string // http://127.0.0.1:PORT
+	TLSAddr   string // https://127.0.0.1:PORT2 when started with a TLS listener
 	RootToken string
+	tls       *VaultTLS
 	bin       string
 	cmd       *exec.Cmd
 	done      chan struct{}
@@ -45,6 +47,35 @@ func StartVault(t testing.TB) *Vault {
 	return v
 }
 
+// VaultTLS is a TLS listener to add beside the dev listener: Vault serves
+// CertFile/KeyFile and asks clients for certificates signed by ClientCA
+// (for auth/cert).
+type VaultTLS struct {
+	CertFile, KeyFile, ClientCAFile string
+}
+
+// StartVaultTLS starts a dev-mode Vault with a TLS listener as well.
+func StartVaultTLS(t testing.TB, tlsCfg VaultTLS) *Vault {
+	t.Helper()
+	bin, err := vaultBin()
+	if err != nil {
+		t.Fatalf("Vault binary: %v", err)
+	}
+	port, err := FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsPort, err := FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &Vault{Addr: fmt.Sprintf("http://127.0.0.1:%d", port), TLSAddr: fmt.Sprintf("https://127.0.0.1:%d", tlsPort),
+		RootToken: "root-" + randomHex(8), bin: bin, logs: &lockedLog{}, port: port, tls: &tlsCfg}
+	v.Start(t)
+	t.Cleanup(func() { v.Stop(t) })
+	return v
+}
+
 // Start (re)starts the server on the same address. A dev server keeps
 // nothing across restarts: tests re-seed what they need.
 func (v *Vault) Start(t testing.TB) {
@@ -54,8 +85,18 @@ func (v *Vault) Start(t testing.TB) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(home) })
-	cmd := exec.Command(v.bin, "server", "-dev", "-dev-root-token-id="+v.RootToken,
-		fmt.Sprintf("-dev-listen-address=127.0.0.1:%d", v.port), "-log-level=warn")
+	args := []string{"server", "-dev", "-dev-root-token-id=" + v.RootToken, fmt.Sprintf("-dev-listen-address=127.0.0.1:%d", v.port), "-log-level=warn"}
+	if v.tls != nil {
+		// Dev mode merges a configuration file's listeners with its own.
+		conf := fmt.Sprintf("listener \"tcp\" {\n  address = %q\n  tls_cert_file = %q\n  tls_key_file = %q\n  tls_client_ca_file = %q\n}\n",
+			strings.TrimPrefix(v.TLSAddr, "https://"), v.tls.CertFile, v.tls.KeyFile, v.tls.ClientCAFile)
+		path := filepath.Join(home, "listener.hcl")
+		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "-config="+path)
+	}
+	cmd := exec.Command(v.bin, args...)
 	// The dev server writes a token helper file to $HOME; keep it private.
 	cmd.Env = append(os.Environ(), "HOME="+home, "VAULT_ADDR="+v.Addr)
 	cmd.Stdout, cmd.Stderr = v.logs, v.logs
