@@ -68,6 +68,9 @@ func openBackends(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*ba
 		if vc.AppRoleID != "" {
 			c.AppRole = &vault.AppRoleAuth{RoleID: vc.AppRoleID, SecretIDFile: vc.AppRoleSecretFile}
 		}
+		if vc.CertFile != "" || vc.KeyFile != "" {
+			c.Cert = &vault.CertAuth{Name: vc.CertRole, CertFile: vc.CertFile, KeyFile: vc.KeyFile}
+		}
 		b, err := vault.New(ctx, c, log)
 		if err != nil {
 			return nil, err

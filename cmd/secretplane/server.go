@@ -89,6 +89,9 @@ type serverConfig struct {
 			TokenFile         string `yaml:"token_file"`
 			AppRoleID         string `yaml:"approle_role_id"`
 			AppRoleSecretFile string `yaml:"approle_secret_id_file"`
+			CertRole          string `yaml:"cert_role"`
+			CertFile          string `yaml:"cert_file"`
+			KeyFile           string `yaml:"key_file"`
 		} `yaml:"vault"`
 	} `yaml:"backends"`
 	Cache struct {
@@ -161,6 +164,9 @@ startup fails closed on anything missing or unsafe.`,
 	f.StringVar(&cfg.Backends.Vault.TokenFile, "vault-token-file", "", "file holding a Vault token")
 	f.StringVar(&cfg.Backends.Vault.AppRoleID, "vault-approle-role-id", "", "Vault AppRole role id")
 	f.StringVar(&cfg.Backends.Vault.AppRoleSecretFile, "vault-approle-secret-id-file", "", "file holding the Vault AppRole secret id")
+	f.StringVar(&cfg.Backends.Vault.CertFile, "vault-cert-file", "", "client certificate for Vault's cert auth (needs a subject common name)")
+	f.StringVar(&cfg.Backends.Vault.KeyFile, "vault-key-file", "", "private key of --vault-cert-file")
+	f.StringVar(&cfg.Backends.Vault.CertRole, "vault-cert-role", "", "Vault cert auth role to log in as (optional)")
 	f.DurationVar(&cfg.Cache.TTL, "cache-ttl", 5*time.Minute, "how long a resolved value is fresh")
 	f.DurationVar(&cfg.Cache.MaxStale, "max-stale", time.Hour, "how long past its TTL a value serves while its backend fails; then fail closed")
 	f.StringVar(&cfg.Cache.FingerprintKeyFile, "fingerprint-key-file", "", "key for value fingerprints (dev default: in the data directory)")
@@ -225,6 +231,9 @@ func loadServerConfig(path string, cfg *serverConfig, cmd *cobra.Command) error 
 	pick("vault-token-file", &cfg.Backends.Vault.TokenFile, file.Backends.Vault.TokenFile)
 	pick("vault-approle-role-id", &cfg.Backends.Vault.AppRoleID, file.Backends.Vault.AppRoleID)
 	pick("vault-approle-secret-id-file", &cfg.Backends.Vault.AppRoleSecretFile, file.Backends.Vault.AppRoleSecretFile)
+	pick("vault-cert-file", &cfg.Backends.Vault.CertFile, file.Backends.Vault.CertFile)
+	pick("vault-key-file", &cfg.Backends.Vault.KeyFile, file.Backends.Vault.KeyFile)
+	pick("vault-cert-role", &cfg.Backends.Vault.CertRole, file.Backends.Vault.CertRole)
 	pick("fingerprint-key-file", &cfg.Cache.FingerprintKeyFile, file.Cache.FingerprintKeyFile)
 	if !set("cache-ttl") && file.Cache.TTL > 0 {
 		cfg.Cache.TTL = file.Cache.TTL
