@@ -5,6 +5,7 @@ package e2e_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -65,11 +66,17 @@ func (l *lockedBuffer) String() string {
 
 // startDevServer runs `secretplane server --dev` on a free loopback port
 // with dataDir and waits until the CLI can reach it.
-func startDevServer(t *testing.T, dataDir string, extra ...string) *server {
+func startDevServer(t testing.TB, dataDir string, extra ...string) *server {
+	t.Helper()
+	return startDevServerBinary(t, binary, dataDir, append([]string{"--log-level", "debug"}, extra...)...)
+}
+
+// startDevServerBinary is startDevServer with another build of the binary.
+func startDevServerBinary(t testing.TB, bin, dataDir string, extra ...string) *server {
 	t.Helper()
 	os.Remove(filepath.Join(dataDir, "dev.json"))
-	args := append([]string{"server", "--dev", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--log-format", "json", "--log-level", "debug"}, extra...)
-	s := &server{cmd: exec.Command(binary, args...), dataDir: dataDir, out: &lockedBuffer{}, done: make(chan error, 1)}
+	args := append([]string{"server", "--dev", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--log-format", "json"}, extra...)
+	s := &server{cmd: exec.Command(bin, args...), dataDir: dataDir, out: &lockedBuffer{}, done: make(chan error, 1)}
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -95,7 +102,7 @@ func startDevServer(t *testing.T, dataDir string, extra ...string) *server {
 	}
 }
 
-func (s *server) stop(t *testing.T) {
+func (s *server) stop(t testing.TB) {
 	if s.cmd.ProcessState != nil {
 		return
 	}
@@ -110,12 +117,12 @@ func (s *server) stop(t *testing.T) {
 }
 
 // cli runs the secretplane CLI against the dev server of dataDir.
-func cli(t *testing.T, dataDir string, args ...string) (stdout, stderr string, err error) {
+func cli(t testing.TB, dataDir string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
 	return cliStdin(t, dataDir, "", args...)
 }
 
-func cliStdin(t *testing.T, dataDir, stdin string, args ...string) (string, string, error) {
+func cliStdin(t testing.TB, dataDir, stdin string, args ...string) (string, string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -139,7 +146,7 @@ func cleanEnv() []string {
 	return env
 }
 
-func mustCLI(t *testing.T, dataDir string, args ...string) string {
+func mustCLI(t testing.TB, dataDir string, args ...string) string {
 	t.Helper()
 	out, errOut, err := cli(t, dataDir, args...)
 	if err != nil {
@@ -149,3 +156,22 @@ func mustCLI(t *testing.T, dataDir string, args ...string) string {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// devEndpoint is what a dev server writes to its data directory's dev.json.
+type devEndpoint struct {
+	Address  string `json:"address"`
+	ServerID string `json:"server_id"`
+}
+
+func readDevEndpoint(t testing.TB, dataDir string) devEndpoint {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(dataDir, "dev.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ep devEndpoint
+	if err := json.Unmarshal(raw, &ep); err != nil {
+		t.Fatal(err)
+	}
+	return ep
+}

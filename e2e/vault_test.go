@@ -2,7 +2,6 @@ package e2e_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -158,23 +157,13 @@ func TestMissStormIsOneVaultRead(t *testing.T) {
 }
 
 // workloadClient dials the dev server of dataDir with the SVID in dir.
-func workloadClient(t *testing.T, dataDir, dir string) spv1.SecretsServiceClient {
+func workloadClient(t testing.TB, dataDir, dir string) spv1.SecretsServiceClient {
 	t.Helper()
 	src, err := identity.LoadDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := os.ReadFile(filepath.Join(dataDir, "dev.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ep struct {
-		Address  string `json:"address"`
-		ServerID string `json:"server_id"`
-	}
-	if err := json.Unmarshal(raw, &ep); err != nil {
-		t.Fatal(err)
-	}
+	ep := readDevEndpoint(t, dataDir)
 	conn, err := grpc.NewClient(ep.Address, grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(src, spiffeid.RequireFromString(ep.ServerID)))))
 	if err != nil {
 		t.Fatal(err)

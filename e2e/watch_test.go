@@ -2,7 +2,6 @@ package e2e_test
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,17 +50,7 @@ func TestVaultRotationReachesWatchingClient(t *testing.T) {
 	}
 	svid := filepath.Join(t.TempDir(), "svid")
 	mustCLI(t, dataDir, "dev", "issue", "payments-api", "--out", svid)
-	raw, err := os.ReadFile(filepath.Join(dataDir, "dev.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ep struct {
-		Address  string `json:"address"`
-		ServerID string `json:"server_id"`
-	}
-	if err := json.Unmarshal(raw, &ep); err != nil {
-		t.Fatal(err)
-	}
+	ep := readDevEndpoint(t, dataDir)
 	c, err := client.New(ctx, client.Config{Address: ep.Address, ServerID: spiffeid.RequireFromString(ep.ServerID),
 		CertFile: filepath.Join(svid, "svid.pem"), KeyFile: filepath.Join(svid, "svid_key.pem"), BundleFile: filepath.Join(svid, "bundle.pem")})
 	if err != nil {
