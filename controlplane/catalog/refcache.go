@@ -14,11 +14,16 @@ import (
 // reach replicas).
 const refCacheTTL = 5 * time.Second
 
+// refCacheMax bounds the bindings held: the hot set of names being
+// resolved, not the whole catalog.
+const refCacheMax = 10_000
+
 // refCache keeps secrets' metadata for the resolve path, which looks a
 // secret up on every call.
 type refCache struct {
 	mu      sync.RWMutex
 	entries map[string]refCacheEntry
+	max     int
 	now     func() time.Time
 }
 
@@ -28,7 +33,7 @@ type refCacheEntry struct {
 }
 
 func newRefCache() *refCache {
-	return &refCache{entries: map[string]refCacheEntry{}, now: time.Now}
+	return &refCache{entries: map[string]refCacheEntry{}, max: refCacheMax, now: time.Now}
 }
 
 func (c *refCache) get(name string) (store.Secret, bool) {
@@ -42,9 +47,36 @@ func (c *refCache) get(name string) (store.Secret, bool) {
 }
 
 func (c *refCache) put(s store.Secret) {
+	now := c.now()
 	c.mu.Lock()
-	c.entries[s.Name] = refCacheEntry{secret: s, until: c.now().Add(refCacheTTL)}
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	if _, ok := c.entries[s.Name]; !ok && len(c.entries) >= c.max {
+		c.sweepLocked(now)
+	}
+	c.entries[s.Name] = refCacheEntry{secret: s, until: now.Add(refCacheTTL)}
+}
+
+// sweepLocked makes room: expired bindings go first; if the hot set is
+// larger than the bound, a quarter of it goes too (in map order, which is
+// random), so that sweeps stay rare and their cost amortised.
+func (c *refCache) sweepLocked(now time.Time) {
+	for name, e := range c.entries {
+		if !now.Before(e.until) {
+			delete(c.entries, name)
+		}
+	}
+	for name := range c.entries {
+		if len(c.entries) < c.max*3/4 {
+			break
+		}
+		delete(c.entries, name)
+	}
+}
+
+func (c *refCache) len() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.entries)
 }
 
 func (c *refCache) drop(name string) {
