@@ -35,6 +35,8 @@ func TestStartupFailsClosed(t *testing.T) {
 		{"workload API unreachable", []string{"server", "--listen", "127.0.0.1:0", "--workload-api", "unix://" + filepath.Join(dir, "none.sock"),
 			"--workload-api-timeout", "2s", "--store", "sqlite:" + filepath.Join(dir, "s.db"), "--admin", "spiffe://x.test/admin"},
 			[]string{"identity: fetch X.509-SVID from the Workload API"}, ""},
+		{"unbounded cache", []string{"server", "--dev", "--data-dir", filepath.Join(dir, "d4"), "--cache-max-entries", "0"},
+			[]string{"cache: max_entries and max_bytes must be positive"}, ""},
 		{"unknown config key", []string{"server", "--config", writeFile(t, dir, "bad.yaml", "listen: 127.0.0.1:1\npasword: x\n")},
 			[]string{"field pasword not found"}, ""},
 	}

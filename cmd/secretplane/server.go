@@ -97,6 +97,10 @@ type serverConfig struct {
 	Cache struct {
 		TTL      time.Duration `yaml:"ttl"`
 		MaxStale time.Duration `yaml:"max_stale"`
+		// MaxEntries and MaxBytes bound the cache; least recently used
+		// values go first.
+		MaxEntries int   `yaml:"max_entries"`
+		MaxBytes   int64 `yaml:"max_bytes"`
 		// FingerprintKeyFile keys value fingerprints, so they stay stable
 		// across restarts and replicas (random per process when unset).
 		FingerprintKeyFile string `yaml:"fingerprint_key_file"`
@@ -169,6 +173,8 @@ startup fails closed on anything missing or unsafe.`,
 	f.StringVar(&cfg.Backends.Vault.CertRole, "vault-cert-role", "", "Vault cert auth role to log in as (optional)")
 	f.DurationVar(&cfg.Cache.TTL, "cache-ttl", 5*time.Minute, "how long a resolved value is fresh")
 	f.DurationVar(&cfg.Cache.MaxStale, "max-stale", time.Hour, "how long past its TTL a value serves while its backend fails; then fail closed")
+	f.IntVar(&cfg.Cache.MaxEntries, "cache-max-entries", 100_000, "bound on cached values (least recently used go first)")
+	f.Int64Var(&cfg.Cache.MaxBytes, "cache-max-bytes", 256<<20, "bound on the bytes of cached values")
 	f.StringVar(&cfg.Cache.FingerprintKeyFile, "fingerprint-key-file", "", "key for value fingerprints (dev default: in the data directory)")
 	f.StringVar(&cfg.Audit.File, "audit-file", "", "also append every audit event to this JSON-lines file")
 	f.BoolVar(&cfg.Audit.FailOpen, "audit-fail-open", false, "dev mode only: serve requests even when the audit log cannot be written")
@@ -241,6 +247,12 @@ func loadServerConfig(path string, cfg *serverConfig, cmd *cobra.Command) error 
 	if !set("max-stale") && file.Cache.MaxStale > 0 {
 		cfg.Cache.MaxStale = file.Cache.MaxStale
 	}
+	if !set("cache-max-entries") && file.Cache.MaxEntries > 0 {
+		cfg.Cache.MaxEntries = file.Cache.MaxEntries
+	}
+	if !set("cache-max-bytes") && file.Cache.MaxBytes > 0 {
+		cfg.Cache.MaxBytes = file.Cache.MaxBytes
+	}
 	if !set("audit-fail-open") {
 		cfg.Audit.FailOpen = file.Audit.FailOpen
 	}
@@ -312,6 +324,7 @@ func runServer(ctx context.Context, cfg *serverConfig, out interface{ Write([]by
 	var hub *watch.Hub
 	resolver, err := resolve.New(registry, resolve.Options{
 		TTL: cfg.Cache.TTL, MaxStale: cfg.Cache.MaxStale, FingerprintKey: fpKey,
+		MaxEntries: cfg.Cache.MaxEntries, MaxBytes: cfg.Cache.MaxBytes,
 		// A change seen while resolving reaches watchers at once.
 		OnChange: func(ref secretref.Ref, _, _ string) { hub.Changed(ref) },
 	})
@@ -440,6 +453,12 @@ func prepare(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*startup
 	}
 	if len(st.accept) == 0 && !st.td.IsZero() {
 		st.accept = []spiffeid.TrustDomain{st.td}
+	}
+	if cfg.Cache.TTL <= 0 || cfg.Cache.MaxStale < 0 {
+		problems = append(problems, "cache: ttl must be positive and max_stale not negative")
+	}
+	if cfg.Cache.MaxEntries <= 0 || cfg.Cache.MaxBytes <= 0 {
+		problems = append(problems, "cache: max_entries and max_bytes must be positive (they bound the server's memory)")
 	}
 	if cfg.Audit.FailOpen && !cfg.Dev {
 		problems = append(problems, "audit: fail_open is allowed in --dev only; production refuses requests it cannot audit")

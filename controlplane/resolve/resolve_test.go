@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -214,6 +215,26 @@ func TestBoundedAndCallerOwnsData(t *testing.T) {
 	}
 	if _, err := resolve.New(m, resolve.Options{}); err == nil {
 		t.Fatal("resolver without a fingerprint key")
+	}
+}
+
+// The byte bound holds as well as the entry bound: values of 1 KiB under a
+// 64 KiB bound keep at most 64 of them.
+func TestBoundedByBytes(t *testing.T) {
+	r, m, _ := setup(t, resolve.Options{MaxBytes: 64 << 10})
+	ctx := context.Background()
+	for i := 0; i < 300; i++ {
+		ref := secretref.MustParse(fmt.Sprintf("vault://secret/s%d#x", i))
+		m.set(ref.String(), strings.Repeat("v", 1024))
+		if _, err := r.Get(ctx, ref); err != nil {
+			t.Fatal(err)
+		}
+		if st := r.Stats(); st.Bytes > 64<<10 || st.Entries > 64 {
+			t.Fatalf("after %d values the cache holds %d bytes in %d entries", i+1, st.Bytes, st.Entries)
+		}
+	}
+	if st := r.Stats(); st.Entries != 64 || st.Evictions != 300-64 {
+		t.Fatalf("stats %+v", st)
 	}
 }
 
