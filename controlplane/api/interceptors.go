@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"runtime/debug"
+	"strings"
+	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
@@ -79,35 +81,60 @@ type contextStream struct {
 
 func (s *contextStream) Context() context.Context { return s.ctx }
 
-// interceptorLogger adapts slog (through the redacting handler) to the
-// middleware's logger. Payloads are never logged.
-func interceptorLogger(l *slog.Logger) logging.Logger {
-	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
-		l.Log(ctx, slog.Level(lvl), msg, fields...)
-	})
+// callLog writes one line per finished call (never a payload): failures
+// at the level their code deserves (the middleware's server mapping), and
+// successful calls at debug, since at tens of thousands of calls a second
+// an info line each would drown the logs; the audit log records every
+// access. The line is built only when its level is enabled, so a quiet log
+// costs a call nothing.
+type callLog struct{ log *slog.Logger }
+
+func (l callLog) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	l.finish(ctx, info.FullMethod, "unary", start, err)
+	return resp, err
 }
 
-func loggingOptions() []logging.Option {
-	return []logging.Option{
-		logging.WithLogOnEvents(logging.FinishCall),
-		// Successful calls log at debug: at tens of thousands of calls a
-		// second an info line each would drown the logs (--log-level debug
-		// shows them; the audit log, a later release, records every access).
-		// Failures keep the middleware's levels.
-		logging.WithLevels(func(code codes.Code) logging.Level {
-			if code == codes.OK {
-				return logging.LevelDebug
-			}
-			return logging.DefaultServerCodeToLevel(code)
-		}),
-		logging.WithFieldsFromContext(func(ctx context.Context) logging.Fields {
-			f := logging.Fields{"request_id", RequestID(ctx)}
-			if id, err := connPeerID(ctx); err == nil {
-				f = append(f, "peer_id", id.String())
-			}
-			return f
-		}),
+func (l callLog) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	start := time.Now()
+	err := handler(srv, ss)
+	kind := "server_stream"
+	switch {
+	case info.IsClientStream && info.IsServerStream:
+		kind = "bidi_stream"
+	case info.IsClientStream:
+		kind = "client_stream"
 	}
+	l.finish(ss.Context(), info.FullMethod, kind, start, err)
+	return err
+}
+
+func (l callLog) finish(ctx context.Context, method, kind string, start time.Time, err error) {
+	code := status.Code(err)
+	level := slog.LevelDebug
+	if code != codes.OK {
+		level = slog.Level(logging.DefaultServerCodeToLevel(code))
+	}
+	if !l.log.Enabled(ctx, level) {
+		return
+	}
+	service, name := "", method
+	if i := strings.LastIndexByte(method, '/'); i > 0 {
+		service, name = strings.TrimPrefix(method[:i], "/"), method[i+1:]
+	}
+	attrs := []slog.Attr{
+		slog.String("grpc.service", service), slog.String("grpc.method", name), slog.String("grpc.method_type", kind),
+		slog.String("grpc.code", code.String()), slog.Float64("grpc.time_ms", float64(time.Since(start).Microseconds())/1000),
+		slog.String("request_id", RequestID(ctx)),
+	}
+	if id, err := connPeerID(ctx); err == nil {
+		attrs = append(attrs, slog.String("peer_id", id.String()))
+	}
+	if err != nil {
+		attrs = append(attrs, slog.String("grpc.error", status.Convert(err).Message()))
+	}
+	l.log.LogAttrs(ctx, level, "finished call", attrs...)
 }
 
 // recoveryHandler turns a panic into INTERNAL. The panic value is logged

@@ -7,7 +7,6 @@ import (
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"google.golang.org/grpc"
@@ -52,7 +51,7 @@ func NewServer(cfg Config) *grpc.Server {
 	notHealth := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
 		return c.Service != healthpb.Health_ServiceDesc.ServiceName
 	})
-	logger := interceptorLogger(cfg.Log)
+	calls := callLog{log: cfg.Log}
 	recover := recovery.WithRecoveryHandlerContext(recoveryHandler(cfg.Log))
 
 	srv := grpc.NewServer(
@@ -62,7 +61,7 @@ func NewServer(cfg Config) *grpc.Server {
 		grpc.ChainUnaryInterceptor(
 			guard.unary,
 			requestIDUnary,
-			logging.UnaryServerInterceptor(logger, loggingOptions()...),
+			calls.unary,
 			recovery.UnaryServerInterceptor(recover),
 			auth.UnaryServerInterceptor(authenticate),
 			selector.UnaryServerInterceptor(authz.unary, notHealth),
@@ -70,7 +69,7 @@ func NewServer(cfg Config) *grpc.Server {
 		grpc.ChainStreamInterceptor(
 			guard.stream,
 			requestIDStream,
-			logging.StreamServerInterceptor(logger, loggingOptions()...),
+			calls.stream,
 			recovery.StreamServerInterceptor(recover),
 			auth.StreamServerInterceptor(authenticate),
 			selector.StreamServerInterceptor(authz.stream, notHealth),
