@@ -56,7 +56,7 @@ type Options struct {
 	// (dev mode only); the failure is logged.
 	FailOpen bool
 	MaxBatch int           // events per transaction; default 512
-	MaxDelay time.Duration // how long a batch waits for company; default 2ms
+	MaxDelay time.Duration // how long a batch waits for company; default 1ms
 	Log      *slog.Logger
 }
 
@@ -81,7 +81,7 @@ func New(s Appender, opts Options) *Log {
 		opts.MaxBatch = 512
 	}
 	if opts.MaxDelay <= 0 {
-		opts.MaxDelay = 2 * time.Millisecond
+		opts.MaxDelay = time.Millisecond
 	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)

@@ -184,6 +184,8 @@ func (dialect) NextRevision(ctx context.Context, tx *sql.Tx) (int64, error) {
 
 func (dialect) ForUpdate() string { return " FOR UPDATE" }
 
+func (dialect) Embedded() bool { return false }
+
 func (dialect) IsUniqueViolation(err error) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && pe.Code == "23505"

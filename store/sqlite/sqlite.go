@@ -11,7 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
+	"strconv"
 	"strings"
 
 	"modernc.org/sqlite"
@@ -65,10 +65,51 @@ type dialect struct{}
 
 func (dialect) Name() string { return "sqlite" }
 
-var placeholder = regexp.MustCompile(`\$(\d+)`)
-
-// Rebind turns $N into ?N, SQLite's numbered parameter.
-func (dialect) Rebind(q string) string { return placeholder.ReplaceAllString(q, "?$1") }
+// Rebind turns the store's $N parameters into SQLite's: anonymous "?" when
+// they appear as $1, $2, ... in order, each once (the common case, and the
+// cheap one: SQLite binds anonymous parameters without a name lookup,
+// which matters for multi-row inserts with hundreds of them), otherwise
+// numbered "?N". Text inside single quotes is left alone.
+func (dialect) Rebind(q string) string {
+	var b strings.Builder
+	b.Grow(len(q))
+	sequential, next := true, 1
+	type param struct{ start, end, n int }
+	var params []param
+	quoted := false
+	for i := 0; i < len(q); i++ {
+		switch c := q[i]; {
+		case c == '\'':
+			quoted = !quoted
+		case c == '$' && !quoted:
+			j := i + 1
+			for j < len(q) && q[j] >= '0' && q[j] <= '9' {
+				j++
+			}
+			if j == i+1 {
+				continue
+			}
+			n, _ := strconv.Atoi(q[i+1 : j])
+			if n != next {
+				sequential = false
+			}
+			next++
+			params = append(params, param{i, j, n})
+			i = j - 1
+		}
+	}
+	last := 0
+	for _, p := range params {
+		b.WriteString(q[last:p.start])
+		b.WriteByte('?')
+		if !sequential {
+			b.WriteString(q[p.start+1 : p.end])
+		}
+		last = p.end
+	}
+	b.WriteString(q[last:])
+	return b.String()
+}
 
 func (dialect) NextRevision(ctx context.Context, tx *sql.Tx) (int64, error) {
 	var v int64
@@ -79,6 +120,8 @@ func (dialect) NextRevision(ctx context.Context, tx *sql.Tx) (int64, error) {
 // ForUpdate is empty: write transactions start with BEGIN IMMEDIATE and so
 // are serialised already.
 func (dialect) ForUpdate() string { return "" }
+
+func (dialect) Embedded() bool { return true }
 
 func (dialect) IsUniqueViolation(err error) bool {
 	var se *sqlite.Error

@@ -94,6 +94,19 @@ func testAuditAppendQuery(t *testing.T, s store.Store) {
 	if _, err := s.QueryAudit(c, store.AuditQuery{}); err == nil {
 		t.Fatal("limit 0 accepted")
 	}
+	// A large batch (more rows than one multi-row statement takes) lands
+	// whole and in order.
+	var big []store.AuditEvent
+	if err := s.AppendAudit(c, func(head store.AuditChainHead) ([]store.AuditEvent, error) {
+		big = chain(head, 600, "bulk")
+		return big, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.QueryAudit(c, store.AuditQuery{Actor: "bulk", Limit: 1000})
+	if err != nil || !reflect.DeepEqual(got, big) {
+		t.Fatalf("large batch: %d of %d events back, err %v", len(got), len(big), err)
+	}
 }
 
 // Concurrent appenders (think replicas) extend one gap-free chain.

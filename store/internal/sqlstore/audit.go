@@ -2,7 +2,9 @@ package sqlstore
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,24 +33,8 @@ func (s *Store) AppendAudit(ctx context.Context, fn func(store.AuditChainHead) (
 	if len(events) == 0 {
 		return nil
 	}
-	// One multi-row INSERT per chunk: a batch costs a few statements, not
-	// one per event.
-	const perRow, maxRows = 11, 256
-	for start := 0; start < len(events); start += maxRows {
-		chunk := events[start:min(start+maxRows, len(events))]
-		rows := make([]string, len(chunk))
-		args := make([]any, 0, len(chunk)*perRow)
-		for i, e := range chunk {
-			ph := make([]string, perRow)
-			for j := range ph {
-				ph[j] = fmt.Sprintf("$%d", i*perRow+j+1)
-			}
-			rows[i] = "(" + strings.Join(ph, ", ") + ")"
-			args = append(args, e.Seq, e.Time.UnixMicro(), e.Actor, e.Action, e.Target, e.Decision, e.Policy, e.Outcome, e.RequestID, e.PrevHash, e.Hash)
-		}
-		if _, err := tx.ExecContext(ctx, s.dialect.Rebind(`INSERT INTO audit_events (`+auditColumns+`) VALUES `+strings.Join(rows, ", ")), args...); err != nil {
-			return fmt.Errorf("append audit events %d to %d: %w", chunk[0].Seq, chunk[len(chunk)-1].Seq, err)
-		}
+	if err := s.insertAudit(ctx, tx, events); err != nil {
+		return err
 	}
 	last := events[len(events)-1]
 	if _, err := tx.ExecContext(ctx, s.dialect.Rebind(`UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1`), last.Seq, last.Hash); err != nil {
@@ -56,6 +42,53 @@ func (s *Store) AppendAudit(ctx context.Context, fn func(store.AuditChainHead) (
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("append audit: commit: %w", err)
+	}
+	return nil
+}
+
+// insertAudit writes events in the way that suits the engine (see
+// Dialect.Embedded).
+func (s *Store) insertAudit(ctx context.Context, tx *sql.Tx, events []store.AuditEvent) error {
+	const perRow, maxRows = 11, 256
+	row := func(e store.AuditEvent) []any {
+		return []any{e.Seq, e.Time.UnixMicro(), e.Actor, e.Action, e.Target, e.Decision, e.Policy, e.Outcome, e.RequestID, e.PrevHash, e.Hash}
+	}
+	if s.dialect.Embedded() {
+		stmt, err := tx.PrepareContext(ctx, s.dialect.Rebind(`INSERT INTO audit_events (`+auditColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`))
+		if err != nil {
+			return fmt.Errorf("append audit: prepare insert: %w", err)
+		}
+		defer stmt.Close()
+		for _, e := range events {
+			if _, err := stmt.ExecContext(ctx, row(e)...); err != nil {
+				return fmt.Errorf("append audit event %d: %w", e.Seq, err)
+			}
+		}
+		return nil
+	}
+	for start := 0; start < len(events); start += maxRows {
+		chunk := events[start:min(start+maxRows, len(events))]
+		var q strings.Builder
+		q.WriteString(`INSERT INTO audit_events (` + auditColumns + `) VALUES `)
+		args := make([]any, 0, len(chunk)*perRow)
+		for i, e := range chunk {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			q.WriteByte('(')
+			for j := 0; j < perRow; j++ {
+				if j > 0 {
+					q.WriteString(", ")
+				}
+				q.WriteByte('$')
+				q.WriteString(strconv.Itoa(i*perRow + j + 1))
+			}
+			q.WriteByte(')')
+			args = append(args, row(e)...)
+		}
+		if _, err := tx.ExecContext(ctx, s.dialect.Rebind(q.String()), args...); err != nil {
+			return fmt.Errorf("append audit events %d to %d: %w", chunk[0].Seq, chunk[len(chunk)-1].Seq, err)
+		}
 	}
 	return nil
 }

@@ -35,6 +35,11 @@ type Dialect interface {
 	IsUniqueViolation(err error) bool
 	// LockMigrations serialises concurrent migrators inside tx.
 	LockMigrations(ctx context.Context, tx *sql.Tx) error
+	// Embedded reports an in-process engine: many rows go in one prepared
+	// statement executed per row (no round trips to save, and parsing a
+	// long multi-row statement costs more than it saves), where a server
+	// takes one multi-row statement per chunk to save round trips.
+	Embedded() bool
 }
 
 // Store is a store.Store over a SQL database.
