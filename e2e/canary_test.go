@@ -1,12 +1,19 @@
 package e2e_test
 
 import (
+	"context"
 	"crypto/rand"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/secretplane/secretplane/client"
 )
 
 // newCanary returns a unique secret-looking value: a GitHub-token-shaped
@@ -33,13 +40,20 @@ func newCanary(t *testing.T) string {
 // included), not in the local backend's file (sealed).
 func TestCanaryNeverLeaks(t *testing.T) {
 	dataDir := filepath.Join(t.TempDir(), "data")
-	srv := startDevServer(t, dataDir)
-	canary := newCanary(t)
+	// A short TTL so that a new version is seen within seconds by the
+	// watching client below.
+	srv := startDevServer(t, dataDir, "--cache-ttl", "2s")
+	canary, rotated := newCanary(t), newCanary(t)
 	lower := strings.ToLower(canary)
 
 	var transcript strings.Builder
 	leaks := func(text string) bool {
-		return strings.Contains(text, canary) || strings.Contains(text, lower) || strings.Contains(text, canary[4:])
+		for _, c := range []string{canary, lower, canary[4:], rotated, rotated[4:]} {
+			if strings.Contains(text, c) {
+				return true
+			}
+		}
+		return false
 	}
 	step := 0
 	run := func(stdin string, args ...string) {
@@ -117,6 +131,52 @@ func TestCanaryNeverLeaks(t *testing.T) {
 	issueOther := filepath.Join(t.TempDir(), "other")
 	run("", "dev", "issue", "billing-api", "--out", issueOther)
 	run("", "--cert", filepath.Join(issueOther, "svid.pem"), "--key", filepath.Join(issueOther, "svid_key.pem"), "--bundle", filepath.Join(issueOther, "bundle.pem"), "resolve", "payments/token")
+
+	// The value watched through the client library and rotated: the
+	// service's hook fails with an error that quotes the new value, which
+	// the server must keep out of the consumers registry, logs and
+	// responses.
+	run("policies:\n  - name: api-read\n    subject: spiffe://secretplane.test/workload/payments-api\n    verbs: [read, watch]\n    objects: [\"payments/*\"]\n", "policy", "apply", "-f", "-")
+	ep := readDevEndpoint(t, dataDir)
+	ctx := context.Background()
+	c, err := client.New(ctx, client.Config{Address: ep.Address, ServerID: spiffeid.RequireFromString(ep.ServerID),
+		CertFile: filepath.Join(svid, "svid.pem"), KeyFile: filepath.Join(svid, "svid_key.pem"), BundleFile: filepath.Join(svid, "bundle.pem")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	hooked := make(chan string, 4)
+	w, err := c.Watch(ctx, []string{"payments/token"}, func(_ context.Context, _, new client.Secret) error {
+		hooked <- string(new.Value)
+		return fmt.Errorf("could not apply %s to the pool", new.Value)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if out, errOut, err := cliStdin(t, dataDir, rotated, "dev", "local-put", "local://payments/token#value"); err != nil {
+		t.Fatalf("local-put: %v %s %s", err, out, errOut)
+	}
+	select {
+	case v := <-hooked:
+		if v != rotated {
+			t.Fatal("the rotation hook got another value than the one written")
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the watching client saw no new version within 15s")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _, _ := cli(t, dataDir, "secret", "consumers", "payments/token", "-o", "json")
+		if strings.Contains(out, "watch") && strings.Contains(out, "withheld") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the failed acknowledgement is not in the consumers registry:\n%s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	run("", "secret", "consumers", "payments/token", "-o", "json")
 
 	// Reads after the attempts.
 	run("", "secret", "list", "-o", "json")
