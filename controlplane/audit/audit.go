@@ -129,14 +129,27 @@ func (l *Log) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
+		// The batch closes MaxDelay after its first event was queued, not
+		// after the writer took it: events queued while the last batch was
+		// being written have waited already.
 		batch := []*pending{first}
-		timer := time.NewTimer(l.opts.MaxDelay)
+		timer := time.NewTimer(time.Until(first.at.Add(l.opts.MaxDelay)))
 	collect:
 		for len(batch) < l.opts.MaxBatch {
 			select {
 			case p := <-l.queue:
 				batch = append(batch, p)
 			case <-timer.C:
+				// Take what is queued already; it would wait a whole
+				// batch otherwise.
+				for len(batch) < l.opts.MaxBatch {
+					select {
+					case p := <-l.queue:
+						batch = append(batch, p)
+					default:
+						break collect
+					}
+				}
 				break collect
 			}
 		}
