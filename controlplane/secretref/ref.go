@@ -148,8 +148,8 @@ func (r Ref) Validate() error {
 		if p[1] == "" {
 			continue
 		}
-		check, ok := sc.params[p[0]]
-		if !ok {
+		check := sc.param(p[0])
+		if check == nil {
 			return errorf("param "+p[0], "is not a parameter of %s refs (allowed: %s)", r.Scheme, sc.paramList())
 		}
 		if err := check(p[1]); err != nil {
@@ -372,14 +372,35 @@ func checkField(f string) error {
 // scheme rules.
 type schemeRules struct {
 	locator func(string) error
-	params  map[string]func(string) error
-	cross   func(Ref) error
+	// params are the scheme's parameters and their checks: an array, not
+	// a map, so that looking up a scheme's rules allocates nothing (Parse
+	// runs on every Resolve).
+	params [3]paramRule
+	cross  func(Ref) error
+}
+
+type paramRule struct {
+	name  string
+	check func(string) error
+}
+
+// param returns the check of the named parameter, nil when the scheme has
+// no such parameter.
+func (s schemeRules) param(name string) func(string) error {
+	for _, p := range s.params {
+		if p.name == name && p.check != nil {
+			return p.check
+		}
+	}
+	return nil
 }
 
 func (s schemeRules) paramList() string {
-	names := make([]string, 0, len(s.params))
-	for k := range s.params {
-		names = append(names, k)
+	var names []string
+	for _, p := range s.params {
+		if p.check != nil {
+			names = append(names, p.name)
+		}
 	}
 	sort.Strings(names)
 	if len(names) == 0 {
@@ -394,18 +415,18 @@ func rulesFor(s Scheme) (schemeRules, bool) {
 	case SchemeVault:
 		return schemeRules{
 			locator: func(p string) error { return checkPathSegments("locator", p, 2) },
-			params:  map[string]func(string) error{"version": positiveInt, "namespace": vaultNamespace},
+			params:  [3]paramRule{{"version", positiveInt}, {"namespace", vaultNamespace}},
 		}, true
 	case SchemeAWSSM:
 		return schemeRules{
 			locator: awsLocator,
-			params:  map[string]func(string) error{"version": awsVersionID, "stage": awsStage, "region": awsRegion},
+			params:  [3]paramRule{{"version", awsVersionID}, {"stage", awsStage}, {"region", awsRegion}},
 			cross:   awsCross,
 		}, true
 	case SchemeLocal:
 		return schemeRules{
 			locator: func(p string) error { return checkPathSegments("locator", p, 1) },
-			params:  map[string]func(string) error{"version": positiveInt},
+			params:  [3]paramRule{{"version", positiveInt}},
 		}, true
 	}
 	return schemeRules{}, false
