@@ -63,7 +63,6 @@ var ErrStale = errors.New("cached value is past max-stale and the backend is fai
 
 type entry struct {
 	key      string
-	ref      secretref.Ref
 	res      Result // zero Data when only an error is cached
 	err      error  // cached not-found / denied answer
 	errUntil time.Time
@@ -245,7 +244,7 @@ func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string, ref
 	if err != nil {
 		if isDefinitive(err) {
 			r.mu.Lock()
-			e := r.entryLocked(key, ref)
+			e := r.entryLocked(key)
 			e.err, e.errUntil = err, now.Add(r.opts.NegativeTTL)
 			if e.res.Data != nil { // the value is gone or forbidden now: drop it
 				r.dropDataLocked(e)
@@ -263,7 +262,7 @@ func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string, ref
 		ExpiresAt:   v.ExpiresAt,
 	}
 	r.mu.Lock()
-	e := r.entryLocked(key, ref)
+	e := r.entryLocked(key)
 	old := e.res.Fingerprint
 	r.dropDataLocked(e)
 	e.res, e.err = res, nil
@@ -282,12 +281,12 @@ func (r *Resolver) refreshTime(now time.Time) time.Time {
 	return now.Add(time.Duration(offset))
 }
 
-func (r *Resolver) entryLocked(key string, ref secretref.Ref) *entry {
+func (r *Resolver) entryLocked(key string) *entry {
 	if e := r.entries[key]; e != nil {
 		r.lru.MoveToFront(e.elem)
 		return e
 	}
-	e := &entry{key: key, ref: ref}
+	e := &entry{key: key}
 	e.elem = r.lru.PushFront(e)
 	r.entries[key] = e
 	return e
