@@ -37,6 +37,8 @@ func TestStartupFailsClosed(t *testing.T) {
 			[]string{"identity: fetch X.509-SVID from the Workload API"}, ""},
 		{"unbounded cache", []string{"server", "--dev", "--data-dir", filepath.Join(dir, "d4"), "--cache-max-entries", "0"},
 			[]string{"cache: max_entries and max_bytes must be positive"}, ""},
+		{"JWT-SVID auth without the Workload API", []string{"server", "--dev", "--data-dir", filepath.Join(dir, "d5"), "--vault-addr", "http://127.0.0.1:1", "--vault-jwt-role", "secretplane"},
+			[]string{"needs the SPIFFE Workload API"}, ""},
 		{"unknown config key", []string{"server", "--config", writeFile(t, dir, "bad.yaml", "listen: 127.0.0.1:1\npasword: x\n")},
 			[]string{"field pasword not found"}, ""},
 	}

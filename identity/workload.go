@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
@@ -16,7 +17,8 @@ import (
 // on the next handshake, and open connections are left alone.
 type WorkloadSource struct {
 	*workloadapi.X509Source
-	id spiffeid.ID
+	id   spiffeid.ID
+	addr string
 }
 
 // NewWorkloadSource connects to the Workload API at addr (for example
@@ -34,13 +36,24 @@ func NewWorkloadSource(ctx context.Context, addr string, timeout time.Duration, 
 		src.Close()
 		return nil, fmt.Errorf("read X.509-SVID from the Workload API: %w", err)
 	}
-	w := &WorkloadSource{X509Source: src, id: svid.ID}
+	w := &WorkloadSource{X509Source: src, id: svid.ID, addr: addr}
 	go w.logUpdates(ctx, log)
 	return w, nil
 }
 
 // ID is the SPIFFE ID of the SVID.
 func (w *WorkloadSource) ID() spiffeid.ID { return w.id }
+
+// FetchJWTSVID asks the Workload API for a new JWT-SVID for audience and
+// returns the token: a credential, to be sent where it is due and never
+// logged.
+func (w *WorkloadSource) FetchJWTSVID(ctx context.Context, audience string) (string, error) {
+	svid, err := workloadapi.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience}, workloadapi.WithAddr(w.addr))
+	if err != nil {
+		return "", fmt.Errorf("fetch JWT-SVID for audience %q from the Workload API: %w", audience, err)
+	}
+	return svid.Marshal(), nil
+}
 
 func (w *WorkloadSource) logUpdates(ctx context.Context, log *slog.Logger) {
 	for {

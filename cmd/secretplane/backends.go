@@ -13,6 +13,7 @@ import (
 	"github.com/secretplane/secretplane/controlplane/backend/awssm"
 	"github.com/secretplane/secretplane/controlplane/backend/local"
 	"github.com/secretplane/secretplane/controlplane/backend/vault"
+	"github.com/secretplane/secretplane/identity"
 )
 
 // Dev-mode files of the local backend and the fingerprint key.
@@ -27,7 +28,12 @@ const (
 // openBackends configures the secret managers: the embedded local backend
 // (always in dev mode; otherwise when its key is given) and Vault (when an
 // address is given).
-func openBackends(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*backend.Registry, error) {
+// jwtFetcher gives JWT-SVIDs (identity.WorkloadSource).
+type jwtFetcher interface {
+	FetchJWTSVID(ctx context.Context, audience string) (string, error)
+}
+
+func openBackends(ctx context.Context, cfg *serverConfig, source identity.Source, log *slog.Logger) (*backend.Registry, error) {
 	var bs []backend.Backend
 	lc := cfg.Backends.Local
 	if cfg.Dev {
@@ -70,6 +76,13 @@ func openBackends(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*ba
 		}
 		if vc.CertFile != "" || vc.KeyFile != "" {
 			c.Cert = &vault.CertAuth{Name: vc.CertRole, CertFile: vc.CertFile, KeyFile: vc.KeyFile}
+		}
+		if vc.JWTRole != "" {
+			jwt, ok := source.(jwtFetcher)
+			if !ok {
+				return nil, fmt.Errorf("vault: JWT-SVID auth needs the SPIFFE Workload API as the identity source (--workload-api)")
+			}
+			c.JWT = &vault.JWTAuth{Mount: vc.JWTMount, Role: vc.JWTRole, Audience: vc.JWTAudience, Fetch: jwt.FetchJWTSVID}
 		}
 		b, err := vault.New(ctx, c, log)
 		if err != nil {

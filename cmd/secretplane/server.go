@@ -91,6 +91,9 @@ type serverConfig struct {
 			AppRoleID         string `yaml:"approle_role_id"`
 			AppRoleSecretFile string `yaml:"approle_secret_id_file"`
 			CertRole          string `yaml:"cert_role"`
+			JWTRole           string `yaml:"jwt_role"`
+			JWTAudience       string `yaml:"jwt_audience"`
+			JWTMount          string `yaml:"jwt_mount"`
 			CertFile          string `yaml:"cert_file"`
 			KeyFile           string `yaml:"key_file"`
 		} `yaml:"vault"`
@@ -172,6 +175,9 @@ startup fails closed on anything missing or unsafe.`,
 	f.StringVar(&cfg.Backends.Vault.CertFile, "vault-cert-file", "", "client certificate for Vault's cert auth (needs a subject common name)")
 	f.StringVar(&cfg.Backends.Vault.KeyFile, "vault-key-file", "", "private key of --vault-cert-file")
 	f.StringVar(&cfg.Backends.Vault.CertRole, "vault-cert-role", "", "Vault cert auth role to log in as (optional)")
+	f.StringVar(&cfg.Backends.Vault.JWTRole, "vault-jwt-role", "", "log in to Vault's JWT auth as this role with a JWT-SVID from the Workload API")
+	f.StringVar(&cfg.Backends.Vault.JWTAudience, "vault-jwt-audience", "vault", "audience of the JWT-SVID for Vault")
+	f.StringVar(&cfg.Backends.Vault.JWTMount, "vault-jwt-mount", "jwt", "mount path of Vault's JWT auth method")
 	f.DurationVar(&cfg.Cache.TTL, "cache-ttl", 5*time.Minute, "how long a resolved value is fresh")
 	f.DurationVar(&cfg.Cache.MaxStale, "max-stale", time.Hour, "how long past its TTL a value serves while its backend fails; then fail closed")
 	f.IntVar(&cfg.Cache.MaxEntries, "cache-max-entries", 100_000, "bound on cached values (least recently used go first)")
@@ -241,6 +247,9 @@ func loadServerConfig(path string, cfg *serverConfig, cmd *cobra.Command) error 
 	pick("vault-cert-file", &cfg.Backends.Vault.CertFile, file.Backends.Vault.CertFile)
 	pick("vault-key-file", &cfg.Backends.Vault.KeyFile, file.Backends.Vault.KeyFile)
 	pick("vault-cert-role", &cfg.Backends.Vault.CertRole, file.Backends.Vault.CertRole)
+	pick("vault-jwt-role", &cfg.Backends.Vault.JWTRole, file.Backends.Vault.JWTRole)
+	pick("vault-jwt-audience", &cfg.Backends.Vault.JWTAudience, file.Backends.Vault.JWTAudience)
+	pick("vault-jwt-mount", &cfg.Backends.Vault.JWTMount, file.Backends.Vault.JWTMount)
 	pick("fingerprint-key-file", &cfg.Cache.FingerprintKeyFile, file.Cache.FingerprintKeyFile)
 	if !set("cache-ttl") && file.Cache.TTL > 0 {
 		cfg.Cache.TTL = file.Cache.TTL
@@ -325,7 +334,7 @@ func runServer(ctx context.Context, cfg *serverConfig, out interface{ Write([]by
 	}
 	auditLog := audit.New(st.store, auditOpts)
 	go auditLog.Run(bg)
-	registry, err := openBackends(bg, cfg, log)
+	registry, err := openBackends(bg, cfg, st.source, log)
 	if err != nil {
 		return err
 	}

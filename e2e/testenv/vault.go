@@ -88,8 +88,12 @@ func (v *Vault) Start(t testing.TB) {
 	args := []string{"server", "-dev", "-dev-root-token-id=" + v.RootToken, fmt.Sprintf("-dev-listen-address=127.0.0.1:%d", v.port), "-log-level=warn"}
 	if v.tls != nil {
 		// Dev mode merges a configuration file's listeners with its own.
-		conf := fmt.Sprintf("listener \"tcp\" {\n  address = %q\n  tls_cert_file = %q\n  tls_key_file = %q\n  tls_client_ca_file = %q\n}\n",
-			strings.TrimPrefix(v.TLSAddr, "https://"), v.tls.CertFile, v.tls.KeyFile, v.tls.ClientCAFile)
+		conf := fmt.Sprintf("listener \"tcp\" {\n  address = %q\n  tls_cert_file = %q\n  tls_key_file = %q\n",
+			strings.TrimPrefix(v.TLSAddr, "https://"), v.tls.CertFile, v.tls.KeyFile)
+		if v.tls.ClientCAFile != "" {
+			conf += fmt.Sprintf("  tls_client_ca_file = %q\n", v.tls.ClientCAFile)
+		}
+		conf += "}\n"
 		path := filepath.Join(home, "listener.hcl")
 		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 			t.Fatal(err)

@@ -1,6 +1,7 @@
 // Package vault reads and writes HashiCorp Vault KV v2 secrets for
-// secretplane, through the official API client. Auth by token, AppRole or
-// TLS certificate; tokens are renewed while the backend runs. TLS to Vault
+// secretplane, through the official API client. Auth by token, AppRole, TLS
+// certificate or JWT-SVID; tokens are renewed while the backend runs, and
+// logged in again when they can no longer be. TLS to Vault
 // is required unless AllowInsecure (dev mode on loopback).
 package vault
 
@@ -35,6 +36,7 @@ type Config struct {
 	TokenFile string // a file holding a Vault token
 	AppRole   *AppRoleAuth
 	Cert      *CertAuth
+	JWT       *JWTAuth
 }
 
 // AppRoleAuth logs in with a role id and a secret id read from a file.
@@ -50,6 +52,17 @@ type CertAuth struct {
 	Name     string // the cert role, optional
 	CertFile string
 	KeyFile  string
+}
+
+// JWTAuth logs in with a JWT-SVID (auth/jwt). Fetch returns a fresh token
+// for the audience at every login: JWT-SVIDs are short-lived, so a re-login
+// after the Vault token's max TTL gets a new one. The token is a credential
+// and is never logged.
+type JWTAuth struct {
+	Mount    string // default "jwt"
+	Role     string // the Vault role; required
+	Audience string // the aud claim the role is bound to; default "vault"
+	Fetch    func(ctx context.Context, audience string) (string, error)
 }
 
 // Backend is the vault backend.
@@ -112,8 +125,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Backend, error) {
 		methods++
 		b.login = b.certLogin(*cfg.Cert)
 	}
+	if cfg.JWT != nil {
+		methods++
+		if cfg.JWT.Role == "" || cfg.JWT.Fetch == nil {
+			return nil, errors.New("vault: JWT auth needs a role and a JWT-SVID source")
+		}
+		b.login = b.jwtLogin(*cfg.JWT)
+	}
 	if methods != 1 {
-		return nil, errors.New("vault: configure exactly one auth method (token file, AppRole or certificate)")
+		return nil, errors.New("vault: configure exactly one auth method (token file, AppRole, certificate or JWT-SVID)")
 	}
 	if err := b.authenticate(ctx); err != nil {
 		return nil, err
@@ -213,6 +233,25 @@ func (b *Backend) certLogin(c CertAuth) func(context.Context) (*api.Secret, erro
 		}
 		if s == nil || s.Auth == nil {
 			return nil, errors.New("vault: certificate login returned no token")
+		}
+		b.client.SetToken(s.Auth.ClientToken)
+		return s, nil
+	}
+}
+
+func (b *Backend) jwtLogin(j JWTAuth) func(context.Context) (*api.Secret, error) {
+	mount, aud := orDefault(j.Mount, "jwt"), orDefault(j.Audience, "vault")
+	return func(ctx context.Context) (*api.Secret, error) {
+		token, err := j.Fetch(ctx, aud)
+		if err != nil {
+			return nil, fmt.Errorf("vault: JWT-SVID login: %w", err)
+		}
+		s, err := b.client.Logical().WriteWithContext(ctx, "auth/"+mount+"/login", map[string]any{"role": j.Role, "jwt": token})
+		if err != nil {
+			return nil, fmt.Errorf("vault: JWT-SVID login as role %q: %w", j.Role, classify(err))
+		}
+		if s == nil || s.Auth == nil {
+			return nil, errors.New("vault: JWT-SVID login returned no token")
 		}
 		b.client.SetToken(s.Auth.ClientToken)
 		return s, nil
