@@ -49,6 +49,12 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite store: %w", err)
 	}
+	// Keep the connections that concurrent readers open: database/sql's
+	// default of two idle ones would close and reopen SQLite connections
+	// (file, schema, pragmas) under load. Writers are serialised by BEGIN
+	// IMMEDIATE either way.
+	db.SetMaxOpenConns(maxConns)
+	db.SetMaxIdleConns(maxConns)
 	s, err := sqlstore.New(ctx, db, dialect{}, migrations, "migrations")
 	if err != nil {
 		return nil, err
@@ -60,6 +66,9 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	}
 	return &Store{Store: s}, nil
 }
+
+// maxConns bounds the pool: readers beyond it queue for a connection.
+const maxConns = 16
 
 type dialect struct{}
 
