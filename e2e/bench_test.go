@@ -79,13 +79,7 @@ func BenchmarkServerMemory100kSecrets(b *testing.B) {
 		b.Fatalf("build: %v\n%s", err, out)
 	}
 	v := testenv.StartVault(b)
-	cfg := api.DefaultConfig()
-	cfg.Address = v.Addr
-	root, err := api.NewClient(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	root.SetToken(v.RootToken)
+	root := v.RootClient(b)
 	ctx := context.Background()
 	value := strings.Repeat("v", 1024)
 	parallel(b, n, 64, func(i int) error {

@@ -26,13 +26,7 @@ import (
 func TestResolveFromVaultThroughOutage(t *testing.T) {
 	v := testenv.StartVault(t)
 	seedVault := func() {
-		cfg := api.DefaultConfig()
-		cfg.Address = v.Addr
-		c, err := api.NewClient(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.SetToken(v.RootToken)
+		c := v.RootClient(t)
 		for _, pw := range []string{"pw-one", "pw-two"} {
 			if _, err := c.KVv2("secret").Put(context.Background(), "payments/db", map[string]any{"password": pw}); err != nil {
 				t.Fatal(err)
@@ -92,13 +86,7 @@ func TestResolveFromVaultThroughOutage(t *testing.T) {
 // Vault, counted by Vault's own file audit device.
 func TestMissStormIsOneVaultRead(t *testing.T) {
 	v := testenv.StartVault(t)
-	cfg := api.DefaultConfig()
-	cfg.Address = v.Addr
-	root, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	root.SetToken(v.RootToken)
+	root := v.RootClient(t)
 	ctx := context.Background()
 	if _, err := root.KVv2("secret").Put(ctx, "storm/db", map[string]any{"password": "storm-pw"}); err != nil {
 		t.Fatal(err)

@@ -2,13 +2,11 @@ package e2e_test
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/secretplane/secretplane/e2e/testenv"
@@ -42,13 +40,7 @@ func TestServerVaultAuthMethods(t *testing.T) {
 	bundle := filepath.Join(vaultTLS, identity.BundleFile)
 	v := testenv.StartVaultTLS(t, testenv.VaultTLS{CertFile: filepath.Join(vaultTLS, identity.SVIDCertFile), KeyFile: filepath.Join(vaultTLS, identity.SVIDKeyFile), ClientCAFile: bundle})
 
-	cfg := api.DefaultConfig()
-	cfg.Address = v.Addr
-	root, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	root.SetToken(v.RootToken)
+	root := v.RootClient(t)
 	ctx := context.Background()
 	for path, pw := range map[string]string{"payments/db": "auth-pw-payments", "billing/db": "auth-pw-billing"} {
 		if _, err := root.KVv2("secret").Put(ctx, path, map[string]any{"password": pw}); err != nil {
@@ -58,36 +50,8 @@ func TestServerVaultAuthMethods(t *testing.T) {
 	if err := root.Sys().PutPolicyWithContext(ctx, "payments-read", `path "secret/data/payments/*" { capabilities = ["read"] }`); err != nil {
 		t.Fatal(err)
 	}
-	for _, method := range []string{"approle", "cert"} {
-		if err := root.Sys().EnableAuthWithOptionsWithContext(ctx, method, &api.EnableAuthOptions{Type: method}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := root.Logical().WriteWithContext(ctx, "auth/approle/role/secretplane", map[string]any{"token_policies": "payments-read", "token_ttl": "1h"}); err != nil {
-		t.Fatal(err)
-	}
-	rid, err := root.Logical().ReadWithContext(ctx, "auth/approle/role/secretplane/role-id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sid, err := root.Logical().WriteWithContext(ctx, "auth/approle/role/secretplane/secret-id", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	secretIDFile := filepath.Join(t.TempDir(), "secret-id")
-	if err := os.WriteFile(secretIDFile, []byte(sid.Data["secret_id"].(string)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	caPEM, err := os.ReadFile(bundle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := root.Logical().WriteWithContext(ctx, "auth/cert/certs/secretplane", map[string]any{
-		"certificate": string(caPEM), "allowed_uri_sans": "spiffe://secretplane.test/secretplane/server",
-		"token_policies": "payments-read", "token_ttl": "1h",
-	}); err != nil {
-		t.Fatal(err)
-	}
+	roleID, secretIDFile := v.AppRole(t, "secretplane", "payments-read", "1h")
+	v.CertRole(t, "secretplane", bundle, "spiffe://secretplane.test/secretplane/server", "payments-read")
 	// Vault's cert auth needs a subject common name (hashicorp/vault#6820):
 	// the first DNS name becomes it, as SPIRE does.
 	server := issue("spiffe://secretplane.test/secretplane/server", "secretplane.secretplane.test")
@@ -96,7 +60,7 @@ func TestServerVaultAuthMethods(t *testing.T) {
 		name string
 		args []string
 	}{
-		{"AppRole", []string{"--vault-addr", v.Addr, "--vault-approle-role-id", rid.Data["role_id"].(string), "--vault-approle-secret-id-file", secretIDFile}},
+		{"AppRole", []string{"--vault-addr", v.Addr, "--vault-approle-role-id", roleID, "--vault-approle-secret-id-file", secretIDFile}},
 		{"certificate over TLS", []string{"--vault-addr", v.TLSAddr, "--vault-ca-cert", bundle,
 			"--vault-cert-file", filepath.Join(server, identity.SVIDCertFile), "--vault-key-file", filepath.Join(server, identity.SVIDKeyFile), "--vault-cert-role", "secretplane"}},
 	}

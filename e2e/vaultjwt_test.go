@@ -72,13 +72,7 @@ func TestVaultJWTSVIDAuthWithSPIRE(t *testing.T) {
 	}
 	vaultCA := filepath.Join(vaultDir, identity.BundleFile)
 	v := testenv.StartVaultTLS(t, testenv.VaultTLS{CertFile: filepath.Join(vaultDir, identity.SVIDCertFile), KeyFile: filepath.Join(vaultDir, identity.SVIDKeyFile)})
-	cfg := api.DefaultConfig()
-	cfg.Address = v.Addr
-	root, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	root.SetToken(v.RootToken)
+	root := v.RootClient(t)
 	for path, pw := range map[string]string{"payments/db": "jwt-pw-payments", "billing/db": "jwt-pw-billing"} {
 		if _, err := root.KVv2("secret").Put(ctx, path, map[string]any{"password": pw}); err != nil {
 			t.Fatal(err)

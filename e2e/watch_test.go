@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/secretplane/secretplane/client"
@@ -22,13 +21,7 @@ import (
 // acknowledgement shows in `secret consumers`.
 func TestVaultRotationReachesWatchingClient(t *testing.T) {
 	v := testenv.StartVault(t)
-	cfg := api.DefaultConfig()
-	cfg.Address = v.Addr
-	root, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	root.SetToken(v.RootToken)
+	root := v.RootClient(t)
 	ctx := context.Background()
 	put := func(pw string) {
 		t.Helper()

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/vault/api"
 )
 
 // EnvVaultBin names a vault binary to use instead of the cached build of
@@ -28,6 +30,78 @@ type Vault struct {
 	done      chan struct{}
 	logs      *lockedLog
 	port      int
+}
+
+// RootClient is a Vault API client with the root token, on the plain
+// loopback listener: for seeding secrets and configuring auth in tests.
+func (v *Vault) RootClient(t testing.TB) *api.Client {
+	t.Helper()
+	cfg := api.DefaultConfig()
+	cfg.Address = v.Addr
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetToken(v.RootToken)
+	return c
+}
+
+// AppRole enables auth/approle (once per Vault) and creates role with the
+// given token policies and TTL; it returns the role id and a file (0600)
+// holding a new secret id.
+func (v *Vault) AppRole(t testing.TB, role, policies, ttl string) (roleID, secretIDFile string) {
+	t.Helper()
+	ctx := context.Background()
+	c := v.RootClient(t)
+	v.enableAuth(t, c, "approle")
+	if _, err := c.Logical().WriteWithContext(ctx, "auth/approle/role/"+role, map[string]any{"token_policies": policies, "token_ttl": ttl}); err != nil {
+		t.Fatal(err)
+	}
+	rid, err := c.Logical().ReadWithContext(ctx, "auth/approle/role/"+role+"/role-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid, err := c.Logical().WriteWithContext(ctx, "auth/approle/role/"+role+"/secret-id", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secretIDFile = filepath.Join(t.TempDir(), "secret-id")
+	if err := os.WriteFile(secretIDFile, []byte(sid.Data["secret_id"].(string)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return rid.Data["role_id"].(string), secretIDFile
+}
+
+// CertRole enables auth/cert (once per Vault) and creates role: client
+// certificates signed by the CA in caFile whose URI SAN is allowedURISAN
+// log in with the given token policies.
+func (v *Vault) CertRole(t testing.TB, role, caFile, allowedURISAN, policies string) {
+	t.Helper()
+	c := v.RootClient(t)
+	v.enableAuth(t, c, "cert")
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Logical().WriteWithContext(context.Background(), "auth/cert/certs/"+role, map[string]any{
+		"certificate": string(caPEM), "allowed_uri_sans": allowedURISAN, "token_policies": policies, "token_ttl": "1h",
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (v *Vault) enableAuth(t testing.TB, c *api.Client, method string) {
+	t.Helper()
+	auths, err := c.Sys().ListAuthWithContext(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := auths[method+"/"]; ok {
+		return
+	}
+	if err := c.Sys().EnableAuthWithOptionsWithContext(context.Background(), method, &api.EnableAuthOptions{Type: method}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // StartVault starts a dev-mode Vault and stops it when the test ends.

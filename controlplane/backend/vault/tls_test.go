@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/secretplane/secretplane/controlplane/backend"
@@ -48,25 +46,13 @@ func TestTLSAndCertificateAuth(t *testing.T) {
 	bundle := filepath.Join(vaultDir, identity.BundleFile)
 	v := testenv.StartVaultTLS(t, testenv.VaultTLS{
 		CertFile: filepath.Join(vaultDir, identity.SVIDCertFile), KeyFile: filepath.Join(vaultDir, identity.SVIDKeyFile), ClientCAFile: bundle})
-	root := rootClient(t, v)
+	root := v.RootClient(t)
 	seed(t, root)
 	ctx := context.Background()
 	if err := root.Sys().PutPolicyWithContext(ctx, "payments-read", `path "secret/data/payments/*" { capabilities = ["read"] }`); err != nil {
 		t.Fatal(err)
 	}
-	if err := root.Sys().EnableAuthWithOptionsWithContext(ctx, "cert", &api.EnableAuthOptions{Type: "cert"}); err != nil {
-		t.Fatal(err)
-	}
-	caPEM, err := os.ReadFile(bundle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := root.Logical().WriteWithContext(ctx, "auth/cert/certs/secretplane", map[string]any{
-		"certificate": string(caPEM), "allowed_uri_sans": "spiffe://secretplane.test/secretplane/server",
-		"token_policies": "payments-read", "token_ttl": "1h",
-	}); err != nil {
-		t.Fatal(err)
-	}
+	v.CertRole(t, "secretplane", bundle, "spiffe://secretplane.test/secretplane/server", "payments-read")
 	// Vault's cert auth names its identity alias after the subject common
 	// name and refuses certificates without one (hashicorp/vault#6820); an
 	// SVID has one when its SPIRE entry has a DNS name.

@@ -18,18 +18,6 @@ import (
 	"github.com/secretplane/secretplane/e2e/testenv"
 )
 
-func rootClient(t *testing.T, v *testenv.Vault) *api.Client {
-	t.Helper()
-	cfg := api.DefaultConfig()
-	cfg.Address = v.Addr
-	c, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetToken(v.RootToken)
-	return c
-}
-
 func writeFile(t *testing.T, content string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "f")
@@ -65,7 +53,7 @@ func seed(t *testing.T, c *api.Client) {
 
 func TestReadDescribeWrite(t *testing.T) {
 	v := testenv.StartVault(t)
-	root := rootClient(t, v)
+	root := v.RootClient(t)
 	seed(t, root)
 	b := newBackend(t, v, v.RootToken)
 	ctx := context.Background()
@@ -120,7 +108,7 @@ func TestReadDescribeWrite(t *testing.T) {
 
 func TestPermissionDeniedAndAppRole(t *testing.T) {
 	v := testenv.StartVault(t)
-	root := rootClient(t, v)
+	root := v.RootClient(t)
 	seed(t, root)
 	ctx := context.Background()
 	if err := root.Sys().PutPolicyWithContext(ctx, "payments-read", `path "secret/data/payments/db" { capabilities = ["read"] }`); err != nil {
@@ -139,24 +127,11 @@ func TestPermissionDeniedAndAppRole(t *testing.T) {
 	}
 
 	// AppRole: enable, create a role, log in with role id + secret id file.
-	if err := root.Sys().EnableAuthWithOptionsWithContext(ctx, "approle", &api.EnableAuthOptions{Type: "approle"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := root.Logical().WriteWithContext(ctx, "auth/approle/role/secretplane", map[string]any{"token_policies": "payments-read", "token_ttl": "30s", "token_max_ttl": "10m"}); err != nil {
-		t.Fatal(err)
-	}
-	rid, err := root.Logical().ReadWithContext(ctx, "auth/approle/role/secretplane/role-id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sid, err := root.Logical().WriteWithContext(ctx, "auth/approle/role/secretplane/secret-id", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	roleID, secretIDFile := v.AppRole(t, "secretplane", "payments-read", "30s")
 	bctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ar, err := vault.New(bctx, vault.Config{Address: v.Addr, AllowInsecure: true, AppRole: &vault.AppRoleAuth{
-		RoleID: rid.Data["role_id"].(string), SecretIDFile: writeFile(t, sid.Data["secret_id"].(string)),
+		RoleID: roleID, SecretIDFile: secretIDFile,
 	}}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -171,7 +146,7 @@ func TestPermissionDeniedAndAppRole(t *testing.T) {
 
 func TestOutageAndTLSRequirement(t *testing.T) {
 	v := testenv.StartVault(t)
-	seed(t, rootClient(t, v))
+	seed(t, v.RootClient(t))
 	b := newBackend(t, v, v.RootToken)
 	ref := secretref.MustParse("vault://secret/payments/db#password")
 	v.Stop(t)
@@ -181,7 +156,7 @@ func TestOutageAndTLSRequirement(t *testing.T) {
 		t.Fatalf("vault down: %v", err)
 	}
 	v.Start(t) // dev mode: empty again, same root token
-	seed(t, rootClient(t, v))
+	seed(t, v.RootClient(t))
 	if val, err := b.Read(context.Background(), ref); err != nil || string(val.Data) != "pw-v2" {
 		t.Fatalf("after restart: %v", err)
 	}
