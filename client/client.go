@@ -140,7 +140,9 @@ func openSource(ctx context.Context, cfg Config, log *slog.Logger) (identity.Sou
 		}
 		return src, src.Close, nil
 	}
-	src, err := identity.LoadFiles(cfg.CertFile, cfg.KeyFile, cfg.BundleFile)
+	// Files rotated in place (spiffe-helper, cert-manager) are picked up
+	// for new connections.
+	src, err := identity.WatchFiles(cfg.CertFile, cfg.KeyFile, cfg.BundleFile, identity.FileOptions{Log: log})
 	if err != nil {
 		return nil, nil, fmt.Errorf("client: load SVID files: %w", err)
 	}

@@ -439,19 +439,21 @@ func prepare(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*startup
 		case cfg.Identity.Cert == "" || cfg.Identity.Key == "" || cfg.Identity.Bundle == "":
 			problems = append(problems, "identity: --workload-api, or --svid-cert, --svid-key and --bundle-file, is required outside --dev")
 		default:
-			if src, err := identity.LoadFiles(cfg.Identity.Cert, cfg.Identity.Key, cfg.Identity.Bundle); err != nil {
+			federated := map[spiffeid.TrustDomain]string{}
+			for name, file := range cfg.FederatedBundles {
+				td, err := spiffeid.TrustDomainFromString(name)
+				if err != nil {
+					problems = append(problems, "federated_bundles: "+err.Error())
+					continue
+				}
+				federated[td] = file
+			}
+			// Files rotated in place (spiffe-helper, cert-manager) are
+			// picked up for new connections without a restart.
+			if src, err := identity.WatchFiles(cfg.Identity.Cert, cfg.Identity.Key, cfg.Identity.Bundle, identity.FileOptions{Federated: federated, Log: log}); err != nil {
 				problems = append(problems, "identity: "+err.Error())
 			} else {
 				st.source, st.serverID, st.td = src, src.ID(), src.ID().TrustDomain()
-				for name, file := range cfg.FederatedBundles {
-					td, err := spiffeid.TrustDomainFromString(name)
-					if err == nil {
-						err = src.AddFederatedBundle(td, file)
-					}
-					if err != nil {
-						problems = append(problems, "federated_bundles: "+err.Error())
-					}
-				}
 			}
 		}
 		if len(cfg.FederatedBundles) > 0 && cfg.Identity.WorkloadAPI != "" {
