@@ -3,6 +3,7 @@ package awssm_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/secretplane/secretplane/controlplane/backend"
@@ -21,6 +22,9 @@ func TestAgainstTheProtocol(t *testing.T) {
 	v1 := f.put("prod/db", `{"password":"pw-1","user":"app","port":5432}`)
 	f.put("prod/db", `{"password":"pw-2","user":"app","port":5432}`)
 	f.put("prod/token", "plain-token")
+	f.putBinary("prod/cert", []byte("binary-ok"))
+	f.putBinary("prod/garbled", []byte{0xff, 0xfe, 's', 'e', 'c', 'r', 'e', 't'})
+	f.put("prod/huge", strings.Repeat("h", backend.MaxValueBytes+1))
 	ctx := context.Background()
 	b, err := awssm.New(ctx, awssm.Config{Region: "us-east-1", Endpoint: srv.URL})
 	if err != nil {
@@ -38,6 +42,9 @@ func TestAgainstTheProtocol(t *testing.T) {
 		{"aws-sm://arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf#user", "app", nil},
 		{"aws-sm://prod/token", "plain-token", nil},
 		{"aws-sm://prod/token#key", "", backend.ErrInvalidValue},
+		{"aws-sm://prod/cert", "binary-ok", nil},
+		{"aws-sm://prod/garbled", "", backend.ErrInvalidValue},
+		{"aws-sm://prod/huge", "", backend.ErrInvalidValue},
 		{"aws-sm://prod/db#nope", "", backend.ErrNotFound},
 		{"aws-sm://prod/db?stage=AWSPENDING#password", "", backend.ErrNotFound},
 		{"aws-sm://prod/missing#password", "", backend.ErrNotFound},
@@ -48,6 +55,9 @@ func TestAgainstTheProtocol(t *testing.T) {
 			if tc.err != nil {
 				if !errors.Is(err, tc.err) {
 					t.Fatalf("got %v, want %v", err, tc.err)
+				}
+				if strings.Contains(err.Error(), "hhhhhhhh") || strings.Contains(err.Error(), "\xff") || strings.Contains(err.Error(), "plain-token") {
+					t.Fatalf("error repeats the value: %v", err)
 				}
 				return
 			}

@@ -1,6 +1,7 @@
 package awssm_test
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -32,6 +33,7 @@ type fakeSecret struct {
 type fakeVersion struct {
 	id      string
 	value   string
+	binary  bool // served as SecretBinary (base64 in the JSON protocol)
 	stages  []string
 	created time.Time
 }
@@ -87,6 +89,16 @@ func (f *fakeSM) put(name, value string, stages ...string) string {
 	return id
 }
 
+// putBinary stores a binary secret (SecretBinary).
+func (f *fakeSM) putBinary(name string, value []byte) string {
+	id := f.put(name, string(value))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.secrets[name]
+	s.versions[len(s.versions)-1].binary = true
+	return id
+}
+
 func (f *fakeSM) serve(w http.ResponseWriter, r *http.Request) {
 	target := r.Header.Get("X-Amz-Target")
 	if r.Method != http.MethodPost || !strings.HasPrefix(target, "secretsmanager.") || !strings.HasPrefix(r.Header.Get("Content-Type"), "application/x-amz-json-1.1") {
@@ -123,8 +135,13 @@ func (f *fakeSM) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		for _, v := range s.versions {
 			if (vid != "" && v.id == vid) || (vid == "" && contains(v.stages, stage)) {
-				writeJSON(w, map[string]any{"ARN": f.arn(s.name), "Name": s.name, "VersionId": v.id, "SecretString": v.value,
-					"VersionStages": v.stages, "CreatedDate": float64(v.created.Unix())})
+				out := map[string]any{"ARN": f.arn(s.name), "Name": s.name, "VersionId": v.id, "SecretString": v.value,
+					"VersionStages": v.stages, "CreatedDate": float64(v.created.Unix())}
+				if v.binary {
+					delete(out, "SecretString")
+					out["SecretBinary"] = base64.StdEncoding.EncodeToString([]byte(v.value))
+				}
+				writeJSON(w, out)
 				return
 			}
 		}

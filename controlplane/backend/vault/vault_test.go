@@ -168,3 +168,49 @@ func TestOutageAndTLSRequirement(t *testing.T) {
 		t.Fatal("plain http without dev allowance accepted")
 	}
 }
+
+// Answers that must not become values: an oversize value, a token that
+// expired, a read that outlives its deadline. Each maps to its error kind,
+// and no error repeats the value.
+func TestBadAnswers(t *testing.T) {
+	v := testenv.StartVault(t)
+	root := v.RootClient(t)
+	seed(t, root)
+	ctx := context.Background()
+	huge := strings.Repeat("h", backend.MaxValueBytes+1)
+	if _, err := root.KVv2("secret").Put(ctx, "payments/huge", map[string]any{"blob": huge}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := root.Auth().Token().CreateWithContext(ctx, &api.TokenCreateRequest{Policies: []string{"default"}, TTL: "2s", ExplicitMaxTTL: "2s", Renewable: new(bool)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expiring := newBackend(t, v, tok.Auth.ClientToken)
+	good := newBackend(t, v, v.RootToken)
+	time.Sleep(3 * time.Second) // past the token's max TTL
+	expired, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
+	defer cancel()
+	cases := []struct {
+		name string
+		b    *vault.Backend
+		ctx  context.Context
+		ref  string
+		want error
+	}{
+		{"value over the size bound", good, ctx, "vault://secret/payments/huge#blob", backend.ErrInvalidValue},
+		{"whole secret over the size bound", good, ctx, "vault://secret/payments/huge", backend.ErrInvalidValue},
+		{"expired token", expiring, ctx, "vault://secret/payments/db#password", backend.ErrPermissionDenied},
+		{"deadline passed", good, expired, "vault://secret/payments/db#password", backend.ErrUnavailable},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tc.b.Read(tc.ctx, secretref.MustParse(tc.ref))
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "hhhhhhhh") || strings.Contains(err.Error(), "pw-v2") {
+				t.Fatalf("error repeats the value: %v", err)
+			}
+		})
+	}
+}
