@@ -154,7 +154,7 @@ func (b *Backend) authenticate(ctx context.Context) error {
 	} else {
 		s, err := b.client.Auth().Token().LookupSelfWithContext(ctx)
 		if err != nil {
-			return fmt.Errorf("vault: token lookup: %w", classify(err))
+			return fmt.Errorf("vault: token lookup: %w%s", classify(err), vaultSays(err))
 		}
 		if renewable, _ := s.TokenIsRenewable(); !renewable {
 			return nil // root or non-renewable token: nothing to renew
@@ -210,7 +210,7 @@ func (b *Backend) appRoleLogin(a AppRoleAuth) func(context.Context) (*api.Secret
 			"role_id": a.RoleID, "secret_id": strings.TrimSpace(string(raw)),
 		})
 		if err != nil {
-			return nil, fmt.Errorf("vault: AppRole login: %w", classify(err))
+			return nil, fmt.Errorf("vault: AppRole login: %w%s", classify(err), vaultSays(err))
 		}
 		if s == nil || s.Auth == nil {
 			return nil, errors.New("vault: AppRole login returned no token")
@@ -229,7 +229,7 @@ func (b *Backend) certLogin(c CertAuth) func(context.Context) (*api.Secret, erro
 		}
 		s, err := b.client.Logical().WriteWithContext(ctx, "auth/"+mount+"/login", body)
 		if err != nil {
-			return nil, fmt.Errorf("vault: certificate login: %w", classify(err))
+			return nil, fmt.Errorf("vault: certificate login: %w%s", classify(err), vaultSays(err))
 		}
 		if s == nil || s.Auth == nil {
 			return nil, errors.New("vault: certificate login returned no token")
@@ -248,7 +248,7 @@ func (b *Backend) jwtLogin(j JWTAuth) func(context.Context) (*api.Secret, error)
 		}
 		s, err := b.client.Logical().WriteWithContext(ctx, "auth/"+mount+"/login", map[string]any{"role": j.Role, "jwt": token})
 		if err != nil {
-			return nil, fmt.Errorf("vault: JWT-SVID login as role %q: %w", j.Role, classify(err))
+			return nil, fmt.Errorf("vault: JWT-SVID login as role %q: %w%s", j.Role, classify(err), vaultSays(err))
 		}
 		if s == nil || s.Auth == nil {
 			return nil, errors.New("vault: JWT-SVID login returned no token")
@@ -283,6 +283,7 @@ func (b *Backend) Read(ctx context.Context, ref secretref.Ref) (backend.Value, e
 		s, err = kv.Get(ctx, ref.VaultPath())
 	}
 	if err != nil {
+		b.logVault("read", ref, err)
 		return backend.Value{}, fmt.Errorf("%s: %w", ref, classify(err))
 	}
 	if s == nil || s.Data == nil {
@@ -310,6 +311,7 @@ func (b *Backend) Read(ctx context.Context, ref secretref.Ref) (backend.Value, e
 func (b *Backend) Describe(ctx context.Context, ref secretref.Ref) (backend.Metadata, error) {
 	m, err := b.clientFor(ref).KVv2(ref.VaultMount()).GetMetadata(ctx, ref.VaultPath())
 	if err != nil {
+		b.logVault("describe", ref, err)
 		return backend.Metadata{}, fmt.Errorf("%s: %w", ref, classify(err))
 	}
 	return backend.Metadata{Version: strconv.Itoa(m.CurrentVersion), CreatedAt: m.CreatedTime, UpdatedAt: m.UpdatedTime, Versions: len(m.Versions)}, nil
@@ -349,6 +351,26 @@ func (b *Backend) Write(ctx context.Context, ref secretref.Ref, data []byte) (st
 		return "", fmt.Errorf("%s: %w", ref, classify(err))
 	}
 	return strconv.Itoa(s.VersionMetadata.Version), nil
+}
+
+// vaultSays is Vault's own error text for a server error (5xx), which
+// classify leaves out of errors that reach workloads, for errors that only
+// operators see (login at startup). Vault's messages name paths and
+// settings, never values.
+func vaultSays(err error) string {
+	var re *api.ResponseError
+	if errors.As(err, &re) && re.StatusCode >= 500 && len(re.Errors) > 0 {
+		return " (vault says: " + strings.Join(re.Errors, "; ") + ")"
+	}
+	return ""
+}
+
+// logVault keeps Vault's own text of a server error for operators, at
+// debug level: the caller gets the classified error only.
+func (b *Backend) logVault(op string, ref secretref.Ref, err error) {
+	if says := vaultSays(err); says != "" {
+		b.log.Debug("vault server error", "op", op, "ref", ref.String(), "detail", strings.TrimSpace(says))
+	}
 }
 
 // classify maps Vault client errors to backend errors. Vault's own error
