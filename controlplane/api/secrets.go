@@ -231,16 +231,12 @@ func (w *watcher) send(v *spv1.SecretValue) error {
 }
 
 func (s *SecretsServer) resolveOne(ctx context.Context, name string) (*spv1.SecretValue, error) {
-	sec, err := s.catalog.LookupSecret(ctx, name)
+	ref, err := s.catalog.LookupRef(ctx, name)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, status.Errorf(codes.NotFound, "secret %s is not registered", name)
 		}
 		return nil, toStatus(ctx, s.log, err)
-	}
-	ref, err := secretref.Parse(sec.Ref)
-	if err != nil {
-		return nil, toStatus(ctx, s.log, fmt.Errorf("secret %s has an unparseable stored ref: %w", name, err))
 	}
 	res, err := s.resolver.Get(ctx, ref)
 	if err != nil {

@@ -134,26 +134,26 @@ func TestListPagesAndTokens(t *testing.T) {
 	}
 }
 
-func TestLookupSecretCachesAndInvalidates(t *testing.T) {
+func TestLookupRefCachesAndInvalidates(t *testing.T) {
 	c := newCatalog(t)
 	ctx := context.Background()
 	if _, _, err := c.PutSecret(ctx, store.Secret{Name: "a/b", Ref: "local://x#k"}, catalog.Write{}); err != nil {
 		t.Fatal(err)
 	}
-	s, err := c.LookupSecret(ctx, "a/b")
-	if err != nil || s.Ref != "local://x#k" {
-		t.Fatalf("lookup: %+v %v", s, err)
+	ref, err := c.LookupRef(ctx, "a/b")
+	if err != nil || ref.String() != "local://x#k" {
+		t.Fatalf("lookup: %s %v", ref, err)
 	}
 	if _, _, err := c.PutSecret(ctx, store.Secret{Name: "a/b", Ref: "local://y#k"}, catalog.Write{}); err != nil {
 		t.Fatal(err)
 	}
-	if s, _ := c.LookupSecret(ctx, "a/b"); s.Ref != "local://y#k" {
-		t.Fatalf("a write through the catalog did not invalidate: %s", s.Ref)
+	if ref, _ := c.LookupRef(ctx, "a/b"); ref.String() != "local://y#k" {
+		t.Fatalf("a write through the catalog did not invalidate: %s", ref)
 	}
 	if err := c.DeleteSecret(ctx, "a/b", 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.LookupSecret(ctx, "a/b"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := c.LookupRef(ctx, "a/b"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("deleted secret still resolvable: %v", err)
 	}
 }

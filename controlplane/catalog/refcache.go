@@ -2,10 +2,11 @@ package catalog
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
-	"github.com/secretplane/secretplane/store"
+	"github.com/secretplane/secretplane/controlplane/secretref"
 )
 
 // refCacheTTL bounds how long a secret's name-to-ref binding is served from
@@ -18,7 +19,7 @@ const refCacheTTL = 5 * time.Second
 // resolved, not the whole catalog.
 const refCacheMax = 10_000
 
-// refCache keeps secrets' metadata for the resolve path, which looks a
+// refCache keeps secrets' parsed refs for the resolve path, which looks a
 // secret up on every call.
 type refCache struct {
 	mu      sync.RWMutex
@@ -28,32 +29,32 @@ type refCache struct {
 }
 
 type refCacheEntry struct {
-	secret store.Secret
-	until  time.Time
+	ref   secretref.Ref
+	until time.Time
 }
 
 func newRefCache() *refCache {
 	return &refCache{entries: map[string]refCacheEntry{}, max: refCacheMax, now: time.Now}
 }
 
-func (c *refCache) get(name string) (store.Secret, bool) {
+func (c *refCache) get(name string) (secretref.Ref, bool) {
 	c.mu.RLock()
 	e, ok := c.entries[name]
 	c.mu.RUnlock()
 	if !ok || !c.now().Before(e.until) {
-		return store.Secret{}, false
+		return secretref.Ref{}, false
 	}
-	return e.secret, true
+	return e.ref, true
 }
 
-func (c *refCache) put(s store.Secret) {
+func (c *refCache) put(name string, ref secretref.Ref) {
 	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.entries[s.Name]; !ok && len(c.entries) >= c.max {
+	if _, ok := c.entries[name]; !ok && len(c.entries) >= c.max {
 		c.sweepLocked(now)
 	}
-	c.entries[s.Name] = refCacheEntry{secret: s, until: now.Add(refCacheTTL)}
+	c.entries[name] = refCacheEntry{ref: ref, until: now.Add(refCacheTTL)}
 }
 
 // sweepLocked makes room: expired bindings go first; if the hot set is
@@ -85,17 +86,22 @@ func (c *refCache) drop(name string) {
 	c.mu.Unlock()
 }
 
-// LookupSecret returns the named secret for the resolve path: from memory
-// when looked up in the last few seconds, else from the store. Admin reads
-// use GetSecret, which always reads the store.
-func (c *Catalog) LookupSecret(ctx context.Context, name string) (store.Secret, error) {
-	if s, ok := c.refs.get(name); ok {
-		return s, nil
+// LookupRef returns the parsed ref of the named secret, for the resolve
+// and watch paths: from memory when looked up in the last few seconds,
+// else from the store (parsed once per load, not per call). Admin reads use
+// GetSecret, which always reads the store.
+func (c *Catalog) LookupRef(ctx context.Context, name string) (secretref.Ref, error) {
+	if ref, ok := c.refs.get(name); ok {
+		return ref, nil
 	}
 	s, err := c.GetSecret(ctx, name)
 	if err != nil {
-		return store.Secret{}, err
+		return secretref.Ref{}, err
 	}
-	c.refs.put(s)
-	return s, nil
+	ref, err := secretref.Parse(s.Ref)
+	if err != nil {
+		return secretref.Ref{}, fmt.Errorf("secret %s has an unparseable stored ref: %w", name, err)
+	}
+	c.refs.put(name, ref)
+	return ref, nil
 }

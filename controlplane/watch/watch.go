@@ -20,12 +20,11 @@ import (
 
 	"github.com/secretplane/secretplane/controlplane/resolve"
 	"github.com/secretplane/secretplane/controlplane/secretref"
-	"github.com/secretplane/secretplane/store"
 )
 
-// Catalog maps secret names to their stored refs (catalog.Catalog).
+// Catalog maps secret names to their refs (catalog.Catalog).
 type Catalog interface {
-	LookupSecret(ctx context.Context, name string) (store.Secret, error)
+	LookupRef(ctx context.Context, name string) (secretref.Ref, error)
 }
 
 // Resolver refreshes values (resolve.Resolver).
@@ -340,13 +339,9 @@ func (h *Hub) poll(ctx context.Context, w *watched) {
 }
 
 func (h *Hub) current(ctx context.Context, name string) (resolve.Result, string, error) {
-	sec, err := h.catalog.LookupSecret(ctx, name)
+	ref, err := h.catalog.LookupRef(ctx, name)
 	if err != nil {
 		return resolve.Result{}, "", fmt.Errorf("look up watched secret %s: %w", name, err)
-	}
-	ref, err := secretref.Parse(sec.Ref)
-	if err != nil {
-		return resolve.Result{}, "", fmt.Errorf("watched secret %s has an unparseable stored ref: %w", name, err)
 	}
 	res, err := h.resolver.Refresh(ctx, ref)
 	if err != nil {

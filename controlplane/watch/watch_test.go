@@ -43,12 +43,12 @@ func (m *manager) setFail(err error) { m.mu.Lock(); m.fail = err; m.mu.Unlock() 
 
 type catalog map[string]string
 
-func (c catalog) LookupSecret(_ context.Context, name string) (store.Secret, error) {
+func (c catalog) LookupRef(_ context.Context, name string) (secretref.Ref, error) {
 	ref, ok := c[name]
 	if !ok {
-		return store.Secret{}, fmt.Errorf("secret %s: %w", name, store.ErrNotFound)
+		return secretref.Ref{}, fmt.Errorf("secret %s: %w", name, store.ErrNotFound)
 	}
-	return store.Secret{Name: name, Ref: ref}, nil
+	return secretref.Parse(ref)
 }
 
 const (
