@@ -132,7 +132,6 @@ type watcher struct {
 	id     string
 	sub    *watch.Subscription
 	sent   map[string][]byte // name -> value last sent, to keep it out of ack errors
-	count  int
 }
 
 const watchAction = "SecretsService.Watch"
@@ -151,7 +150,7 @@ func (w *watcher) handle(ctx context.Context, req *spv1.WatchRequest) error {
 				fresh = append(fresh, n)
 			}
 		}
-		if w.count+len(fresh) > MaxWatchNames {
+		if w.sub.Len()+len(fresh) > MaxWatchNames {
 			return status.Errorf(codes.ResourceExhausted, "a watch stream holds at most %d secrets; open another stream", MaxWatchNames)
 		}
 		if err := s.authz.authorizeNames(ctx, watchAction, policy.Watch, names); err != nil {
@@ -166,7 +165,6 @@ func (w *watcher) handle(ctx context.Context, req *spv1.WatchRequest) error {
 				return err
 			}
 		}
-		w.count += len(fresh)
 		w.sub.Add(fresh...)
 		return nil
 	case *spv1.WatchRequest_Ack:

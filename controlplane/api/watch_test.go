@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/secretplane/secretplane/controlplane/api"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 )
@@ -168,5 +170,74 @@ func TestWatch(t *testing.T) {
 		if strings.Contains(e.logs.String(), v) {
 			t.Fatalf("%s in the server logs", v)
 		}
+	}
+}
+
+// A stream holds at most MaxWatchNames secrets: names it already watches
+// do not count again, one more is ResourceExhausted.
+func TestWatchStreamLimit(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxT(t)
+	td := e.admin.ID().TrustDomain().IDString()
+	admin := e.adminClient(t)
+	ref := secretref.MustParse("local://payments/db#password")
+	if _, err := e.local.Write(ctx, ref, []byte("pw-limit")); err != nil {
+		t.Fatal(err)
+	}
+	names := make([]string, api.MaxWatchNames+1)
+	for i := range names {
+		names[i] = fmt.Sprintf("payments/s%04d", i)
+		if _, err := admin.PutSecret(ctx, &spv1.PutSecretRequest{Secret: &spv1.Secret{Name: names[i], Ref: ref.String()}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := spv1.NewPolicyServiceClient(e.dial(t, e.admin)).PutPolicy(ctx, &spv1.PutPolicyRequest{Policy: &spv1.Policy{
+		Name: "payments-watch", Subject: td + "/payments/api", Verbs: []string{"watch"}, Objects: []string{"payments/*"}}}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := spv1.NewSecretsServiceClient(e.dial(t, issueFor(t, e, "/payments/api"))).Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	version := ""
+	for i := 0; i < api.MaxWatchNames; i += api.MaxResolveNames {
+		if err := st.Send(subscribe(names[i : i+api.MaxResolveNames]...)); err != nil {
+			t.Fatal(err)
+		}
+		for range api.MaxResolveNames {
+			m, err := recv(t, st, 10*time.Second)
+			if err != nil {
+				t.Fatalf("initial values of batch %d: %v", i/api.MaxResolveNames, err)
+			}
+			version = m.GetValue().GetVersion()
+		}
+	}
+	// Already watched: accepted, nothing new to send, and the stream goes
+	// on (the ack after it is recorded).
+	if err := st.Send(subscribe(names[0])); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(ack(names[0], version, "")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for acked := false; !acked; {
+		if time.Now().After(deadline) {
+			t.Fatal("the ack after re-subscribing a watched name was not recorded: the stream ended")
+		}
+		time.Sleep(20 * time.Millisecond)
+		resp, err := admin.ListConsumers(ctx, &spv1.ListConsumersRequest{Name: names[0]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range resp.GetConsumers() {
+			acked = acked || (c.GetChannel() == "watch" && c.GetAckedVersion() == version)
+		}
+	}
+	if err := st.Send(subscribe(names[api.MaxWatchNames])); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := recv(t, st, 10*time.Second); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("name %d: got %v, want ResourceExhausted", api.MaxWatchNames+1, err)
 	}
 }

@@ -148,6 +148,13 @@ func (s *Subscription) Watching(name string) bool {
 	return s.names[name]
 }
 
+// Len is how many names the subscription watches.
+func (s *Subscription) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.names)
+}
+
 // Sent records the fingerprint the subscriber now has for name, so the hub
 // does not queue that value again.
 func (s *Subscription) Sent(name, fingerprint string) {
