@@ -253,6 +253,39 @@ func TestWatchRotationHook(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+
+	// A hook error that quotes the old value (which the server no longer
+	// holds to compare with) is withheld by the library.
+	h.mu.Lock()
+	h.fail = errors.New("pool still on v3-Zq8vW3xR")
+	h.mu.Unlock()
+	if err := s.write("payments/db", "v4-Zq8vW3xR"); err != nil {
+		t.Fatal(err)
+	}
+	h.wait(t, 10*time.Second)
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		cs, err := s.store.ListConsumers(context.Background(), "payments/db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var row store.Consumer
+		for _, c := range cs {
+			if c.Channel == consumers.Watch {
+				row = c
+			}
+		}
+		if strings.Contains(row.AckError, "v3-Zq8vW3xR") {
+			t.Fatalf("the old value reached the consumer registry: %q", row.AckError)
+		}
+		if strings.Contains(row.AckError, "withheld") && row.AckedVersion == row.Version && row.Version != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer row: %+v", cs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // A watch fails closed at start: a name that is not granted or not

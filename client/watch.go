@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -198,12 +199,26 @@ func (w *Watcher) apply(ctx context.Context, s Secret) (err error) {
 		err = w.callHook(ctx, old.copy(), s.copy())
 		if err != nil {
 			w.c.log.WarnContext(ctx, "rotation hook failed to apply a new version", "secret", s.Name, "version", s.Version)
+			err = withoutValues(err, old.Value, s.Value)
 		}
 	}
 	w.mu.Lock()
 	w.current[s.Name] = s
 	w.mu.Unlock()
 	w.c.store(s)
+	return err
+}
+
+// withoutValues keeps a hook's error out of the acknowledgement when its
+// text quotes the old or the new value: the library knows both, the server
+// only the one it sent.
+func withoutValues(err error, values ...[]byte) error {
+	text := err.Error()
+	for _, v := range values {
+		if len(v) > 0 && strings.Contains(text, string(v)) {
+			return errors.New("rotation hook failed (error text withheld: it contains the secret's value)")
+		}
+	}
 	return err
 }
 
