@@ -140,22 +140,27 @@ func (l *Log) Run(ctx context.Context) {
 			case p := <-l.queue:
 				batch = append(batch, p)
 			case <-timer.C:
-				// Take what is queued already; it would wait a whole
-				// batch otherwise.
-				for len(batch) < l.opts.MaxBatch {
-					select {
-					case p := <-l.queue:
-						batch = append(batch, p)
-					default:
-						break collect
-					}
-				}
 				break collect
 			}
 		}
 		timer.Stop()
-		l.flush(ctx, batch)
+		l.flush(ctx, l.takeQueued(batch))
 	}
+}
+
+// takeQueued adds what is queued already to batch, up to MaxBatch: an
+// event that arrived as the window closed would wait a whole batch
+// otherwise.
+func (l *Log) takeQueued(batch []*pending) []*pending {
+	for len(batch) < l.opts.MaxBatch {
+		select {
+		case p := <-l.queue:
+			batch = append(batch, p)
+		default:
+			return batch
+		}
+	}
+	return batch
 }
 
 func (l *Log) flush(ctx context.Context, batch []*pending) {
