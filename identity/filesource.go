@@ -152,6 +152,3 @@ func (f *FileSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509
 // ID is the SPIFFE ID of the SVID (fixed: a rotation to another ID is
 // refused).
 func (f *FileSource) ID() spiffeid.ID { return f.id }
-
-// ExpiresAt is when the current SVID's leaf certificate expires.
-func (f *FileSource) ExpiresAt() time.Time { return f.current().ExpiresAt() }
