@@ -159,12 +159,8 @@ func (s *server) workload(path string) (identity.Source, error) {
 
 // svidFiles writes the workload's SVID files, as spiffe-helper would.
 func (s *server) svidFiles(path string) (cert, key, bundle string, err error) {
-	svid, err := s.ca.IssueSVID(spiffeid.RequireFromString("spiffe://"+td+path), time.Hour)
-	if err != nil {
-		return "", "", "", err
-	}
 	dir := filepath.Join(s.dir, "svid"+filepath.Base(path))
-	if err := identity.WriteFiles(dir, svid, s.ca.Bundle()); err != nil {
+	if _, err := s.ca.IssueToDir(dir, spiffeid.RequireFromString("spiffe://"+td+path), time.Hour); err != nil {
 		return "", "", "", err
 	}
 	return filepath.Join(dir, identity.SVIDCertFile), filepath.Join(dir, identity.SVIDKeyFile), filepath.Join(dir, identity.BundleFile), nil

@@ -32,12 +32,8 @@ func BenchmarkVaultDirectReadTLS(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	svid, err := ca.IssueServingSVID(spiffeid.RequireFromString("spiffe://secretplane.test/vault"), time.Hour, "127.0.0.1")
-	if err != nil {
-		b.Fatal(err)
-	}
 	dir := b.TempDir()
-	if err := identity.WriteFiles(dir, svid, ca.Bundle()); err != nil {
+	if _, err := ca.IssueToDir(dir, spiffeid.RequireFromString("spiffe://secretplane.test/vault"), time.Hour, "127.0.0.1"); err != nil {
 		b.Fatal(err)
 	}
 	bundle := filepath.Join(dir, identity.BundleFile)

@@ -32,11 +32,8 @@ func TestServerFollowsRotatedSVIDFiles(t *testing.T) {
 	serverDir, adminDir := t.TempDir(), t.TempDir()
 	issue := func(dir string, id spiffeid.ID) string {
 		t.Helper()
-		svid, err := ca.IssueSVID(id, time.Hour)
+		svid, err := ca.IssueToDir(dir, id, time.Hour)
 		if err != nil {
-			t.Fatal(err)
-		}
-		if err := identity.WriteFiles(dir, svid, ca.Bundle()); err != nil {
 			t.Fatal(err)
 		}
 		return svid.Certificates[0].SerialNumber.String()

@@ -62,12 +62,8 @@ func TestVaultJWTSVIDAuthWithSPIRE(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vaultSVID, err := ca.IssueServingSVID(spiffeid.RequireFromString("spiffe://secretplane.test/vault"), time.Hour, "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
 	vaultDir := t.TempDir()
-	if err := identity.WriteFiles(vaultDir, vaultSVID, ca.Bundle()); err != nil {
+	if _, err := ca.IssueToDir(vaultDir, spiffeid.RequireFromString("spiffe://secretplane.test/vault"), time.Hour, "127.0.0.1"); err != nil {
 		t.Fatal(err)
 	}
 	vaultCA := filepath.Join(vaultDir, identity.BundleFile)

@@ -87,11 +87,8 @@ func ensureSVID(ca *CA, dir string, id spiffeid.ID, now time.Time) (*StaticSourc
 	if src, err := LoadDir(dir); err == nil && src.ID() == id && freshEnough(src, now) && src.bundle.HasX509Authority(ca.Certificate()) {
 		return src, nil
 	}
-	svid, err := ca.IssueSVID(id, DevSVIDTTL)
+	svid, err := ca.IssueToDir(dir, id, DevSVIDTTL)
 	if err != nil {
-		return nil, err
-	}
-	if err := WriteFiles(dir, svid, ca.Bundle()); err != nil {
 		return nil, err
 	}
 	return NewStaticSource(svid, ca.Bundle()), nil

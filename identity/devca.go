@@ -160,6 +160,19 @@ func (ca *CA) IssueSVID(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, erro
 	return ca.IssueServingSVID(id, ttl)
 }
 
+// IssueToDir issues an SVID for id (with hosts, as IssueServingSVID) and
+// writes it with the CA's bundle into dir, as WriteFiles does.
+func (ca *CA) IssueToDir(dir string, id spiffeid.ID, ttl time.Duration, hosts ...string) (*x509svid.SVID, error) {
+	svid, err := ca.IssueServingSVID(id, ttl, hosts...)
+	if err != nil {
+		return nil, err
+	}
+	if err := WriteFiles(dir, svid, ca.Bundle()); err != nil {
+		return nil, err
+	}
+	return svid, nil
+}
+
 // IssueServingSVID is IssueSVID with DNS names and IP addresses added, for
 // a server that non-SPIFFE clients verify by host name (a dev Vault
 // listener, for instance). As SPIRE does, the first DNS name is also the

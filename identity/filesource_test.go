@@ -26,11 +26,8 @@ func TestFileSourceFollowsRotation(t *testing.T) {
 	stamp := time.Now().Add(-time.Hour)
 	write := func(id spiffeid.ID, ca *identity.CA) string {
 		t.Helper()
-		svid, err := ca.IssueSVID(id, time.Hour)
+		svid, err := ca.IssueToDir(dir, id, time.Hour)
 		if err != nil {
-			t.Fatal(err)
-		}
-		if err := identity.WriteFiles(dir, svid, ca.Bundle()); err != nil {
 			t.Fatal(err)
 		}
 		touch(t, dir, &stamp)

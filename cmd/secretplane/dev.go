@@ -49,11 +49,8 @@ spiffe://<trust domain>/workload/NAME; --spiffe-id gives any ID of the trust dom
 			if out == "" {
 				out = strings.NewReplacer("/", "_").Replace(strings.TrimPrefix(sid.Path(), "/")) + "-svid"
 			}
-			svid, err := ca.IssueSVID(sid, ttl)
+			svid, err := ca.IssueToDir(out, sid, ttl)
 			if err != nil {
-				return err
-			}
-			if err := identity.WriteFiles(out, svid, ca.Bundle()); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "issued %s, valid until %s\nwrote %s/{%s,%s,%s}\n", sid, svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339),

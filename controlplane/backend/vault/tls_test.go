@@ -22,12 +22,8 @@ import (
 // svid.pem, svid_key.pem and bundle.pem to a new directory.
 func svidFiles(t *testing.T, ca *identity.CA, id string, hosts ...string) string {
 	t.Helper()
-	svid, err := ca.IssueServingSVID(spiffeid.RequireFromString(id), time.Hour, hosts...)
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	if err := identity.WriteFiles(dir, svid, ca.Bundle()); err != nil {
+	if _, err := ca.IssueToDir(dir, spiffeid.RequireFromString(id), time.Hour, hosts...); err != nil {
 		t.Fatal(err)
 	}
 	return dir
