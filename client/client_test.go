@@ -233,6 +233,30 @@ func TestWatchRotationHook(t *testing.T) {
 		t.Fatalf("hook calls after restart: %v", h.calls)
 	}
 	// The failed apply is acknowledged with its error.
+	waitWatchRow(t, s, func(row store.Consumer) bool {
+		return row.AckError == "reload failed" && row.AckedVersion == row.Version && row.Version != ""
+	})
+
+	// A hook error that quotes the old value (which the server no longer
+	// holds to compare with) is withheld by the library.
+	h.mu.Lock()
+	h.fail = errors.New("pool still on v3-Zq8vW3xR")
+	h.mu.Unlock()
+	if err := s.write("payments/db", "v4-Zq8vW3xR"); err != nil {
+		t.Fatal(err)
+	}
+	h.wait(t, 10*time.Second)
+	waitWatchRow(t, s, func(row store.Consumer) bool {
+		if strings.Contains(row.AckError, "v3-Zq8vW3xR") {
+			t.Fatalf("the old value reached the consumer registry: %q", row.AckError)
+		}
+		return strings.Contains(row.AckError, "withheld") && row.AckedVersion == row.Version && row.Version != ""
+	})
+}
+
+// waitWatchRow polls payments/db's watch consumer row until done says so.
+func waitWatchRow(t *testing.T, s *server, done func(store.Consumer) bool) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		cs, err := s.store.ListConsumers(context.Background(), "payments/db")
@@ -245,44 +269,11 @@ func TestWatchRotationHook(t *testing.T) {
 				row = c
 			}
 		}
-		if row.AckError == "reload failed" && row.AckedVersion == row.Version && row.Version != "" {
-			break
+		if done(row) {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("consumer row: %+v", cs)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-
-	// A hook error that quotes the old value (which the server no longer
-	// holds to compare with) is withheld by the library.
-	h.mu.Lock()
-	h.fail = errors.New("pool still on v3-Zq8vW3xR")
-	h.mu.Unlock()
-	if err := s.write("payments/db", "v4-Zq8vW3xR"); err != nil {
-		t.Fatal(err)
-	}
-	h.wait(t, 10*time.Second)
-	deadline = time.Now().Add(10 * time.Second)
-	for {
-		cs, err := s.store.ListConsumers(context.Background(), "payments/db")
-		if err != nil {
-			t.Fatal(err)
-		}
-		var row store.Consumer
-		for _, c := range cs {
-			if c.Channel == consumers.Watch {
-				row = c
-			}
-		}
-		if strings.Contains(row.AckError, "v3-Zq8vW3xR") {
-			t.Fatalf("the old value reached the consumer registry: %q", row.AckError)
-		}
-		if strings.Contains(row.AckError, "withheld") && row.AckedVersion == row.Version && row.Version != "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("consumer row: %+v", cs)
+			t.Fatalf("consumer rows: %+v", cs)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
