@@ -10,7 +10,6 @@ trap 'rm -rf "$out"' EXIT
 
 # Vault 1.19.0 for the direct-read comparison and the memory figure: built
 # once into the user's cache (see scripts/tools.sh), reused afterwards.
-./scripts/tools.sh vault >/dev/null
 SECRETPLANE_VAULT_BIN=$(./scripts/tools.sh vault)/vault
 export SECRETPLANE_VAULT_BIN
 
