@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -54,7 +53,7 @@ func (s *Store) insertAudit(ctx context.Context, tx *sql.Tx, events []store.Audi
 		return []any{e.Seq, e.Time.UnixMicro(), e.Actor, e.Action, e.Target, e.Decision, e.Policy, e.Outcome, e.RequestID, e.PrevHash, e.Hash}
 	}
 	if s.dialect.Embedded() {
-		stmt, err := tx.PrepareContext(ctx, s.dialect.Rebind(`INSERT INTO audit_events (`+auditColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`))
+		stmt, err := tx.PrepareContext(ctx, s.dialect.Rebind(`INSERT INTO audit_events (`+auditColumns+`) VALUES `+valuesList(1, perRow)))
 		if err != nil {
 			return fmt.Errorf("append audit: prepare insert: %w", err)
 		}
@@ -68,25 +67,12 @@ func (s *Store) insertAudit(ctx context.Context, tx *sql.Tx, events []store.Audi
 	}
 	for start := 0; start < len(events); start += maxRows {
 		chunk := events[start:min(start+maxRows, len(events))]
-		var q strings.Builder
-		q.WriteString(`INSERT INTO audit_events (` + auditColumns + `) VALUES `)
 		args := make([]any, 0, len(chunk)*perRow)
-		for i, e := range chunk {
-			if i > 0 {
-				q.WriteString(", ")
-			}
-			q.WriteByte('(')
-			for j := 0; j < perRow; j++ {
-				if j > 0 {
-					q.WriteString(", ")
-				}
-				q.WriteByte('$')
-				q.WriteString(strconv.Itoa(i*perRow + j + 1))
-			}
-			q.WriteByte(')')
+		for _, e := range chunk {
 			args = append(args, row(e)...)
 		}
-		if _, err := tx.ExecContext(ctx, s.dialect.Rebind(q.String()), args...); err != nil {
+		q := `INSERT INTO audit_events (` + auditColumns + `) VALUES ` + valuesList(len(chunk), perRow)
+		if _, err := tx.ExecContext(ctx, s.dialect.Rebind(q), args...); err != nil {
 			return fmt.Errorf("append audit events %d to %d: %w", chunk[0].Seq, chunk[len(chunk)-1].Seq, err)
 		}
 	}

@@ -3,7 +3,6 @@ package sqlstore
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/secretplane/secretplane/store"
@@ -18,21 +17,15 @@ func (s *Store) UpsertConsumers(ctx context.Context, cs []store.Consumer) error 
 	const perRow, maxRows = 9, 200
 	for start := 0; start < len(cs); start += maxRows {
 		chunk := cs[start:min(start+maxRows, len(cs))]
-		rows := make([]string, len(chunk))
 		args := make([]any, 0, len(chunk)*perRow)
-		for i, c := range chunk {
-			ph := make([]string, perRow)
-			for j := range ph {
-				ph[j] = fmt.Sprintf("$%d", i*perRow+j+1)
-			}
-			rows[i] = "(" + strings.Join(ph, ", ") + ")"
+		for _, c := range chunk {
 			var ackUS int64
 			if !c.AckTime.IsZero() {
 				ackUS = c.AckTime.UnixMicro()
 			}
 			args = append(args, c.Secret, c.Identity, c.Channel, c.FirstSeen.UnixMicro(), c.LastSeen.UnixMicro(), c.Version, c.AckedVersion, c.AckError, ackUS)
 		}
-		q := `INSERT INTO consumers (` + consumerColumns + `) VALUES ` + strings.Join(rows, ", ") + `
+		q := `INSERT INTO consumers (` + consumerColumns + `) VALUES ` + valuesList(len(chunk), perRow) + `
 ON CONFLICT (secret, identity, channel) DO UPDATE SET
   first_seen_us = CASE WHEN excluded.first_seen_us < consumers.first_seen_us THEN excluded.first_seen_us ELSE consumers.first_seen_us END,
   version       = CASE WHEN excluded.last_seen_us >= consumers.last_seen_us THEN excluded.version ELSE consumers.version END,

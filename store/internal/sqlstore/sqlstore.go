@@ -418,3 +418,24 @@ func decodeEntries(s string) ([]store.ConfigEntry, error) {
 	}
 	return out, nil
 }
+
+// valuesList is "($1, ..., $n), ($n+1, ...)": the VALUES of an INSERT of
+// rows rows with perRow parameters each.
+func valuesList(rows, perRow int) string {
+	var b strings.Builder
+	for i := 0; i < rows; i++ {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteByte('(')
+		for j := 0; j < perRow; j++ {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(i*perRow + j + 1))
+		}
+		b.WriteByte(')')
+	}
+	return b.String()
+}
