@@ -87,7 +87,7 @@ func checkNames(names []string, limit int) error {
 func (s *SecretsServer) Watch(stream spv1.SecretsService_WatchServer) error {
 	ctx := stream.Context()
 	id, _ := PeerID(ctx)
-	w := &watcher{s: s, stream: stream, id: id.String(), sub: s.hub.Subscribe(), sent: map[string][]byte{}}
+	w := &watcher{s: s, stream: stream, id: id.String(), sub: s.hub.Subscribe(), sent: map[string][]byte{}, prev: map[string][]byte{}}
 	defer w.sub.Close()
 	reqs, recvErr := make(chan *spv1.WatchRequest), make(chan error, 1)
 	go func() {
@@ -131,7 +131,9 @@ type watcher struct {
 	stream spv1.SecretsService_WatchServer
 	id     string
 	sub    *watch.Subscription
-	sent   map[string][]byte // name -> value last sent, to keep it out of ack errors
+	// sent and prev are, per name, the value last sent and the one before
+	// it: what an ack's error text may quote and must not carry.
+	sent, prev map[string][]byte
 }
 
 const watchAction = "SecretsService.Watch"
@@ -183,14 +185,17 @@ func (w *watcher) handle(ctx context.Context, req *spv1.WatchRequest) error {
 }
 
 // ackError keeps a client's failure text for the consumer registry unless
-// it could hold a secret: the value sent, or anything that looks like one.
+// it could hold a secret: the value sent or the one it replaced, or
+// anything that looks like a secret.
 func (w *watcher) ackError(name, text string) string {
 	if text == "" {
 		return ""
 	}
 	const limit = 512
-	if v := w.sent[name]; len(v) > 0 && strings.Contains(text, string(v)) {
-		return "[error text withheld: it contains the secret's value]"
+	for _, v := range [][]byte{w.sent[name], w.prev[name]} {
+		if len(v) > 0 && strings.Contains(text, string(v)) {
+			return "[error text withheld: it contains the secret's value]"
+		}
 	}
 	if f, ok := secretref.DetectLiteral(text); ok {
 		return "[error text withheld: it looks like a " + f.Kind + "]"
@@ -223,7 +228,7 @@ func (w *watcher) send(v *spv1.SecretValue) error {
 		return err
 	}
 	w.sub.Sent(v.GetName(), v.GetFingerprint())
-	w.sent[v.GetName()] = v.GetValue()
+	w.prev[v.GetName()], w.sent[v.GetName()] = w.sent[v.GetName()], v.GetValue()
 	w.s.consumers.Seen(w.id, v.GetName(), consumers.Watch, v.GetVersion())
 	return nil
 }

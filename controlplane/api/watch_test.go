@@ -92,9 +92,9 @@ func TestWatch(t *testing.T) {
 		t.Fatalf("pushed value: %v %v", m, err)
 	}
 	v2 := m.GetValue().GetVersion()
-	// The client reports failing to apply it, quoting the value: the
-	// registry keeps the ack but not the value.
-	if err := st.Send(ack("payments/db", v2, "could not parse pw-two-Zq8vW3xR")); err != nil {
+	// The client reports failing to apply it, quoting the value it kept
+	// (the one before): the registry keeps the ack but not the value.
+	if err := st.Send(ack("payments/db", v2, "rolled back to pw-one-Zq8vW3xR")); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
