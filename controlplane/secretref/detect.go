@@ -31,7 +31,7 @@ func DetectLiteral(s string) (Finding, bool) {
 	if strings.Contains(s, "://") && urlHasPassword(s) {
 		return Finding{Kind: "URL with a password"}, true
 	}
-	for _, tok := range tokens(s) {
+	for tok := range strings.FieldsFuncSeq(s, notInCredential) {
 		if f, ok := detectToken(tok); ok {
 			return f, true
 		}
@@ -39,11 +39,10 @@ func DetectLiteral(s string) (Finding, bool) {
 	return Finding{}, false
 }
 
-// tokens splits s on characters that never occur inside a credential.
-func tokens(s string) []string {
-	return strings.FieldsFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("+/=._~-:", r))
-	})
+// notInCredential reports the characters that never occur inside a
+// credential: DetectLiteral splits on them.
+func notInCredential(r rune) bool {
+	return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("+/=._~-:", r))
 }
 
 func detectToken(tok string) (Finding, bool) {

@@ -118,7 +118,7 @@ func notSecret(s string) error {
 	if f, secret := secretref.DetectLiteral(s); secret {
 		return fmt.Errorf("looks like a secret value (%s), not a name", f.Kind)
 	}
-	for _, seg := range strings.Split(s, "/") {
+	for seg := range strings.SplitSeq(s, "/") {
 		if f, secret := secretref.DetectLiteral(seg); secret {
 			return fmt.Errorf("looks like a secret value (%s), not a name", f.Kind)
 		}
