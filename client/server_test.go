@@ -103,7 +103,7 @@ func (s *server) start(lis net.Listener, ttl time.Duration) error {
 	deps := consumers.New(s.store, consumers.Options{Log: log})
 	go deps.Run(ctx)
 	srv := api.NewServer(api.Config{TLS: tlsCfg, Log: log, Catalog: cat, Policies: policy.NewManager(s.store, engine),
-		Policy: engine, Audit: auditLog, AuditLog: s.store, Resolver: resolver, Watch: hub, Consumer: deps})
+		Policy: engine, Audit: auditLog, AuditLog: auditLog, Resolver: resolver, Watch: hub, Consumer: deps})
 	go func() { _ = srv.Serve(lis) }()
 	s.stop = func() { srv.Stop(); cancel() }
 	return nil

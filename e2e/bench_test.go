@@ -15,8 +15,6 @@ import (
 
 	"github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/secretplane/secretplane/e2e/testenv"
 	"github.com/secretplane/secretplane/identity"
@@ -172,17 +170,7 @@ func rssMiB(b *testing.B, pid int) float64 {
 }
 
 // devAdminClient dials the dev server of dataDir as its admin.
-func devAdminClient(b *testing.B, dataDir string) spv1.AdminServiceClient {
-	b.Helper()
-	src, err := identity.LoadDir(filepath.Join(dataDir, "admin"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	ep := readDevEndpoint(b, dataDir)
-	conn, err := grpc.NewClient(ep.Address, grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(src, spiffeid.RequireFromString(ep.ServerID)))))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close() })
-	return spv1.NewAdminServiceClient(conn)
+func devAdminClient(t testing.TB, dataDir string) spv1.AdminServiceClient {
+	t.Helper()
+	return spv1.NewAdminServiceClient(adminConn(t, dataDir))
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io/fs"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -190,22 +191,31 @@ func TestCanaryNeverLeaks(t *testing.T) {
 		"CLI responses and errors": transcript.String(),
 		"server output and logs":   srv.out.String(),
 	}
-	entries, err := os.ReadDir(dataDir)
+	// The database, SQLite's WAL and the audit journal (secretplane.db-audit/).
+	err = filepath.WalkDir(dataDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(dataDir, path)
+		if !strings.HasPrefix(rel, "secretplane.db") && !strings.HasPrefix(rel, "local-secrets") {
+			return nil
+		}
+		raw, err := os.ReadFile(path)
+		places["database file "+rel] = string(raw)
+		return err
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, e := range entries {
-		if e.IsDir() || !(strings.HasPrefix(e.Name(), "secretplane.db") || strings.HasPrefix(e.Name(), "local-secrets")) {
-			continue
-		}
-		raw, err := os.ReadFile(filepath.Join(dataDir, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		places["database file "+e.Name()] = string(raw)
-	}
 	if _, ok := places["database file secretplane.db"]; !ok {
 		t.Fatal("no database file found to scan")
+	}
+	journaled := false
+	for where, text := range places {
+		journaled = journaled || strings.Contains(where, "secretplane.db-audit/") && strings.Contains(text, "SecretsService.Resolve")
+	}
+	if !journaled {
+		t.Fatal("no audit journal segment with a Resolve event found to scan")
 	}
 	for where, text := range places {
 		if leaks(text) {

@@ -279,6 +279,7 @@ type startup struct {
 	accept   []spiffeid.TrustDomain // trust domains whose clients may connect
 	admins   []spiffeid.ID
 	store    store.Store
+	journal  string // the audit journal's directory: an embedded store's
 	dev      *identity.DevIdentities
 }
 
@@ -333,7 +334,19 @@ func runServer(ctx context.Context, cfg *serverConfig, out interface{ Write([]by
 		auditOpts.Mirror = f
 	}
 	auditLog := audit.New(st.store, auditOpts)
+	if st.journal != "" {
+		if auditLog, err = audit.OpenJournaled(ctx, st.store, st.journal, auditOpts); err != nil {
+			return err
+		}
+	}
 	go auditLog.Run(bg)
+	defer func() { // what is journaled reaches the store before it closes
+		stopBackground()
+		<-auditLog.Done()
+		if err := auditLog.Close(); err != nil {
+			log.Error("closing the audit journal", "error", err)
+		}
+	}()
 	registry, err := openBackends(bg, cfg, st.source, log)
 	if err != nil {
 		return err
@@ -366,7 +379,7 @@ func runServer(ctx context.Context, cfg *serverConfig, out interface{ Write([]by
 		Policies: policy.NewManager(st.store, engine),
 		Policy:   engine,
 		Audit:    auditLog,
-		AuditLog: st.store,
+		AuditLog: auditLog,
 		Resolver: resolver,
 		Watch:    hub,
 		Consumer: deps,
@@ -495,11 +508,11 @@ func prepare(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*startup
 		st.admins = append(st.admins, id)
 	}
 	if cfg.Store != "" && len(problems) == 0 {
-		s, err := openStore(ctx, cfg.Store, cfg.Dev)
+		s, journal, err := openStore(ctx, cfg.Store, cfg.Dev)
 		if err != nil {
 			problems = append(problems, "store: "+err.Error())
 		} else {
-			st.store = s
+			st.store, st.journal = s, journal
 		}
 	}
 	if len(problems) > 0 {
@@ -513,25 +526,30 @@ func prepare(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*startup
 
 // openStore opens the store named by spec: "sqlite:PATH" or a PostgreSQL
 // URL. A PostgreSQL DSN must not carry a password (use a passfile or a
-// client certificate) and must use TLS unless dev mode on loopback.
-func openStore(ctx context.Context, spec string, dev bool) (store.Store, error) {
+// client certificate) and must use TLS unless dev mode on loopback. An
+// embedded store comes with the directory of its audit journal (PATH-audit,
+// beside SQLite's own PATH-wal); PostgreSQL, which replicas share, has
+// none.
+func openStore(ctx context.Context, spec string, dev bool) (store.Store, string, error) {
 	switch {
 	case strings.HasPrefix(spec, "sqlite:"):
 		path := strings.TrimPrefix(strings.TrimPrefix(spec, "sqlite:"), "//")
 		if path == "" {
-			return nil, errors.New("sqlite: path is empty")
+			return nil, "", errors.New("sqlite: path is empty")
 		}
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return nil, fmt.Errorf("sqlite: create directory: %w", err)
+			return nil, "", fmt.Errorf("sqlite: create directory: %w", err)
 		}
-		return sqlite.Open(ctx, path)
+		s, err := sqlite.Open(ctx, path)
+		return s, path + "-audit", err
 	case strings.HasPrefix(spec, "postgres://"), strings.HasPrefix(spec, "postgresql://"):
 		if dsnHasPassword(spec) {
-			return nil, errors.New("postgres: the DSN carries a password; configuration must hold no secret: use PGPASSFILE or a client certificate")
+			return nil, "", errors.New("postgres: the DSN carries a password; configuration must hold no secret: use PGPASSFILE or a client certificate")
 		}
-		return postgres.Open(ctx, spec, postgres.Options{AllowInsecureLoopback: dev})
+		s, err := postgres.Open(ctx, spec, postgres.Options{AllowInsecureLoopback: dev})
+		return s, "", err
 	default:
-		return nil, errors.New("unknown store: want sqlite:PATH or postgres://...")
+		return nil, "", errors.New("unknown store: want sqlite:PATH or postgres://...")
 	}
 }
 

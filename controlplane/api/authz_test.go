@@ -184,7 +184,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 					if code != codes.PermissionDenied {
 						t.Fatalf("want PermissionDenied, got %v", err)
 					}
-					ev, err := e.store.QueryAudit(ctx, store.AuditQuery{Actor: id.id, Action: r.method, Limit: 1, Newest: true})
+					ev, err := e.audit.QueryAudit(ctx, store.AuditQuery{Actor: id.id, Action: r.method, Limit: 1, Newest: true})
 					if err != nil || len(ev) != 1 || ev[0].Decision != "deny" || ev[0].Outcome != "PermissionDenied" {
 						t.Fatalf("no deny audit record: %+v %v", ev, err)
 					}
@@ -197,7 +197,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		t.Fatalf("checked %d combinations", checked)
 	}
 	// Allowed calls are audited too, and the chain verifies.
-	if ev, err := e.store.QueryAudit(ctx, store.AuditQuery{Actor: e.admin.ID().String(), Limit: 1}); err != nil || len(ev) == 0 || ev[0].Decision != "allow" {
+	if ev, err := e.audit.QueryAudit(ctx, store.AuditQuery{Actor: e.admin.ID().String(), Limit: 1}); err != nil || len(ev) == 0 || ev[0].Decision != "allow" {
 		t.Fatalf("no allow record for the admin: %+v %v", ev, err)
 	}
 	v, err := spv1.NewAuditServiceClient(e.dial(t, e.admin)).Verify(ctx, &spv1.AuditVerifyRequest{})

@@ -45,6 +45,7 @@ type env struct {
 
 	serverTLS *tls.Config
 	store     *sqlite.Store
+	audit     *audit.Log // reads through it see every recorded event
 	engine    *policy.Engine
 	local     *local.Backend
 	consumers *consumers.Registry
@@ -115,10 +116,21 @@ func newEnvLevel(t testing.TB, level slog.Level) *env {
 	if err := e.engine.Load(ctx); err != nil {
 		t.Fatal(err)
 	}
-	auditLog := audit.New(st, audit.Options{Log: log})
+	// Journaled, as the server runs it on an embedded store.
+	auditLog, err := audit.OpenJournaled(ctx, st, e.dbPath+"-audit", audit.Options{Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.audit = auditLog
 	actx, stopAudit := context.WithCancel(context.Background())
 	go auditLog.Run(actx)
-	t.Cleanup(stopAudit)
+	t.Cleanup(func() {
+		stopAudit()
+		<-auditLog.Done()
+		if err := auditLog.Close(); err != nil {
+			t.Error(err)
+		}
+	})
 	e.local, err = local.New(filepath.Join(t.TempDir(), "local-secrets.json"), []byte("0123456789abcdef0123456789abcdef"))
 	if err != nil {
 		t.Fatal(err)
@@ -139,7 +151,7 @@ func newEnvLevel(t testing.TB, level slog.Level) *env {
 	go e.consumers.Run(actx)
 	srv := api.NewServer(api.Config{
 		TLS: tlsCfg, Log: log, Catalog: cat,
-		Policies: policy.NewManager(st, e.engine), Policy: e.engine, Audit: auditLog, AuditLog: st,
+		Policies: policy.NewManager(st, e.engine), Policy: e.engine, Audit: auditLog, AuditLog: auditLog,
 		Resolver: resolver, Watch: hub, Consumer: e.consumers,
 	})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

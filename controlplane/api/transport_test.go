@@ -66,7 +66,7 @@ func TestTransportRefusesUnauthenticatedClients(t *testing.T) {
 		})
 	}
 	// A caller with a certificate was involved: the refusal is audited.
-	refused, err := e.store.QueryAudit(ctxT(t), store.AuditQuery{Action: "tls.handshake", Limit: 100})
+	refused, err := e.audit.QueryAudit(ctxT(t), store.AuditQuery{Action: "tls.handshake", Limit: 100})
 	if err != nil || len(refused) == 0 {
 		t.Fatalf("refused handshakes not audited: %v %v", refused, err)
 	}

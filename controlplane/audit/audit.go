@@ -1,9 +1,12 @@
 // Package audit keeps the append-only, hash-chained audit log: every access
 // decision (allow and deny), every admin change and, later, every rotation
 // step. Events are group-committed: callers queue them and one writer
-// appends a batch per transaction, computing the chain, so that audit keeps
-// up with tens of thousands of calls a second while each caller still waits
-// for its event to be durable (fail closed).
+// appends a batch at a time, computing the chain, so that audit keeps up
+// with tens of thousands of calls a second while each caller still waits
+// for its event to be durable (fail closed). A batch is durable once it is
+// committed to the store or, for an embedded store, once it is written to
+// the log's journal, from which it moves into the store behind (see
+// journal.go).
 package audit
 
 import (
@@ -16,8 +19,10 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/secretplane/secretplane/store"
 )
@@ -43,9 +48,10 @@ type Event struct {
 	RequestID string
 }
 
-// Appender is the store the log appends to.
-type Appender interface {
+// Store is where the log's events end up.
+type Store interface {
 	AppendAudit(ctx context.Context, fn func(store.AuditChainHead) ([]store.AuditEvent, error)) error
+	QueryAudit(ctx context.Context, q store.AuditQuery) ([]store.AuditEvent, error)
 }
 
 // Options tune the log.
@@ -55,9 +61,14 @@ type Options struct {
 	// FailOpen lets requests proceed when the audit log cannot be written
 	// (dev mode only); the failure is logged.
 	FailOpen bool
-	MaxBatch int           // events per transaction; default 512
-	MaxDelay time.Duration // how long a batch waits for company; default 1ms
+	MaxBatch int           // events per batch; default 512
+	MaxDelay time.Duration // without a journal, how long a batch waits for company; default 1ms
 	Log      *slog.Logger
+
+	// With a journal (OpenJournaled):
+	SegmentBytes int64         // a journal segment's size before the next starts; default 8 MiB
+	IngestEvery  time.Duration // how often journaled events move into the store; default 50ms
+	MaxBacklog   int           // journaled events not yet in the store before Record fails; default 65,536
 }
 
 type pending struct {
@@ -66,32 +77,139 @@ type pending struct {
 	done chan error
 }
 
-// Log is the audit log writer.
+// Log is the audit log writer. Without a journal each batch is one store
+// transaction, whose chain head the store locks, so replicas sharing a
+// PostgreSQL store extend one chain. With a journal (embedded store, one
+// process) the writer keeps the chain head, a batch is acknowledged once
+// it is in the journal, and an ingester moves events into the store.
 type Log struct {
-	store    Appender
+	store    Store
 	opts     Options
 	queue    chan *pending
 	mirrorMu sync.Mutex
-	stopped  chan struct{}
+	stopped  chan struct{} // the writer stopped: Record refuses
+	done     chan struct{} // Run returned: nothing more reaches the store
+
+	journal *journal
+	head    store.AuditChainHead // the writer's, with a journal
+	kick    chan struct{}        // asks the ingester to run now
+	ing     struct {
+		sync.Mutex
+		backlog   []store.AuditEvent // journaled, not yet in the store
+		journaled int64              // last sequence number in the journal
+		ingested  int64              // last sequence number in the store
+		err       error              // the last ingest's failure
+		progress  chan struct{}      // closed after every ingest
+	}
 }
 
-// New returns a log over s. Run must be running for Record to return.
-func New(s Appender, opts Options) *Log {
+// New returns a log that appends each batch to s in one transaction. Run
+// must be running for Record to return.
+func New(s Store, opts Options) *Log {
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = 512
 	}
 	if opts.MaxDelay <= 0 {
 		opts.MaxDelay = time.Millisecond
 	}
+	if opts.SegmentBytes <= 0 {
+		opts.SegmentBytes = 8 << 20
+	}
+	if opts.IngestEvery <= 0 {
+		opts.IngestEvery = 50 * time.Millisecond
+	}
+	if opts.MaxBacklog <= 0 {
+		opts.MaxBacklog = 1 << 16
+	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Log{store: s, opts: opts, queue: make(chan *pending, 4*opts.MaxBatch), stopped: make(chan struct{})}
+	l := &Log{store: s, opts: opts, queue: make(chan *pending, 4*opts.MaxBatch),
+		stopped: make(chan struct{}), done: make(chan struct{}), kick: make(chan struct{}, 1)}
+	l.ing.progress = make(chan struct{})
+	return l
 }
 
-// Record queues e and waits until its batch is committed. With FailOpen a
-// failure is logged and nil returned; otherwise the error wraps
-// ErrUnavailable.
+// OpenJournaled returns a log that acknowledges events once they are in
+// the journal in dir and moves them into s behind it. It takes the
+// journal's lock, so one process at a time; replays into s what an earlier
+// process journaled but did not store; and fails if the journal is
+// damaged or does not continue s's chain. Close releases the journal after
+// Run has returned.
+func OpenJournaled(ctx context.Context, s Store, dir string, opts Options) (*Log, error) {
+	l := New(s, opts)
+	j, err := openJournal(dir, l.opts.SegmentBytes)
+	if err != nil {
+		return nil, err
+	}
+	head, torn, err := recoverJournal(ctx, s, j)
+	if err != nil {
+		j.close()
+		return nil, fmt.Errorf("audit journal %s: %w", dir, err)
+	}
+	if torn {
+		l.opts.Log.Warn("the audit journal ended in a line cut short, as when the machine stops while writing; that line was dropped", "dir", dir)
+	}
+	l.journal, l.head = j, head
+	l.ing.journaled, l.ing.ingested = head.Seq, head.Seq
+	return l, nil
+}
+
+// recoverJournal moves into s the journaled events it lacks, then empties
+// the journal.
+func recoverJournal(ctx context.Context, s Store, j *journal) (store.AuditChainHead, bool, error) {
+	events, torn, err := j.replay()
+	if err != nil {
+		return store.AuditChainHead{}, false, err
+	}
+	var head store.AuditChainHead
+	err = s.AppendAudit(ctx, func(h store.AuditChainHead) ([]store.AuditEvent, error) {
+		rest, err := continueChain(h, events)
+		head = h
+		if len(rest) > 0 {
+			head = store.AuditChainHead{Seq: rest[len(rest)-1].Seq, Hash: rest[len(rest)-1].Hash}
+		}
+		return rest, err
+	})
+	if err != nil {
+		return store.AuditChainHead{}, false, fmt.Errorf("replay into the store: %w", err)
+	}
+	if err := j.start(head.Seq + 1); err != nil {
+		return store.AuditChainHead{}, false, err
+	}
+	return head, torn, nil
+}
+
+// continueChain returns the events that extend the store's chain at head:
+// none when the store has them all, an error when they do not continue it.
+func continueChain(head store.AuditChainHead, events []store.AuditEvent) ([]store.AuditEvent, error) {
+	if len(events) == 0 || head.Seq >= events[len(events)-1].Seq {
+		return nil, nil
+	}
+	i := head.Seq - (events[0].Seq - 1)
+	if i < 0 {
+		return nil, fmt.Errorf("the store ends at event %d but the journal starts at event %d", head.Seq, events[0].Seq)
+	}
+	if events[i].PrevHash != head.Hash {
+		return nil, fmt.Errorf("journaled event %d does not follow the store's event %d: was the audit log written by another process?", events[i].Seq, head.Seq)
+	}
+	return events[i:], nil
+}
+
+// Close releases the journal, if any. Call it after Run has returned.
+func (l *Log) Close() error {
+	if l.journal == nil {
+		return nil
+	}
+	return l.journal.close()
+}
+
+// Done is closed when Run has returned: the store may be closed then.
+func (l *Log) Done() <-chan struct{} { return l.done }
+
+// Record queues e and waits until its batch is durable: committed to the
+// store, or written to the journal. With FailOpen a failure is logged and
+// nil returned; otherwise the error wraps ErrUnavailable.
 func (l *Log) Record(ctx context.Context, e Event) error {
 	p := &pending{ev: e, at: time.Now(), done: make(chan error, 1)}
 	var err error
@@ -119,9 +237,26 @@ func (l *Log) Record(ctx context.Context, e Event) error {
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
 }
 
-// Run writes batches until ctx ends.
+// Run writes batches until ctx ends. With a journal it also moves
+// journaled events into the store, and before returning it moves what is
+// left (the journal keeps what the store refuses).
 func (l *Log) Run(ctx context.Context) {
-	defer close(l.stopped)
+	defer close(l.done)
+	if l.journal == nil {
+		l.writeDirect(ctx)
+		close(l.stopped)
+		return
+	}
+	ictx, stopIngest := context.WithCancel(context.WithoutCancel(ctx))
+	ingested := make(chan struct{})
+	go func() { l.ingestLoop(ictx); close(ingested) }()
+	l.writeJournal(ctx)
+	close(l.stopped)
+	stopIngest()
+	<-ingested
+}
+
+func (l *Log) writeDirect(ctx context.Context) {
 	for {
 		var first *pending
 		select {
@@ -148,6 +283,19 @@ func (l *Log) Run(ctx context.Context) {
 	}
 }
 
+// writeJournal writes what is queued whenever the last write is done: no
+// window, since a journal write costs little, so batches grow with load.
+func (l *Log) writeJournal(ctx context.Context) {
+	for {
+		select {
+		case first := <-l.queue:
+			l.journalBatch(l.takeQueued([]*pending{first}))
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
 // takeQueued adds what is queued already to batch, up to MaxBatch: an
 // event that arrived as the window closed would wait a whole batch
 // otherwise.
@@ -163,22 +311,44 @@ func (l *Log) takeQueued(batch []*pending) []*pending {
 	return batch
 }
 
+// chain turns a batch into events that extend the chain at head.
+func chain(head store.AuditChainHead, batch []*pending) []store.AuditEvent {
+	events := make([]store.AuditEvent, len(batch))
+	prev, seq := head.Hash, head.Seq
+	for i, p := range batch {
+		seq++
+		ev := store.AuditEvent{
+			Seq: seq, Time: p.at.UTC().Truncate(time.Microsecond),
+			Actor: text(p.ev.Actor), Action: text(p.ev.Action), Target: text(p.ev.Target), Decision: text(p.ev.Decision),
+			Policy: text(p.ev.Grant), Outcome: text(p.ev.Outcome), RequestID: text(p.ev.RequestID), PrevHash: prev,
+		}
+		ev.Hash = Hash(ev)
+		prev = ev.Hash
+		events[i] = ev
+	}
+	return events
+}
+
+// text makes s storable as it is hashed: valid UTF-8 without NUL, which
+// PostgreSQL's text and the journal's JSON keep byte for byte. What an
+// event names comes from peers (a refused handshake's certificate), so
+// the writer cannot assume it.
+func text(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == 0 || c >= utf8.RuneSelf {
+			if utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 {
+				return s
+			}
+			return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+		}
+	}
+	return s
+}
+
 func (l *Log) flush(ctx context.Context, batch []*pending) {
 	var events []store.AuditEvent
 	err := l.store.AppendAudit(ctx, func(head store.AuditChainHead) ([]store.AuditEvent, error) {
-		events = make([]store.AuditEvent, len(batch))
-		prev, seq := head.Hash, head.Seq
-		for i, p := range batch {
-			seq++
-			ev := store.AuditEvent{
-				Seq: seq, Time: p.at.UTC().Truncate(time.Microsecond),
-				Actor: p.ev.Actor, Action: p.ev.Action, Target: p.ev.Target, Decision: p.ev.Decision,
-				Policy: p.ev.Grant, Outcome: p.ev.Outcome, RequestID: p.ev.RequestID, PrevHash: prev,
-			}
-			ev.Hash = Hash(ev)
-			prev = ev.Hash
-			events[i] = ev
-		}
+		events = chain(head, batch)
 		return events, nil
 	})
 	if err == nil && l.opts.Mirror != nil {
@@ -187,6 +357,155 @@ func (l *Log) flush(ctx context.Context, batch []*pending) {
 	for _, p := range batch {
 		p.done <- err
 	}
+}
+
+// journalBatch writes a batch to the journal and hands it to the ingester.
+// When the store has fallen MaxBacklog events behind, the batch is refused
+// (fail closed) rather than held in memory without bound.
+func (l *Log) journalBatch(batch []*pending) {
+	l.ing.Lock()
+	behind, ingestErr := len(l.ing.backlog), l.ing.err
+	l.ing.Unlock()
+	var err error
+	var events []store.AuditEvent
+	switch {
+	case behind+len(batch) > l.opts.MaxBacklog && ingestErr != nil:
+		err = fmt.Errorf("the audit store is %d events behind the journal: %w", behind, ingestErr)
+	case behind+len(batch) > l.opts.MaxBacklog:
+		err = fmt.Errorf("the audit store is %d events behind the journal", behind)
+	default:
+		events = chain(l.head, batch)
+		err = l.journal.append(events)
+	}
+	if err == nil {
+		last := events[len(events)-1]
+		l.head = store.AuditChainHead{Seq: last.Seq, Hash: last.Hash}
+		l.ing.Lock()
+		l.ing.backlog = append(l.ing.backlog, events...)
+		l.ing.journaled = last.Seq
+		behind = len(l.ing.backlog)
+		l.ing.Unlock()
+		if behind >= l.opts.MaxBacklog/8 {
+			l.poke()
+		}
+		if l.opts.Mirror != nil {
+			l.mirror(events)
+		}
+	}
+	for _, p := range batch {
+		p.done <- err
+	}
+}
+
+func (l *Log) poke() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+// ingestLoop moves journaled events into the store every IngestEvery, or
+// sooner when asked; when ctx ends it moves what is left, with a bound.
+func (l *Log) ingestLoop(ctx context.Context) {
+	t := time.NewTicker(l.opts.IngestEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-l.kick:
+		case <-ctx.Done():
+			final, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			l.ingest(final)
+			cancel()
+			return
+		}
+		l.ingest(ctx)
+	}
+}
+
+func (l *Log) ingest(ctx context.Context) {
+	l.ing.Lock()
+	events := l.ing.backlog
+	l.ing.backlog = nil
+	l.ing.Unlock()
+	var err error
+	if len(events) > 0 {
+		err = l.store.AppendAudit(ctx, func(head store.AuditChainHead) ([]store.AuditEvent, error) {
+			return continueChain(head, events)
+		})
+	}
+	if err == nil && len(events) > 0 {
+		l.journal.release(events[len(events)-1].Seq)
+	}
+	l.ing.Lock()
+	wasFailing := l.ing.err != nil
+	if err != nil {
+		l.ing.backlog = append(events, l.ing.backlog...)
+	} else if len(events) > 0 {
+		l.ing.ingested = events[len(events)-1].Seq
+	}
+	l.ing.err = err
+	close(l.ing.progress)
+	l.ing.progress = make(chan struct{})
+	l.ing.Unlock()
+	switch {
+	case err != nil && !wasFailing:
+		l.opts.Log.Error("audit events could not be moved from the journal into the store; retrying", "events", len(events), "error", err)
+	case err == nil && wasFailing:
+		l.opts.Log.Info("audit events are moving from the journal into the store again")
+	}
+}
+
+// sync waits until every event journaled before the call is in the store,
+// so that reads see it.
+func (l *Log) sync(ctx context.Context) error {
+	if l.journal == nil {
+		return nil
+	}
+	l.ing.Lock()
+	target := l.ing.journaled
+	l.ing.Unlock()
+	for {
+		l.ing.Lock()
+		ingested, progress := l.ing.ingested, l.ing.progress
+		l.ing.Unlock()
+		if ingested >= target {
+			return nil
+		}
+		l.poke()
+		select {
+		case <-progress:
+		case <-l.done:
+			return errors.New("audit log stopped before its journal reached the store")
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		l.ing.Lock()
+		err := l.ing.err
+		l.ing.Unlock()
+		if err != nil {
+			return fmt.Errorf("audit events are journaled but not yet in the store: %w", err)
+		}
+	}
+}
+
+// QueryAudit implements Reader: it sees every event recorded before it.
+func (l *Log) QueryAudit(ctx context.Context, q store.AuditQuery) ([]store.AuditEvent, error) {
+	if err := l.sync(ctx); err != nil {
+		return nil, err
+	}
+	return l.store.QueryAudit(ctx, q)
+}
+
+// ChainHead implements Reader: the store's chain head, once every event
+// recorded before the call is in the store.
+func (l *Log) ChainHead(ctx context.Context) (store.AuditChainHead, error) {
+	if err := l.sync(ctx); err != nil {
+		return store.AuditChainHead{}, err
+	}
+	var head store.AuditChainHead
+	err := l.store.AppendAudit(ctx, func(h store.AuditChainHead) ([]store.AuditEvent, error) { head = h; return nil, nil })
+	return head, err
 }
 
 func (l *Log) mirror(events []store.AuditEvent) {
@@ -219,6 +538,11 @@ type JSONEvent struct {
 	Hash      string    `json:"hash"`
 }
 
+func storeEvent(e JSONEvent) store.AuditEvent {
+	return store.AuditEvent{Seq: e.Seq, Time: e.Time, Actor: e.Actor, Action: e.Action, Target: e.Target, Decision: e.Decision,
+		Policy: e.Grant, Outcome: e.Outcome, RequestID: e.RequestID, PrevHash: e.PrevHash, Hash: e.Hash}
+}
+
 func jsonEvent(e store.AuditEvent) JSONEvent {
 	return JSONEvent{Seq: e.Seq, Time: e.Time, Actor: e.Actor, Action: e.Action, Target: e.Target, Decision: e.Decision,
 		Grant: e.Policy, Outcome: e.Outcome, RequestID: e.RequestID, PrevHash: e.PrevHash, Hash: e.Hash}
@@ -227,14 +551,18 @@ func jsonEvent(e store.AuditEvent) JSONEvent {
 // Hash is the event's chain hash: SHA-256 over every field but Hash, each
 // length-prefixed so that no two events encode alike, ending with PrevHash.
 func Hash(e store.AuditEvent) string {
-	h := sha256.New()
-	for _, f := range []string{
-		strconv.FormatInt(e.Seq, 10), strconv.FormatInt(e.Time.UnixMicro(), 10),
-		e.Actor, e.Action, e.Target, e.Decision, e.Policy, e.Outcome, e.RequestID, e.PrevHash,
-	} {
-		h.Write([]byte(strconv.Itoa(len(f))))
-		h.Write([]byte{':'})
-		h.Write([]byte(f))
+	var stack [512]byte
+	b := stack[:0]
+	field := func(f string) {
+		b = strconv.AppendInt(b, int64(len(f)), 10)
+		b = append(append(b, ':'), f...)
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	var num [20]byte
+	field(string(strconv.AppendInt(num[:0], e.Seq, 10)))
+	field(string(strconv.AppendInt(num[:0], e.Time.UnixMicro(), 10)))
+	for _, f := range [...]string{e.Actor, e.Action, e.Target, e.Decision, e.Policy, e.Outcome, e.RequestID, e.PrevHash} {
+		field(f)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }

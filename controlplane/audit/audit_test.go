@@ -15,18 +15,42 @@ import (
 	"github.com/secretplane/secretplane/store/sqlite"
 )
 
-func newLog(t *testing.T, opts audit.Options) (*audit.Log, *sqlite.Store) {
+// modes are the two ways a log writes: a transaction per batch, or
+// through a journal.
+var modes = []struct {
+	name    string
+	journal bool
+}{{"direct", false}, {"journaled", true}}
+
+func newLog(t *testing.T, journaled bool, opts audit.Options) (*audit.Log, *sqlite.Store) {
 	t.Helper()
-	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
+	dir := t.TempDir()
+	st, err := sqlite.Open(context.Background(), filepath.Join(dir, "db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
 	l := audit.New(st, opts)
+	if journaled {
+		if l, err = audit.OpenJournaled(context.Background(), st, filepath.Join(dir, "journal"), opts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run(t, l)
+	return l, st
+}
+
+// run runs l until the test ends, then closes it.
+func run(t *testing.T, l *audit.Log) {
 	ctx, cancel := context.WithCancel(context.Background())
 	go l.Run(ctx)
-	t.Cleanup(cancel)
-	return l, st
+	t.Cleanup(func() {
+		cancel()
+		<-l.Done()
+		if err := l.Close(); err != nil {
+			t.Error(err)
+		}
+	})
 }
 
 func record(t *testing.T, l *audit.Log, n int) {
@@ -50,15 +74,19 @@ func record(t *testing.T, l *audit.Log, n int) {
 }
 
 func TestRecordAndVerify(t *testing.T) {
-	var mirror bytes.Buffer
-	l, st := newLog(t, audit.Options{Mirror: &syncWriter{w: &mirror}})
-	record(t, l, 200)
-	rep, err := audit.Verify(context.Background(), st)
-	if err != nil || !rep.OK() || rep.Events != 200 {
-		t.Fatalf("verify: %+v %v", rep, err)
-	}
-	if lines := strings.Count(mirror.String(), "\n"); lines != 200 {
-		t.Fatalf("mirror has %d lines", lines)
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			var mirror bytes.Buffer
+			l, _ := newLog(t, m.journal, audit.Options{Mirror: &syncWriter{w: &mirror}})
+			record(t, l, 200)
+			rep, err := audit.Verify(context.Background(), l)
+			if err != nil || !rep.OK() || rep.Events != 200 {
+				t.Fatalf("verify: %+v %v", rep, err)
+			}
+			if lines := strings.Count(mirror.String(), "\n"); lines != 200 {
+				t.Fatalf("mirror has %d lines", lines)
+			}
+		})
 	}
 }
 
@@ -87,26 +115,35 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		{"reordered", `UPDATE audit_events SET seq = -3 WHERE seq = 3; UPDATE audit_events SET seq = 3 WHERE seq = 6; UPDATE audit_events SET seq = 6 WHERE seq = -3`, ""},
 		{"newest deleted", `DELETE FROM audit_events WHERE seq = 10`, "chain head"},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			l, st := newLog(t, audit.Options{})
-			for i := 0; i < 10; i++ { // one event per batch: distinct times
-				record(t, l, 1)
-			}
-			if _, err := st.DB().Exec(tc.tamper); err != nil {
-				t.Fatal(err)
-			}
-			rep, err := audit.Verify(context.Background(), st)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if rep.OK() {
-				t.Fatal("tampering not detected")
-			}
-			if tc.want != "" && !strings.Contains(fmt.Sprint(rep.Problems), tc.want) {
-				t.Fatalf("problems %v lack %q", rep.Problems, tc.want)
-			}
-		})
+	for _, m := range modes {
+		for _, tc := range cases {
+			t.Run(m.name+"/"+tc.name, func(t *testing.T) {
+				verifyTampered(t, m.journal, tc.tamper, tc.want)
+			})
+		}
+	}
+}
+
+func verifyTampered(t *testing.T, journaled bool, tamper, want string) {
+	l, st := newLog(t, journaled, audit.Options{})
+	for i := 0; i < 10; i++ { // one event per batch: distinct times
+		record(t, l, 1)
+	}
+	if _, err := l.ChainHead(context.Background()); err != nil { // in the store, journaled or not
+		t.Fatal(err)
+	}
+	if _, err := st.DB().Exec(tamper); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := audit.Verify(context.Background(), l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK() {
+		t.Fatal("tampering not detected")
+	}
+	if want != "" && !strings.Contains(fmt.Sprint(rep.Problems), want) {
+		t.Fatalf("problems %v lack %q", rep.Problems, want)
 	}
 }
 
@@ -114,6 +151,10 @@ type failingStore struct{}
 
 func (failingStore) AppendAudit(context.Context, func(store.AuditChainHead) ([]store.AuditEvent, error)) error {
 	return errors.New("disk full")
+}
+
+func (failingStore) QueryAudit(context.Context, store.AuditQuery) ([]store.AuditEvent, error) {
+	return nil, errors.New("disk full")
 }
 
 func TestFailClosedAndFailOpen(t *testing.T) {
@@ -141,21 +182,31 @@ func TestFailClosedAndFailOpen(t *testing.T) {
 }
 
 func BenchmarkRecord(b *testing.B) {
-	st, err := sqlite.Open(context.Background(), filepath.Join(b.TempDir(), "db"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
-	l := audit.New(st, audit.Options{})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go l.Run(ctx)
-	b.SetParallelism(32) // 64 goroutines on 2 cores
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if err := l.Record(context.Background(), audit.Event{Actor: "spiffe://x.test/a", Action: "Resolve", Target: "payments/db", Decision: audit.Allow}); err != nil {
+	for _, m := range modes {
+		b.Run(m.name, func(b *testing.B) {
+			dir := b.TempDir()
+			st, err := sqlite.Open(context.Background(), filepath.Join(dir, "db"))
+			if err != nil {
 				b.Fatal(err)
 			}
-		}
-	})
+			defer st.Close()
+			l := audit.New(st, audit.Options{})
+			if m.journal {
+				if l, err = audit.OpenJournaled(context.Background(), st, filepath.Join(dir, "journal"), audit.Options{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			go l.Run(ctx)
+			defer func() { cancel(); <-l.Done(); l.Close() }()
+			b.SetParallelism(32) // 64 goroutines on 2 cores
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := l.Record(context.Background(), audit.Event{Actor: "spiffe://x.test/a", Action: "Resolve", Target: "payments/db", Decision: audit.Allow}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+	}
 }

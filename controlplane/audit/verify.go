@@ -9,8 +9,8 @@ import (
 
 // Reader reads the log back.
 type Reader interface {
-	Appender
 	QueryAudit(ctx context.Context, q store.AuditQuery) ([]store.AuditEvent, error)
+	ChainHead(ctx context.Context) (store.AuditChainHead, error)
 }
 
 // Problem is one break in the chain.
@@ -42,7 +42,6 @@ func Verify(ctx context.Context, r Reader) (Report, error) {
 		prevHash string
 		after    int64
 		lastSeq  int64
-		head     store.AuditChainHead
 	)
 	for {
 		page, err := r.QueryAudit(ctx, store.AuditQuery{AfterSeq: after, Limit: 1000})
@@ -67,7 +66,8 @@ func Verify(ctx context.Context, r Reader) (Report, error) {
 			break
 		}
 	}
-	if err := r.AppendAudit(ctx, func(h store.AuditChainHead) ([]store.AuditEvent, error) { head = h; return nil, nil }); err != nil {
+	head, err := r.ChainHead(ctx)
+	if err != nil {
 		return rep, fmt.Errorf("verify audit log: read chain head: %w", err)
 	}
 	if head.Seq != lastSeq || head.Hash != prevHash {
