@@ -1,11 +1,14 @@
 package api_test
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 )
@@ -47,4 +50,23 @@ func TestRequestIDAndCallLog(t *testing.T) {
 			}
 		})
 	}
+	// A caller that sent none: no id on success, the server's id in the
+	// trailer of a failure, the same id as in the call log.
+	var hdr, trl metadata.MD
+	if _, err := c.ListSecrets(ctxT(t), &spv1.ListSecretsRequest{}, grpc.Header(&hdr), grpc.Trailer(&trl)); err != nil {
+		t.Fatal(err)
+	}
+	if got := append(hdr.Get("x-request-id"), trl.Get("x-request-id")...); len(got) != 0 {
+		t.Fatalf("a successful call that sent no id got %v back", got)
+	}
+	_, err := c.GetSecret(ctxT(t), &spv1.GetSecretRequest{Name: "no/such-secret"}, grpc.Header(&hdr), grpc.Trailer(&trl))
+	got := trl.Get("x-request-id")
+	if status.Code(err) != codes.NotFound || len(got) != 1 || !validID.MatchString(got[0]) {
+		t.Fatalf("failed call: %v, trailer id %v", err, got)
+	}
+	if !strings.Contains(e.logs.String(), `"request_id":"`+got[0]+`"`) {
+		t.Fatalf("the trailer's id %s is not the call log's", got[0])
+	}
 }
+
+var validID = regexp.MustCompile(`^[0-9a-f]{24}$`)
