@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"log/slog"
+	"runtime"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
@@ -58,6 +59,7 @@ func NewServer(cfg Config) *grpc.Server {
 		grpc.Creds(credentials.NewTLS(auditRefusedHandshakes(cfg.TLS, cfg.Audit, cfg.Log))),
 		grpc.ForceServerCodec(guard),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
+		grpc.NumStreamWorkers(streamWorkers()),
 		grpc.ChainUnaryInterceptor(
 			guard.unary,
 			requestIDUnary,
@@ -82,4 +84,13 @@ func NewServer(cfg Config) *grpc.Server {
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	return srv
+}
+
+// streamWorkers is how many goroutines serve calls and stay for the next.
+// A goroutine per call starts with a small stack, which the interceptor
+// chain grows on every call (2-3% of Resolve's CPU in stack copying); a
+// kept worker has grown it once. Calls beyond the workers get a goroutine
+// of their own, as without workers, so the number bounds nothing.
+func streamWorkers() uint32 {
+	return uint32(max(64, 16*runtime.GOMAXPROCS(0)))
 }
