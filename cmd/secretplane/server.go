@@ -541,7 +541,18 @@ func openStore(ctx context.Context, spec string, dev bool) (store.Store, string,
 			return nil, "", fmt.Errorf("sqlite: create directory: %w", err)
 		}
 		s, err := sqlite.Open(ctx, path)
-		return s, path + "-audit", err
+		if err != nil {
+			return nil, "", err
+		}
+		// The journal sits beside the database file itself, so that every
+		// name for the database (a symlink) leads to the one journal and
+		// its lock.
+		real, err := filepath.EvalSymlinks(path)
+		if err != nil {
+			s.Close()
+			return nil, "", fmt.Errorf("sqlite: %w", err)
+		}
+		return s, real + "-audit", nil
 	case strings.HasPrefix(spec, "postgres://"), strings.HasPrefix(spec, "postgresql://"):
 		if dsnHasPassword(spec) {
 			return nil, "", errors.New("postgres: the DSN carries a password; configuration must hold no secret: use PGPASSFILE or a client certificate")

@@ -96,6 +96,7 @@ type Log struct {
 	ing     struct {
 		sync.Mutex
 		backlog   []store.AuditEvent // journaled, not yet in the store
+		inflight  int                // taken from backlog by the running ingest
 		journaled int64              // last sequence number in the journal
 		ingested  int64              // last sequence number in the store
 		err       error              // the last ingest's failure
@@ -121,6 +122,7 @@ func New(s Store, opts Options) *Log {
 	if opts.MaxBacklog <= 0 {
 		opts.MaxBacklog = 1 << 16
 	}
+	opts.MaxBatch = min(opts.MaxBatch, opts.MaxBacklog) // a batch must fit
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
@@ -162,17 +164,12 @@ func recoverJournal(ctx context.Context, s Store, j *journal) (store.AuditChainH
 	if err != nil {
 		return store.AuditChainHead{}, false, err
 	}
-	var head store.AuditChainHead
-	err = s.AppendAudit(ctx, func(h store.AuditChainHead) ([]store.AuditEvent, error) {
-		rest, err := continueChain(h, events)
-		head = h
-		if len(rest) > 0 {
-			head = store.AuditChainHead{Seq: rest[len(rest)-1].Seq, Hash: rest[len(rest)-1].Hash}
-		}
-		return rest, err
-	})
+	head, err := storeJournaled(ctx, s, events)
 	if err != nil {
 		return store.AuditChainHead{}, false, fmt.Errorf("replay into the store: %w", err)
+	}
+	if err := makeDurable(ctx, s); err != nil {
+		return store.AuditChainHead{}, false, err
 	}
 	if err := j.start(head.Seq + 1); err != nil {
 		return store.AuditChainHead{}, false, err
@@ -180,8 +177,39 @@ func recoverJournal(ctx context.Context, s Store, j *journal) (store.AuditChainH
 	return head, torn, nil
 }
 
+// storeJournaled moves into s the journaled events it lacks, once they are
+// seen to continue its chain, and returns its new head. When s holds them
+// all already, s's copy of the last must be the journal's: a store restored
+// from another copy, or written by another process, must not swallow
+// acknowledged events.
+func storeJournaled(ctx context.Context, s Store, events []store.AuditEvent) (store.AuditChainHead, error) {
+	var head store.AuditChainHead
+	held := false
+	err := s.AppendAudit(ctx, func(h store.AuditChainHead) ([]store.AuditEvent, error) {
+		rest, err := continueChain(h, events)
+		head, held = h, err == nil && len(events) > 0 && len(rest) == 0
+		if len(rest) > 0 {
+			head = store.AuditChainHead{Seq: rest[len(rest)-1].Seq, Hash: rest[len(rest)-1].Hash}
+		}
+		return rest, err
+	})
+	if err != nil || !held {
+		return head, err
+	}
+	last := events[len(events)-1]
+	got, err := s.QueryAudit(ctx, store.AuditQuery{AfterSeq: last.Seq - 1, Limit: 1})
+	if err != nil {
+		return head, fmt.Errorf("read the store's event %d: %w", last.Seq, err)
+	}
+	if len(got) != 1 || got[0].Seq != last.Seq || got[0].Hash != last.Hash {
+		return head, fmt.Errorf("the store's event %d is not the journal's: was the audit log written by another process, or the store restored from another copy?", last.Seq)
+	}
+	return head, nil
+}
+
 // continueChain returns the events that extend the store's chain at head:
-// none when the store has them all, an error when they do not continue it.
+// none when the store reaches past them, an error when they do not
+// continue it.
 func continueChain(head store.AuditChainHead, events []store.AuditEvent) ([]store.AuditEvent, error) {
 	if len(events) == 0 || head.Seq >= events[len(events)-1].Seq {
 		return nil, nil
@@ -194,6 +222,23 @@ func continueChain(head store.AuditChainHead, events []store.AuditEvent) ([]stor
 		return nil, fmt.Errorf("journaled event %d does not follow the store's event %d: was the audit log written by another process?", events[i].Seq, head.Seq)
 	}
 	return events[i:], nil
+}
+
+// durable is a store whose commits may wait to reach the disk (SQLite's WAL
+// in synchronous=NORMAL): the journal keeps events until they have.
+type durable interface {
+	Checkpoint(ctx context.Context) error
+}
+
+// makeDurable makes what s has committed durable, before the journal
+// drops its copy.
+func makeDurable(ctx context.Context, s Store) error {
+	if d, ok := s.(durable); ok {
+		if err := d.Checkpoint(ctx); err != nil {
+			return fmt.Errorf("make the audit store durable before dropping journal segments: %w", err)
+		}
+	}
+	return nil
 }
 
 // Close releases the journal, if any. Call it after Run has returned.
@@ -364,7 +409,7 @@ func (l *Log) flush(ctx context.Context, batch []*pending) {
 // (fail closed) rather than held in memory without bound.
 func (l *Log) journalBatch(batch []*pending) {
 	l.ing.Lock()
-	behind, ingestErr := len(l.ing.backlog), l.ing.err
+	behind, ingestErr := len(l.ing.backlog)+l.ing.inflight, l.ing.err
 	l.ing.Unlock()
 	var err error
 	var events []store.AuditEvent
@@ -426,16 +471,17 @@ func (l *Log) ingestLoop(ctx context.Context) {
 func (l *Log) ingest(ctx context.Context) {
 	l.ing.Lock()
 	events := l.ing.backlog
-	l.ing.backlog = nil
+	l.ing.backlog, l.ing.inflight = nil, len(events)
 	l.ing.Unlock()
 	var err error
 	if len(events) > 0 {
-		err = l.store.AppendAudit(ctx, func(head store.AuditChainHead) ([]store.AuditEvent, error) {
-			return continueChain(head, events)
-		})
+		_, err = storeJournaled(ctx, l.store, events)
 	}
-	if err == nil && len(events) > 0 {
-		l.journal.release(events[len(events)-1].Seq)
+	if err == nil && len(events) > 0 && l.journal.releasable(events[len(events)-1].Seq) {
+		// Full segments go once what they hold is durable in the store.
+		if makeDurable(ctx, l.store) == nil {
+			l.journal.release(events[len(events)-1].Seq)
+		}
 	}
 	l.ing.Lock()
 	wasFailing := l.ing.err != nil
@@ -444,11 +490,14 @@ func (l *Log) ingest(ctx context.Context) {
 	} else if len(events) > 0 {
 		l.ing.ingested = events[len(events)-1].Seq
 	}
+	l.ing.inflight = 0
 	l.ing.err = err
 	close(l.ing.progress)
 	l.ing.progress = make(chan struct{})
 	l.ing.Unlock()
 	switch {
+	case err != nil && ctx.Err() != nil:
+		// Stopping: the final move follows.
 	case err != nil && !wasFailing:
 		l.opts.Log.Error("audit events could not be moved from the journal into the store; retrying", "events", len(events), "error", err)
 	case err == nil && wasFailing:

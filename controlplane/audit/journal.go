@@ -198,7 +198,25 @@ func (j *journal) openSegment(first int64) error {
 	if err != nil {
 		return fmt.Errorf("open audit journal segment: %w", err)
 	}
+	if err := syncDir(j.dir); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
 	j.cur, j.curSeg, j.size = f, segment{path: path, last: first - 1}, 0
+	return nil
+}
+
+// syncDir makes a created or removed file's name durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync audit journal directory: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync audit journal directory: %w", err)
+	}
 	return nil
 }
 
@@ -213,6 +231,11 @@ func (j *journal) append(events []store.AuditEvent) error {
 	if j.cur == nil {
 		return errors.New("audit journal is closed")
 	}
+	if j.size >= j.maxBytes { // the last rotation failed: try again
+		if err := j.rotate(); err != nil && j.size >= 2*j.maxBytes {
+			return fmt.Errorf("audit journal segment %s is full and the next cannot be started: %w", filepath.Base(j.curSeg.path), err)
+		}
+	}
 	buf := j.buf[:0]
 	for _, e := range events {
 		buf = append(appendEvent(buf, e), '\n')
@@ -223,28 +246,39 @@ func (j *journal) append(events []store.AuditEvent) error {
 		// refuse every later append rather than write after it.
 		if terr := j.cur.Truncate(j.size); terr != nil {
 			j.broken = fmt.Errorf("audit journal: a failed write could not be undone: %w", terr)
+			return errors.Join(fmt.Errorf("write audit journal: %w", err), j.broken)
 		}
 		return fmt.Errorf("write audit journal: %w", err)
 	}
 	j.size += int64(len(buf))
 	j.curSeg.last = events[len(events)-1].Seq
 	if j.size >= j.maxBytes {
-		j.rotate()
+		_ = j.rotate() // a failure is retried at the next append
 	}
 	return nil
 }
 
-// rotate closes the full segment and opens the next. If the next cannot be
-// opened the current one stays in use and rotation is tried again after
-// the next append.
-func (j *journal) rotate() {
+// rotate makes the full segment durable, then opens the next: so after a
+// machine crash only the newest segment can end short.
+func (j *journal) rotate() error {
 	full, seg := j.cur, j.curSeg
+	if err := full.Sync(); err != nil {
+		return fmt.Errorf("sync audit journal segment: %w", err)
+	}
 	if err := j.openSegment(seg.last + 1); err != nil {
 		j.cur, j.curSeg = full, seg
-		return
+		return err
 	}
 	full.Close()
 	j.closed = append(j.closed, seg)
+	return nil
+}
+
+// releasable reports whether a full segment holds nothing after upTo.
+func (j *journal) releasable(upTo int64) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return len(j.closed) > 0 && j.closed[0].last <= upTo
 }
 
 // release removes the full segments whose every event is in the store.

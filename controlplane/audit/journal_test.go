@@ -3,6 +3,7 @@ package audit_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -102,12 +103,17 @@ func verifyLog(t *testing.T, l *audit.Log, want int64) {
 // reach the store when the next process opens the journal.
 func TestJournalReplaysWhatTheStoreLacks(t *testing.T) {
 	e := newJournalEnv(t)
-	l, stop := e.open(t, audit.Options{IngestEvery: time.Hour})
+	l, stop := e.open(t, audit.Options{IngestEvery: time.Hour, SegmentBytes: 1024})
 	record(t, l, 5)
 	verifyLog(t, l, 5) // reading moves them into the store
 	e.st.down.Store(true)
-	record(t, l, 7) // acknowledged: in the journal only
-	stop()          // the last move fails too
+	for i := 0; i < 7; i++ { // acknowledged: in the journal only, over several segments
+		record(t, l, 1)
+	}
+	if n := len(e.segments(t)); n < 3 {
+		t.Fatalf("7 events in 1 KiB segments made %d segments", n)
+	}
+	stop() // the last move fails too
 	if n := e.storeEvents(t); n != 5 {
 		t.Fatalf("store has %d events before the replay, want 5", n)
 	}
@@ -133,6 +139,16 @@ func TestJournalStopMovesEverything(t *testing.T) {
 	stop()
 	if n := e.storeEvents(t); n != 40 {
 		t.Fatalf("store has %d events after a clean stop, want 40", n)
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.Record(context.Background(), audit.Event{Action: "x"}) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, audit.ErrUnavailable) {
+			t.Fatalf("Record after the log stopped: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Record after the log stopped hangs")
 	}
 	l, _ = e.open(t, audit.Options{})
 	verifyLog(t, l, 40)
@@ -198,24 +214,42 @@ func TestJournalDamage(t *testing.T) {
 }
 
 // A journal that does not continue the store's chain (another process
-// wrote the store, or the store was restored from an older copy) is
-// refused, and the store is left as it was.
+// wrote the store, or the store was restored from another copy) is
+// refused, and the store is left as it was: whether the store stops short
+// of the journal's end or reaches past it.
 func TestJournalMustContinueTheStore(t *testing.T) {
-	e := newJournalEnv(t)
-	l, stop := e.open(t, audit.Options{IngestEvery: time.Hour})
-	e.st.down.Store(true)
-	record(t, l, 4)
-	stop()
-	e.st.down.Store(false)
-	other := audit.New(e.st, audit.Options{}) // writes the store directly
-	run(t, other)
-	record(t, other, 2)
-	_, err := audit.OpenJournaled(context.Background(), e.st, e.journal, audit.Options{})
-	if err == nil || !strings.Contains(err.Error(), "does not follow the store's event 2") {
-		t.Fatalf("got %v", err)
+	cases := []struct {
+		storeEvents int
+		want        string
+	}{
+		{2, "does not follow the store's event 2"},
+		{4, "the store's event 4 is not the journal's"},
+		{6, "the store's event 4 is not the journal's"},
 	}
-	if n := e.storeEvents(t); n != 2 {
-		t.Fatalf("store has %d events, want the 2 it had", n)
+	for _, tc := range cases {
+		t.Run(fmt.Sprint(tc.storeEvents), func(t *testing.T) {
+			e := newJournalEnv(t)
+			l, stop := e.open(t, audit.Options{IngestEvery: time.Hour})
+			e.st.down.Store(true)
+			record(t, l, 4)
+			stop()
+			e.st.down.Store(false)
+			other := audit.New(e.st, audit.Options{}) // writes the store directly
+			run(t, other)
+			for i := 0; i < tc.storeEvents; i++ {
+				record(t, other, 1)
+			}
+			_, err := audit.OpenJournaled(context.Background(), e.st, e.journal, audit.Options{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want %q", err, tc.want)
+			}
+			if n := e.storeEvents(t); n != tc.storeEvents {
+				t.Fatalf("store has %d events, want the %d it had", n, tc.storeEvents)
+			}
+			if len(e.segments(t)) == 0 {
+				t.Fatal("the refused journal was removed")
+			}
+		})
 	}
 }
 
@@ -321,5 +355,42 @@ func dropLine(t *testing.T, path string, n int) {
 	lines = append(lines[:n-1], lines[n:]...)
 	if err := os.WriteFile(path, []byte(strings.Join(lines, "")), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Recording, reading, moving into the store and rotating segments all at
+// once (run with -race): every event arrives once and the chain verifies.
+func TestJournalConcurrentUse(t *testing.T) {
+	e := newJournalEnv(t)
+	l, _ := e.open(t, audit.Options{SegmentBytes: 2048, IngestEvery: time.Millisecond})
+	ctx, stopReading := context.WithCancel(context.Background())
+	readers := make(chan error, 2)
+	for r := 0; r < 2; r++ {
+		go func() {
+			for ctx.Err() == nil {
+				if _, err := l.QueryAudit(ctx, store.AuditQuery{Limit: 5, Newest: true}); err != nil && ctx.Err() == nil {
+					readers <- err
+					return
+				}
+				if _, err := l.ChainHead(ctx); err != nil && ctx.Err() == nil {
+					readers <- err
+					return
+				}
+			}
+			readers <- nil
+		}()
+	}
+	for i := 0; i < 8; i++ {
+		record(t, l, 50)
+	}
+	stopReading()
+	for r := 0; r < 2; r++ {
+		if err := <-readers; err != nil {
+			t.Fatal(err)
+		}
+	}
+	verifyLog(t, l, 400)
+	if n := len(e.segments(t)); n > 2 {
+		t.Fatalf("%d segments remain after everything is in the store", n)
 	}
 }

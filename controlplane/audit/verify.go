@@ -35,7 +35,13 @@ func (r Report) OK() bool { return len(r.Problems) == 0 }
 // follow each other (else events were deleted), each event names its
 // predecessor's hash (else events were reordered or removed), and the chain
 // ends where the store's chain head says (else the newest were deleted).
+// The head is read first and events recorded after it are left for the
+// next run, so a log being written to verifies.
 func Verify(ctx context.Context, r Reader) (Report, error) {
+	head, err := r.ChainHead(ctx)
+	if err != nil {
+		return Report{}, fmt.Errorf("verify audit log: read chain head: %w", err)
+	}
 	var (
 		rep      Report
 		prevSeq  int64
@@ -49,6 +55,9 @@ func Verify(ctx context.Context, r Reader) (Report, error) {
 			return rep, fmt.Errorf("verify audit log: %w", err)
 		}
 		for _, e := range page {
+			if e.Seq > head.Seq {
+				break
+			}
 			rep.Events++
 			switch {
 			case Hash(e) != e.Hash:
@@ -62,13 +71,9 @@ func Verify(ctx context.Context, r Reader) (Report, error) {
 			after = e.Seq
 			lastSeq = e.Seq
 		}
-		if len(page) < 1000 {
+		if len(page) < 1000 || after >= head.Seq {
 			break
 		}
-	}
-	head, err := r.ChainHead(ctx)
-	if err != nil {
-		return rep, fmt.Errorf("verify audit log: read chain head: %w", err)
 	}
 	if head.Seq != lastSeq || head.Hash != prevHash {
 		rep.Problems = append(rep.Problems, Problem{head.Seq, fmt.Sprintf("deleted: the chain head is event %d but the log ends at %d", head.Seq, lastSeq)})
