@@ -10,14 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 
-	"github.com/secretplane/secretplane/identity"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
-
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // Every call the server answered is audited even when the server is killed
@@ -105,20 +100,4 @@ func countAuditRows(t *testing.T, path string) int {
 		t.Fatal(err)
 	}
 	return n
-}
-
-// adminConn dials the dev server of dataDir as its admin.
-func adminConn(t testing.TB, dataDir string) *grpc.ClientConn {
-	t.Helper()
-	src, err := identity.LoadDir(filepath.Join(dataDir, "admin"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ep := readDevEndpoint(t, dataDir)
-	conn, err := grpc.NewClient(ep.Address, grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(src, spiffeid.RequireFromString(ep.ServerID)))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
 }

@@ -16,6 +16,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/secretplane/secretplane/identity"
 )
 
 // binary is the secretplane binary built once for the package's tests.
@@ -174,4 +180,26 @@ func readDevEndpoint(t testing.TB, dataDir string) devEndpoint {
 		t.Fatal(err)
 	}
 	return ep
+}
+
+// devConn dials the dev server of dataDir with the SVID kept in svidDir.
+func devConn(t testing.TB, dataDir, svidDir string) *grpc.ClientConn {
+	t.Helper()
+	src, err := identity.LoadDir(svidDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := readDevEndpoint(t, dataDir)
+	conn, err := grpc.NewClient(ep.Address, grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(src, spiffeid.RequireFromString(ep.ServerID)))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// adminConn dials the dev server of dataDir as its admin.
+func adminConn(t testing.TB, dataDir string) *grpc.ClientConn {
+	t.Helper()
+	return devConn(t, dataDir, filepath.Join(dataDir, "admin"))
 }

@@ -11,12 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/secretplane/secretplane/e2e/testenv"
-	"github.com/secretplane/secretplane/identity"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 )
 
@@ -147,15 +143,5 @@ func TestMissStormIsOneVaultRead(t *testing.T) {
 // workloadClient dials the dev server of dataDir with the SVID in dir.
 func workloadClient(t testing.TB, dataDir, dir string) spv1.SecretsServiceClient {
 	t.Helper()
-	src, err := identity.LoadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ep := readDevEndpoint(t, dataDir)
-	conn, err := grpc.NewClient(ep.Address, grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(src, spiffeid.RequireFromString(ep.ServerID)))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return spv1.NewSecretsServiceClient(conn)
+	return spv1.NewSecretsServiceClient(devConn(t, dataDir, dir))
 }
