@@ -22,7 +22,9 @@ var modes = []struct {
 	journal bool
 }{{"direct", false}, {"journaled", true}}
 
-func newLog(t *testing.T, journaled bool, opts audit.Options) (*audit.Log, *sqlite.Store) {
+// openStore opens a SQLite store in a fresh directory, closed when the
+// test ends.
+func openStore(t testing.TB) (*sqlite.Store, string) {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := sqlite.Open(context.Background(), filepath.Join(dir, "db"))
@@ -30,8 +32,15 @@ func newLog(t *testing.T, journaled bool, opts audit.Options) (*audit.Log, *sqli
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	return st, dir
+}
+
+func newLog(t *testing.T, journaled bool, opts audit.Options) (*audit.Log, *sqlite.Store) {
+	t.Helper()
+	st, dir := openStore(t)
 	l := audit.New(st, opts)
 	if journaled {
+		var err error
 		if l, err = audit.OpenJournaled(context.Background(), st, filepath.Join(dir, "journal"), opts); err != nil {
 			t.Fatal(err)
 		}
@@ -184,14 +193,10 @@ func TestFailClosedAndFailOpen(t *testing.T) {
 func BenchmarkRecord(b *testing.B) {
 	for _, m := range modes {
 		b.Run(m.name, func(b *testing.B) {
-			dir := b.TempDir()
-			st, err := sqlite.Open(context.Background(), filepath.Join(dir, "db"))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer st.Close()
+			st, dir := openStore(b)
 			l := audit.New(st, audit.Options{})
 			if m.journal {
+				var err error
 				if l, err = audit.OpenJournaled(context.Background(), st, filepath.Join(dir, "journal"), audit.Options{}); err != nil {
 					b.Fatal(err)
 				}

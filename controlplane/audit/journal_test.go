@@ -37,12 +37,7 @@ type journalEnv struct {
 
 func newJournalEnv(t *testing.T) *journalEnv {
 	t.Helper()
-	dir := t.TempDir()
-	st, err := sqlite.Open(context.Background(), filepath.Join(dir, "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st, dir := openStore(t)
 	return &journalEnv{dir: dir, journal: filepath.Join(dir, "journal"), st: &outageStore{Store: st}}
 }
 
@@ -72,6 +67,18 @@ func (e *journalEnv) open(t *testing.T, opts audit.Options) (l *audit.Log, stop 
 }
 
 // storeEvents counts the events in the store itself, not through the log.
+// journalOnly leaves n acknowledged events in the journal and none in the
+// store: the store refuses them until the log has stopped, as when a
+// process dies before moving them.
+func (e *journalEnv) journalOnly(t *testing.T, n int) {
+	t.Helper()
+	l, stop := e.open(t, audit.Options{IngestEvery: time.Hour})
+	e.st.down.Store(true)
+	record(t, l, n)
+	stop()
+	e.st.down.Store(false)
+}
+
 func (e *journalEnv) storeEvents(t *testing.T) int {
 	t.Helper()
 	evs, err := e.st.QueryAudit(context.Background(), store.AuditQuery{Limit: 100000})
@@ -186,11 +193,7 @@ func TestJournalDamage(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newJournalEnv(t)
-			l, stop := e.open(t, audit.Options{IngestEvery: time.Hour})
-			e.st.down.Store(true)
-			record(t, l, 6)
-			stop()
-			e.st.down.Store(false)
+			e.journalOnly(t, 6)
 			segs := e.segments(t)
 			tc.damage(t, segs[len(segs)-1])
 			l, err := audit.OpenJournaled(context.Background(), e.st, e.journal, audit.Options{})
@@ -229,11 +232,7 @@ func TestJournalMustContinueTheStore(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(fmt.Sprint(tc.storeEvents), func(t *testing.T) {
 			e := newJournalEnv(t)
-			l, stop := e.open(t, audit.Options{IngestEvery: time.Hour})
-			e.st.down.Store(true)
-			record(t, l, 4)
-			stop()
-			e.st.down.Store(false)
+			e.journalOnly(t, 4)
 			other := audit.New(e.st, audit.Options{}) // writes the store directly
 			run(t, other)
 			for i := 0; i < tc.storeEvents; i++ {
