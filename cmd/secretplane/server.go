@@ -333,11 +333,9 @@ func runServer(ctx context.Context, cfg *serverConfig, out interface{ Write([]by
 		defer f.Close()
 		auditOpts.Mirror = f
 	}
-	auditLog := audit.New(st.store, auditOpts)
-	if st.journal != "" {
-		if auditLog, err = audit.OpenJournaled(ctx, st.store, st.journal, auditOpts); err != nil {
-			return err
-		}
+	auditLog, err := openAuditLog(ctx, st, auditOpts)
+	if err != nil {
+		return err
 	}
 	go auditLog.Run(bg)
 	defer func() { // what is journaled reaches the store before it closes
@@ -522,6 +520,15 @@ func prepare(ctx context.Context, cfg *serverConfig, log *slog.Logger) (*startup
 		return nil, fmt.Errorf("refusing to start:\n  - %s", strings.Join(problems, "\n  - "))
 	}
 	return st, nil
+}
+
+// openAuditLog returns the audit log for the store: through its journal
+// for an embedded store, a transaction per batch otherwise.
+func openAuditLog(ctx context.Context, st *startup, opts audit.Options) (*audit.Log, error) {
+	if st.journal == "" {
+		return audit.New(st.store, opts), nil
+	}
+	return audit.OpenJournaled(ctx, st.store, st.journal, opts)
 }
 
 // openStore opens the store named by spec: "sqlite:PATH" or a PostgreSQL
