@@ -206,17 +206,9 @@ func (b *Backend) appRoleLogin(a AppRoleAuth) func(context.Context) (*api.Secret
 		if err != nil {
 			return nil, fmt.Errorf("vault: AppRole secret id file: %w", err)
 		}
-		s, err := b.client.Logical().WriteWithContext(ctx, "auth/"+mount+"/login", map[string]any{
+		return b.loginAt(ctx, mount, "AppRole login", map[string]any{
 			"role_id": a.RoleID, "secret_id": strings.TrimSpace(string(raw)),
 		})
-		if err != nil {
-			return nil, fmt.Errorf("vault: AppRole login: %w%s", classify(err), vaultSays(err))
-		}
-		if s == nil || s.Auth == nil {
-			return nil, errors.New("vault: AppRole login returned no token")
-		}
-		b.client.SetToken(s.Auth.ClientToken)
-		return s, nil
 	}
 }
 
@@ -227,35 +219,36 @@ func (b *Backend) certLogin(c CertAuth) func(context.Context) (*api.Secret, erro
 		if c.Name != "" {
 			body["name"] = c.Name
 		}
-		s, err := b.client.Logical().WriteWithContext(ctx, "auth/"+mount+"/login", body)
-		if err != nil {
-			return nil, fmt.Errorf("vault: certificate login: %w%s", classify(err), vaultSays(err))
-		}
-		if s == nil || s.Auth == nil {
-			return nil, errors.New("vault: certificate login returned no token")
-		}
-		b.client.SetToken(s.Auth.ClientToken)
-		return s, nil
+		return b.loginAt(ctx, mount, "certificate login", body)
 	}
 }
 
 func (b *Backend) jwtLogin(j JWTAuth) func(context.Context) (*api.Secret, error) {
 	mount, aud := orDefault(j.Mount, "jwt"), orDefault(j.Audience, "vault")
+	what := fmt.Sprintf("JWT-SVID login as role %q", j.Role)
 	return func(ctx context.Context) (*api.Secret, error) {
 		token, err := j.Fetch(ctx, aud)
 		if err != nil {
-			return nil, fmt.Errorf("vault: JWT-SVID login: %w", err)
+			return nil, fmt.Errorf("vault: %s: %w", what, err)
 		}
-		s, err := b.client.Logical().WriteWithContext(ctx, "auth/"+mount+"/login", map[string]any{"role": j.Role, "jwt": token})
-		if err != nil {
-			return nil, fmt.Errorf("vault: JWT-SVID login as role %q: %w%s", j.Role, classify(err), vaultSays(err))
-		}
-		if s == nil || s.Auth == nil {
-			return nil, errors.New("vault: JWT-SVID login returned no token")
-		}
-		b.client.SetToken(s.Auth.ClientToken)
-		return s, nil
+		return b.loginAt(ctx, mount, what, map[string]any{"role": j.Role, "jwt": token})
 	}
+}
+
+// loginAt logs in at auth/<mount>/login with body (which holds
+// credentials and is never logged) and makes the token the client's. what
+// names the login in errors, which keep Vault's own text of a server error:
+// they reach operators, at startup or re-login, never workloads.
+func (b *Backend) loginAt(ctx context.Context, mount, what string, body map[string]any) (*api.Secret, error) {
+	s, err := b.client.Logical().WriteWithContext(ctx, "auth/"+mount+"/login", body)
+	if err != nil {
+		return nil, fmt.Errorf("vault: %s: %w%s", what, classify(err), vaultSays(err))
+	}
+	if s == nil || s.Auth == nil {
+		return nil, fmt.Errorf("vault: %s returned no token", what)
+	}
+	b.client.SetToken(s.Auth.ClientToken)
+	return s, nil
 }
 
 // Scheme implements backend.Backend.
