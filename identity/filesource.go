@@ -3,7 +3,9 @@ package identity
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -34,6 +36,7 @@ type FileSource struct {
 	certFile, keyFile, bundleFile string
 	opts                          FileOptions
 	id                            spiffeid.ID
+	files                         []string // every file stamped, in a fixed order
 
 	mu      sync.Mutex
 	cur     *StaticSource
@@ -58,7 +61,11 @@ func WatchFiles(certFile, keyFile, bundleFile string, opts FileOptions) (*FileSo
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	f := &FileSource{certFile: certFile, keyFile: keyFile, bundleFile: bundleFile, opts: opts}
+	f := &FileSource{certFile: certFile, keyFile: keyFile, bundleFile: bundleFile, opts: opts,
+		files: []string{certFile, keyFile, bundleFile}}
+	// Sorted: map order changes from one range to the next, and stamps are
+	// compared by position.
+	f.files = append(f.files, slices.Sorted(maps.Values(opts.Federated))...)
 	stamps := f.stat()
 	src, err := f.load()
 	if err != nil {
@@ -68,20 +75,11 @@ func WatchFiles(certFile, keyFile, bundleFile string, opts FileOptions) (*FileSo
 	return f, nil
 }
 
-func (f *FileSource) files() []string {
-	files := []string{f.certFile, f.keyFile, f.bundleFile}
-	for _, file := range f.opts.Federated {
-		files = append(files, file)
-	}
-	return files
-}
-
 // stat stamps every file; a file that cannot be read stamps as zero, which
 // differs from any readable state.
 func (f *FileSource) stat() []fileStamp {
-	files := f.files()
-	out := make([]fileStamp, len(files))
-	for i, file := range files {
+	out := make([]fileStamp, len(f.files))
+	for i, file := range f.files {
 		if fi, err := os.Stat(file); err == nil {
 			out[i] = fileStamp{mod: fi.ModTime(), size: fi.Size()}
 		}

@@ -1,10 +1,13 @@
 package identity_test
 
 import (
+	"bytes"
 	"crypto/tls"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -121,4 +124,47 @@ func serverSerial(t *testing.T, server, client *tls.Config) string {
 	conn.Close()
 	<-done // the server side is done with the clock too
 	return serial
+}
+
+// Unchanged files are not read again, however many federated bundles
+// there are (their stamps are compared in a fixed order).
+func TestFileSourceUnchangedWithFederatedBundles(t *testing.T) {
+	ca, err := identity.NewCA(td, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if _, err := ca.IssueToDir(dir, spiffeid.RequireFromPath(td, "/server"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	federated := map[spiffeid.TrustDomain]string{}
+	for _, name := range []string{"a.test", "b.test", "c.test", "d.test"} {
+		other, err := identity.NewCA(spiffeid.RequireTrustDomainFromString(name), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := other.Bundle().Marshal()
+		file := filepath.Join(dir, name+".pem")
+		if err := os.WriteFile(file, raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		federated[other.TrustDomain()] = file
+	}
+	var logs bytes.Buffer
+	now := time.Unix(1_800_000_000, 0)
+	src, err := identity.WatchFiles(filepath.Join(dir, identity.SVIDCertFile), filepath.Join(dir, identity.SVIDKeyFile), filepath.Join(dir, identity.BundleFile),
+		identity.FileOptions{Federated: federated, CheckInterval: time.Second, Now: func() time.Time { return now },
+			Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		now = now.Add(2 * time.Second)
+		if _, err := src.GetX509SVID(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if strings.Contains(logs.String(), "reloaded") {
+		t.Fatalf("unchanged files were read again:\n%s", logs.String())
+	}
 }
