@@ -7,6 +7,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	protocodec "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
@@ -16,35 +19,39 @@ import (
 // INTERNAL: the fault is the caller's. grpc-go wraps every codec error as
 // INTERNAL before interceptors run, so the codec instead records the failure
 // against the (reset) message and the outermost interceptor reports it.
+//
+// It wraps grpc-go's own proto codec (a CodecV2), so that messages are
+// marshalled into, and decoded from, grpc-go's pooled buffers: a codec of
+// the older []byte kind would cost every call a fresh buffer each way.
 type decodeGuard struct {
+	proto  encoding.CodecV2
 	mu     sync.Mutex
 	failed map[proto.Message]error
 }
 
 func newDecodeGuard() *decodeGuard {
-	return &decodeGuard{failed: make(map[proto.Message]error)}
+	return &decodeGuard{proto: encoding.GetCodecV2(protocodec.Name), failed: make(map[proto.Message]error)}
 }
 
-// Name implements encoding.Codec; it replaces the default "proto" codec of
-// this server only.
-func (g *decodeGuard) Name() string { return "proto" }
+// Name implements encoding.CodecV2; it replaces the default "proto" codec
+// of this server only.
+func (g *decodeGuard) Name() string { return protocodec.Name }
 
-// Marshal implements encoding.Codec.
-func (g *decodeGuard) Marshal(v any) ([]byte, error) {
-	m, ok := v.(proto.Message)
-	if !ok {
+// Marshal implements encoding.CodecV2.
+func (g *decodeGuard) Marshal(v any) (mem.BufferSlice, error) {
+	if _, ok := v.(proto.Message); !ok {
 		return nil, fmt.Errorf("marshal: %T is not a protobuf message", v)
 	}
-	return proto.Marshal(m)
+	return g.proto.Marshal(v)
 }
 
-// Unmarshal implements encoding.Codec.
-func (g *decodeGuard) Unmarshal(data []byte, v any) error {
+// Unmarshal implements encoding.CodecV2.
+func (g *decodeGuard) Unmarshal(data mem.BufferSlice, v any) error {
 	m, ok := v.(proto.Message)
 	if !ok {
 		return fmt.Errorf("unmarshal: %T is not a protobuf message", v)
 	}
-	if err := proto.Unmarshal(data, m); err != nil {
+	if err := g.proto.Unmarshal(data, m); err != nil {
 		proto.Reset(m)
 		g.mu.Lock()
 		g.failed[m] = err

@@ -57,7 +57,7 @@ func NewServer(cfg Config) *grpc.Server {
 
 	srv := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(auditRefusedHandshakes(cfg.TLS, cfg.Audit, cfg.Log))),
-		grpc.ForceServerCodec(guard),
+		grpc.ForceServerCodecV2(guard),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.NumStreamWorkers(streamWorkers()),
 		grpc.ChainUnaryInterceptor(
