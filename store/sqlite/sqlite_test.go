@@ -2,10 +2,12 @@ package sqlite_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/secretplane/secretplane/store"
 	"github.com/secretplane/secretplane/store/sqlite"
@@ -106,5 +108,35 @@ func TestSchemaHasNoValueColumn(t *testing.T) {
 	}
 	if n == 0 {
 		t.Fatal("no columns read")
+	}
+}
+
+// BenchmarkAppendAudit is the embedded store's cost per audit event when
+// the journal's ingester moves a batch of 512 in one transaction.
+func BenchmarkAppendAudit(b *testing.B) {
+	ctx, cancel := context.WithCancel(context.Background()) // as the ingester's
+	defer cancel()
+	s, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "store.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	events := make([]store.AuditEvent, b.N)
+	prev, now := "", time.Now()
+	for i := range events {
+		h := fmt.Sprintf("%064x", i+1)
+		events[i] = store.AuditEvent{Seq: int64(i + 1), Time: now, Actor: "spiffe://example.org/payments/api",
+			Action: "SecretsService.Resolve", Target: "payments/db", Decision: "allow", Policy: "api-read",
+			Outcome: "OK", RequestID: fmt.Sprintf("%024x", i+1), PrevHash: prev, Hash: h}
+		prev = h
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for len(events) > 0 {
+		batch := events[:min(512, len(events))]
+		events = events[len(batch):]
+		if err := s.AppendAudit(ctx, func(store.AuditChainHead) ([]store.AuditEvent, error) { return batch, nil }); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

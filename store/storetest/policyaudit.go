@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"reflect"
@@ -71,6 +72,15 @@ func testAuditAppendQuery(t *testing.T, s store.Store) {
 		return chain(head, 2, "x"), boom
 	}); !errors.Is(err, boom) {
 		t.Fatalf("failing writer: %v", err)
+	}
+	// A context that ends while the batch is being written appends
+	// nothing either.
+	cc, cancel := context.WithCancel(c)
+	if err := s.AppendAudit(cc, func(head store.AuditChainHead) ([]store.AuditEvent, error) {
+		cancel()
+		return chain(head, 2, "x"), nil
+	}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled writer: %v", err)
 	}
 	all, err := s.QueryAudit(c, store.AuditQuery{Limit: 100})
 	if err != nil {

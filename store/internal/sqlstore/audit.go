@@ -58,8 +58,17 @@ func (s *Store) insertAudit(ctx context.Context, tx *sql.Tx, events []store.Audi
 			return fmt.Errorf("append audit: prepare insert: %w", err)
 		}
 		defer stmt.Close()
+		// Each row runs under a context without cancellation, and the loop
+		// checks ctx itself: given one that can end, the driver starts a
+		// goroutine per statement to watch it, which cost more than the
+		// insert. A row takes microseconds, so the batch still stops
+		// promptly, and the transaction rolls back.
+		rowCtx := context.WithoutCancel(ctx)
 		for _, e := range events {
-			if _, err := stmt.ExecContext(ctx, row(e)...); err != nil {
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("append audit event %d: %w", e.Seq, err)
+			}
+			if _, err := stmt.ExecContext(rowCtx, row(e)...); err != nil {
 				return fmt.Errorf("append audit event %d: %w", e.Seq, err)
 			}
 		}
