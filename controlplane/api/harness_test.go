@@ -122,10 +122,15 @@ func newEnvLevel(t testing.TB, level slog.Level) *env {
 		t.Fatal(err)
 	}
 	e.audit = auditLog
+	// Everything that runs in the background stops, and has stopped,
+	// before the store closes: the consumer registry writes its last
+	// sightings as it stops.
 	actx, stopAudit := context.WithCancel(context.Background())
+	var background sync.WaitGroup
 	go auditLog.Run(actx)
 	t.Cleanup(func() {
 		stopAudit()
+		background.Wait()
 		<-auditLog.Done()
 		if err := auditLog.Close(); err != nil {
 			t.Error(err)
@@ -146,9 +151,9 @@ func newEnvLevel(t testing.TB, level slog.Level) *env {
 	}
 	cat := catalog.New(st, catalog.WithAccessCheck(registry, e.engine))
 	hub = watch.NewHub(cat, resolver, watch.Options{Log: log, RetryInterval: 200 * time.Millisecond})
-	go hub.Run(actx)
 	e.consumers = consumers.New(st, consumers.Options{Log: log})
-	go e.consumers.Run(actx)
+	background.Go(func() { hub.Run(actx) })
+	background.Go(func() { e.consumers.Run(actx) })
 	srv := api.NewServer(api.Config{
 		TLS: tlsCfg, Log: log, Catalog: cat,
 		Policies: policy.NewManager(st, e.engine), Policy: e.engine, Audit: auditLog, AuditLog: auditLog,
