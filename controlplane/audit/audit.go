@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -86,6 +87,8 @@ type Log struct {
 	store    Store
 	opts     Options
 	queue    chan *pending
+	pool     sync.Pool          // of *pending, reused once the writer has answered
+	scratch  []store.AuditEvent // the journal writer's batch, reused
 	mirrorMu sync.Mutex
 	stopped  chan struct{} // the writer stopped: Record refuses
 	done     chan struct{} // Run returned: nothing more reaches the store
@@ -96,6 +99,7 @@ type Log struct {
 	ing     struct {
 		sync.Mutex
 		backlog   []store.AuditEvent // journaled, not yet in the store
+		spare     []store.AuditEvent // the last ingested backlog, emptied, for reuse
 		inflight  int                // taken from backlog by the running ingest
 		journaled int64              // last sequence number in the journal
 		ingested  int64              // last sequence number in the store
@@ -256,12 +260,19 @@ func (l *Log) Done() <-chan struct{} { return l.done }
 // store, or written to the journal. With FailOpen a failure is logged and
 // nil returned; otherwise the error wraps ErrUnavailable.
 func (l *Log) Record(ctx context.Context, e Event) error {
-	p := &pending{ev: e, at: time.Now(), done: make(chan error, 1)}
+	p, _ := l.pool.Get().(*pending)
+	if p == nil {
+		p = &pending{done: make(chan error, 1)}
+	}
+	p.ev, p.at = e, time.Now()
 	var err error
 	select {
 	case l.queue <- p:
 		select {
 		case err = <-p.done:
+			// The writer is done with p: it answers last.
+			p.ev = Event{}
+			l.pool.Put(p)
 		case <-ctx.Done():
 			err = ctx.Err()
 		case <-l.stopped:
@@ -356,9 +367,10 @@ func (l *Log) takeQueued(batch []*pending) []*pending {
 	return batch
 }
 
-// chain turns a batch into events that extend the chain at head.
-func chain(head store.AuditChainHead, batch []*pending) []store.AuditEvent {
-	events := make([]store.AuditEvent, len(batch))
+// chain turns a batch into events that extend the chain at head, in
+// events (reused when large enough).
+func chain(events []store.AuditEvent, head store.AuditChainHead, batch []*pending) []store.AuditEvent {
+	events = slices.Grow(events[:0], len(batch))[:len(batch)]
 	prev, seq := head.Hash, head.Seq
 	for i, p := range batch {
 		seq++
@@ -393,7 +405,7 @@ func text(s string) string {
 func (l *Log) flush(ctx context.Context, batch []*pending) {
 	var events []store.AuditEvent
 	err := l.store.AppendAudit(ctx, func(head store.AuditChainHead) ([]store.AuditEvent, error) {
-		events = chain(head, batch)
+		events = chain(nil, head, batch)
 		return events, nil
 	})
 	if err == nil && l.opts.Mirror != nil {
@@ -419,7 +431,10 @@ func (l *Log) journalBatch(batch []*pending) {
 	case behind+len(batch) > l.opts.MaxBacklog:
 		err = fmt.Errorf("the audit store is %d events behind the journal", behind)
 	default:
-		events = chain(l.head, batch)
+		// The batch is copied into the backlog below, so the writer's
+		// scratch slice can take the next one.
+		events = chain(l.scratch, l.head, batch)
+		l.scratch = events
 		err = l.journal.append(events)
 	}
 	if err == nil {
@@ -471,7 +486,10 @@ func (l *Log) ingestLoop(ctx context.Context) {
 func (l *Log) ingest(ctx context.Context) {
 	l.ing.Lock()
 	events := l.ing.backlog
-	l.ing.backlog, l.ing.inflight = nil, len(events)
+	if len(events) > 0 {
+		l.ing.backlog, l.ing.spare = l.ing.spare, nil
+	}
+	l.ing.inflight = len(events)
 	l.ing.Unlock()
 	var err error
 	if len(events) > 0 {
@@ -489,6 +507,12 @@ func (l *Log) ingest(ctx context.Context) {
 		l.ing.backlog = append(events, l.ing.backlog...)
 	} else if len(events) > 0 {
 		l.ing.ingested = events[len(events)-1].Seq
+		if cap(events) <= l.opts.MaxBacklog {
+			// The next ingest's backlog fills this slice rather than
+			// growing a new one from nothing.
+			clear(events)
+			l.ing.spare = events[:0]
+		}
 	}
 	l.ing.inflight = 0
 	l.ing.err = err
