@@ -38,6 +38,7 @@ type rule struct {
 	objects func(req any) []string // exact names
 	prefix  func(req any) string   // a listing: every name with this prefix
 	anyone  bool                   // any authenticated identity
+	action  string                 // what the audit log calls the call
 }
 
 func named(name func(req any) string) func(any) []string {
@@ -52,7 +53,7 @@ func everything(any) string { return "" }
 // refused: a new RPC must say what it needs before anyone can call it.
 func rules() map[string]rule {
 	admin := policy.Admin
-	return map[string]rule{
+	rs := map[string]rule{
 		spv1.AdminService_PutSecret_FullMethodName:     {verb: admin, objects: named(func(r any) string { return r.(*spv1.PutSecretRequest).GetSecret().GetName() })},
 		spv1.AdminService_GetSecret_FullMethodName:     {verb: admin, objects: named(func(r any) string { return r.(*spv1.GetSecretRequest).GetName() })},
 		spv1.AdminService_DeleteSecret_FullMethodName:  {verb: admin, objects: named(func(r any) string { return r.(*spv1.DeleteSecretRequest).GetName() })},
@@ -78,6 +79,11 @@ func rules() map[string]rule {
 		// Opening the stream needs only authentication.
 		spv1.SecretsService_Watch_FullMethodName: {anyone: true},
 	}
+	for method, r := range rs {
+		r.action = shortMethod(method)
+		rs[method] = r
+	}
+	return rs
 }
 
 // authorizer is the one authorisation interceptor: it evaluates the rule of
@@ -108,7 +114,10 @@ func (a *authorizer) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 
 func (a *authorizer) authorize(ctx context.Context, method string, req any) error {
 	r, known := a.rules[method]
-	return a.check(ctx, shortMethod(method), r, known, req)
+	if !known {
+		r.action = shortMethod(method)
+	}
+	return a.check(ctx, r.action, r, known, req)
 }
 
 // authorizeNames decides verb on every name for the caller and records the
