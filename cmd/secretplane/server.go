@@ -365,11 +365,14 @@ func runServer(ctx context.Context, cfg *serverConfig, out interface{ Write([]by
 	}
 	cat := catalog.New(st.store, catalog.WithAccessCheck(registry, engine))
 	hub = watch.NewHub(cat, resolver, watch.Options{Log: log})
-	go hub.Run(bg)
+	hubDone := make(chan struct{})
+	go func() { hub.Run(bg); close(hubDone) }()
 	deps := consumers.New(st.store, consumers.Options{Log: log})
 	depsDone := make(chan struct{})
 	go func() { deps.Run(bg); close(depsDone) }()
-	defer func() { stopBackground(); <-depsDone }() // the last sightings are written before the store closes
+	// The last sightings are written, and no refresh is still reading,
+	// before the store closes.
+	defer func() { stopBackground(); <-depsDone; <-hubDone }()
 	srv := api.NewServer(api.Config{
 		TLS:      tlsCfg,
 		Log:      log,
