@@ -20,9 +20,12 @@ import (
 // INTERNAL before interceptors run, so the codec instead records the failure
 // against the (reset) message and the outermost interceptor reports it.
 //
-// It wraps grpc-go's own proto codec (a CodecV2), so that messages are
-// marshalled into, and decoded from, grpc-go's pooled buffers: a codec of
-// the older []byte kind would cost every call a fresh buffer each way.
+// It is a CodecV2, so messages are marshalled into, and decoded from,
+// grpc-go's pooled buffers: a codec of the older []byte kind would cost
+// every call a fresh buffer each way. Decoding is grpc-go's own proto
+// codec's. Responses carry secret values, so the pooled buffers of large
+// ones are cleared as they go back to the pool rather than kept there
+// until reused.
 type decodeGuard struct {
 	proto  encoding.CodecV2
 	mu     sync.Mutex
@@ -30,19 +33,54 @@ type decodeGuard struct {
 }
 
 func newDecodeGuard() *decodeGuard {
-	return &decodeGuard{proto: encoding.GetCodecV2(protocodec.Name), failed: make(map[proto.Message]error)}
+	c := encoding.GetCodecV2(protocodec.Name)
+	if c == nil {
+		panic("api: grpc-go's proto codec is not registered")
+	}
+	return &decodeGuard{proto: c, failed: make(map[proto.Message]error)}
 }
 
 // Name implements encoding.CodecV2; it replaces the default "proto" codec
 // of this server only.
 func (g *decodeGuard) Name() string { return protocodec.Name }
 
-// Marshal implements encoding.CodecV2.
+// Marshal implements encoding.CodecV2: into a pooled buffer that is
+// cleared when grpc-go has sent it.
 func (g *decodeGuard) Marshal(v any) (mem.BufferSlice, error) {
-	if _, ok := v.(proto.Message); !ok {
+	m, ok := v.(proto.Message)
+	if !ok {
 		return nil, fmt.Errorf("marshal: %T is not a protobuf message", v)
 	}
-	return g.proto.Marshal(v)
+	size := proto.Size(m)
+	opts := proto.MarshalOptions{UseCachedSize: true} // reuses the Size just computed; m is not being changed
+	if mem.IsBelowBufferPoolingThreshold(size) {
+		// grpc-go does not pool small buffers (Free is a no-op for
+		// them): this one is garbage once sent, like any other.
+		out, err := opts.MarshalAppend(make([]byte, 0, size), m)
+		if err != nil {
+			return nil, fmt.Errorf("marshal %T: %w", v, err)
+		}
+		return mem.BufferSlice{mem.SliceBuffer(out)}, nil
+	}
+	buf := zeroOnPut{}.Get(size)
+	out, err := opts.MarshalAppend((*buf)[:0], m)
+	if err != nil {
+		zeroOnPut{}.Put(buf)
+		return nil, fmt.Errorf("marshal %T: %w", v, err)
+	}
+	*buf = out
+	return mem.BufferSlice{mem.NewBuffer(buf, zeroOnPut{})}, nil
+}
+
+// zeroOnPut is grpc-go's default buffer pool, except that a buffer is
+// zeroed as it is put back. It has no state of its own.
+type zeroOnPut struct{}
+
+func (zeroOnPut) Get(n int) *[]byte { return mem.DefaultBufferPool().Get(n) }
+
+func (zeroOnPut) Put(b *[]byte) {
+	clear((*b)[:cap(*b)])
+	mem.DefaultBufferPool().Put(b)
 }
 
 // Unmarshal implements encoding.CodecV2.
