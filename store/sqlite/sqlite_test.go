@@ -2,10 +2,12 @@ package sqlite_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -138,5 +140,56 @@ func BenchmarkAppendAudit(b *testing.B) {
 		if err := s.AppendAudit(ctx, func(store.AuditChainHead) ([]store.AuditEvent, error) { return batch, nil }); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// endsAfter is a context whose Err reports cancellation from its nth
+// call on: it ends part-way through a batch, deterministically.
+type endsAfter struct {
+	context.Context
+	calls atomic.Int64 // database/sql asks from its own goroutines too
+	n     int64
+}
+
+func (c *endsAfter) Err() error {
+	if c.calls.Add(1) >= c.n {
+		return context.Canceled
+	}
+	return nil
+}
+
+// A batch whose context ends after some rows are written leaves nothing
+// behind: not those rows, not a moved chain head.
+func TestAppendAuditCancelledMidBatch(t *testing.T) {
+	s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "store.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := &endsAfter{Context: context.Background(), n: 150}
+	err = s.AppendAudit(ctx, func(store.AuditChainHead) ([]store.AuditEvent, error) {
+		events := make([]store.AuditEvent, 300)
+		prev := ""
+		for i := range events {
+			h := fmt.Sprintf("%064x", i+1)
+			events[i] = store.AuditEvent{Seq: int64(i + 1), Time: time.Now(), Actor: "a", Action: "b", Target: "c",
+				Decision: "allow", Outcome: "OK", RequestID: "r", PrevHash: prev, Hash: h}
+			prev = h
+		}
+		return events, nil
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("append with a context that ended mid-batch: %v, want context.Canceled", err)
+	}
+	if calls := ctx.calls.Load(); calls < 100 {
+		t.Fatalf("the context was consulted %d times: the batch did not get under way", calls)
+	}
+	got, err := s.QueryAudit(context.Background(), store.AuditQuery{Limit: 1000})
+	if err != nil || len(got) != 0 {
+		t.Fatalf("after the cancelled batch: %d events, %v", len(got), err)
+	}
+	var head store.AuditChainHead
+	if err := s.AppendAudit(context.Background(), func(h store.AuditChainHead) ([]store.AuditEvent, error) { head = h; return nil, nil }); err != nil || head.Seq != 0 {
+		t.Fatalf("chain head after the cancelled batch: %+v, %v", head, err)
 	}
 }

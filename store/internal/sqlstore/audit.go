@@ -68,7 +68,7 @@ func (s *Store) insertAudit(ctx context.Context, tx *sql.Tx, events []store.Audi
 		// The engine runs on this goroutine, and a batch of thousands of
 		// rows would hold a processor for milliseconds while the calls
 		// being served wait for it (the audit ingester's batches set
-		// Resolve's p99). So the loop yields every 64 rows, about half a
+		// Resolve's p99). So the loop yields every 64 rows, well under a
 		// millisecond.
 		rowCtx := context.WithoutCancel(ctx)
 		for i, e := range events {
@@ -79,6 +79,10 @@ func (s *Store) insertAudit(ctx context.Context, tx *sql.Tx, events []store.Audi
 				return fmt.Errorf("append audit event %d: %w", e.Seq, err)
 			}
 			if _, err := stmt.ExecContext(rowCtx, row(e)...); err != nil {
+				if cerr := ctx.Err(); cerr != nil {
+					// database/sql rolled back as ctx ended: say why.
+					err = cerr
+				}
 				return fmt.Errorf("append audit event %d: %w", e.Seq, err)
 			}
 		}
