@@ -507,9 +507,10 @@ func (l *Log) ingest(ctx context.Context) {
 		l.ing.backlog = append(events, l.ing.backlog...)
 	} else if len(events) > 0 {
 		l.ing.ingested = events[len(events)-1].Seq
-		if cap(events) <= l.opts.MaxBacklog {
+		if cap(events) <= 4*l.opts.MaxBatch {
 			// The next ingest's backlog fills this slice rather than
-			// growing a new one from nothing.
+			// growing a new one from nothing. One grown by an outage's
+			// backlog is let go instead of being kept for good.
 			clear(events)
 			l.ing.spare = events[:0]
 		}
