@@ -323,7 +323,9 @@ func runServer(ctx context.Context, cfg *serverConfig, out interface{ Write([]by
 	}
 	bg, stopBackground := context.WithCancel(context.Background())
 	defer stopBackground()
-	go engine.Refresh(bg, 10*time.Second)
+	refreshed := make(chan struct{})
+	go func() { engine.Refresh(bg, 10*time.Second); close(refreshed) }()
+	defer func() { stopBackground(); <-refreshed }() // no policy reload reads the store once it is closed
 	auditOpts := audit.Options{FailOpen: cfg.Audit.FailOpen, Log: log}
 	if cfg.Audit.File != "" {
 		f, err := os.OpenFile(cfg.Audit.File, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)

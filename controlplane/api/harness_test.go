@@ -125,11 +125,11 @@ func newEnvLevel(t testing.TB, level slog.Level) *env {
 	// Everything that runs in the background stops, and has stopped,
 	// before the store closes: the consumer registry writes its last
 	// sightings as it stops.
-	actx, stopAudit := context.WithCancel(context.Background())
+	actx, stopBackground := context.WithCancel(context.Background())
 	var background sync.WaitGroup
 	go auditLog.Run(actx)
 	t.Cleanup(func() {
-		stopAudit()
+		stopBackground()
 		background.Wait()
 		<-auditLog.Done()
 		if err := auditLog.Close(); err != nil {
