@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -321,11 +322,13 @@ func runServer(ctx context.Context, cfg *serverConfig, out interface{ Write([]by
 	if err := engine.Load(ctx); err != nil {
 		return err
 	}
+	// Background work (policy refresh, watch refreshes, consumer
+	// sightings) reads and writes the store: it has stopped, and the last
+	// sightings are written, before the store closes.
 	bg, stopBackground := context.WithCancel(context.Background())
-	defer stopBackground()
-	refreshed := make(chan struct{})
-	go func() { engine.Refresh(bg, 10*time.Second); close(refreshed) }()
-	defer func() { stopBackground(); <-refreshed }() // no policy reload reads the store once it is closed
+	var background sync.WaitGroup
+	defer func() { stopBackground(); background.Wait() }()
+	background.Go(func() { engine.Refresh(bg, 10*time.Second) })
 	auditOpts := audit.Options{FailOpen: cfg.Audit.FailOpen, Log: log}
 	if cfg.Audit.File != "" {
 		f, err := os.OpenFile(cfg.Audit.File, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
@@ -367,14 +370,9 @@ func runServer(ctx context.Context, cfg *serverConfig, out interface{ Write([]by
 	}
 	cat := catalog.New(st.store, catalog.WithAccessCheck(registry, engine))
 	hub = watch.NewHub(cat, resolver, watch.Options{Log: log})
-	hubDone := make(chan struct{})
-	go func() { hub.Run(bg); close(hubDone) }()
+	background.Go(func() { hub.Run(bg) })
 	deps := consumers.New(st.store, consumers.Options{Log: log})
-	depsDone := make(chan struct{})
-	go func() { deps.Run(bg); close(depsDone) }()
-	// The last sightings are written, and no refresh is still reading,
-	// before the store closes.
-	defer func() { stopBackground(); <-depsDone; <-hubDone }()
+	background.Go(func() { deps.Run(bg) })
 	srv := api.NewServer(api.Config{
 		TLS:      tlsCfg,
 		Log:      log,
