@@ -117,18 +117,19 @@ func (a *authorizer) authorize(ctx context.Context, method string, req any) erro
 	if !known {
 		r.action = shortMethod(method)
 	}
-	return a.check(ctx, r.action, r, known, req)
+	return a.check(ctx, r, known, req)
 }
 
 // authorizeNames decides verb on every name for the caller and records the
 // decision as action: for streams, which name their objects in messages.
 func (a *authorizer) authorizeNames(ctx context.Context, action string, verb policy.Verb, names []string) error {
-	return a.check(ctx, action, rule{verb: verb, objects: func(any) []string { return names }}, true, names)
+	return a.check(ctx, rule{verb: verb, objects: func(any) []string { return names }, action: action}, true, names)
 }
 
 // check evaluates rule r for the caller, records the decision, and returns
 // the error to answer with when the call may not proceed.
-func (a *authorizer) check(ctx context.Context, action string, r rule, known bool, req any) error {
+func (a *authorizer) check(ctx context.Context, r rule, known bool, req any) error {
+	action := r.action
 	id, ok := PeerID(ctx)
 	if !ok {
 		return status.Error(codes.Unauthenticated, "caller not authenticated")
