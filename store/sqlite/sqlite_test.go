@@ -123,15 +123,7 @@ func BenchmarkAppendAudit(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer s.Close()
-	events := make([]store.AuditEvent, b.N)
-	prev, now := "", time.Now()
-	for i := range events {
-		h := fmt.Sprintf("%064x", i+1)
-		events[i] = store.AuditEvent{Seq: int64(i + 1), Time: now, Actor: "spiffe://example.org/payments/api",
-			Action: "SecretsService.Resolve", Target: "payments/db", Decision: "allow", Policy: "api-read",
-			Outcome: "OK", RequestID: fmt.Sprintf("%024x", i+1), PrevHash: prev, Hash: h}
-		prev = h
-	}
+	events := auditEvents(b.N)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for len(events) > 0 {
@@ -167,17 +159,7 @@ func TestAppendAuditCancelledMidBatch(t *testing.T) {
 	}
 	defer s.Close()
 	ctx := &endsAfter{Context: context.Background(), n: 150}
-	err = s.AppendAudit(ctx, func(store.AuditChainHead) ([]store.AuditEvent, error) {
-		events := make([]store.AuditEvent, 300)
-		prev := ""
-		for i := range events {
-			h := fmt.Sprintf("%064x", i+1)
-			events[i] = store.AuditEvent{Seq: int64(i + 1), Time: time.Now(), Actor: "a", Action: "b", Target: "c",
-				Decision: "allow", Outcome: "OK", RequestID: "r", PrevHash: prev, Hash: h}
-			prev = h
-		}
-		return events, nil
-	})
+	err = s.AppendAudit(ctx, func(store.AuditChainHead) ([]store.AuditEvent, error) { return auditEvents(300), nil })
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("append with a context that ended mid-batch: %v, want context.Canceled", err)
 	}
@@ -192,4 +174,20 @@ func TestAppendAuditCancelledMidBatch(t *testing.T) {
 	if err := s.AppendAudit(context.Background(), func(h store.AuditChainHead) ([]store.AuditEvent, error) { head = h; return nil, nil }); err != nil || head.Seq != 0 {
 		t.Fatalf("chain head after the cancelled batch: %+v, %v", head, err)
 	}
+}
+
+// auditEvents returns n chained events from the start of the log, shaped
+// like a workload's Resolve (the real hash is controlplane/audit's; the
+// store keeps what it is given).
+func auditEvents(n int) []store.AuditEvent {
+	events := make([]store.AuditEvent, n)
+	prev, now := "", time.Now()
+	for i := range events {
+		h := fmt.Sprintf("%064x", i+1)
+		events[i] = store.AuditEvent{Seq: int64(i + 1), Time: now, Actor: "spiffe://example.org/payments/api",
+			Action: "SecretsService.Resolve", Target: "payments/db", Decision: "allow", Policy: "api-read",
+			Outcome: "OK", RequestID: fmt.Sprintf("%024x", i+1), PrevHash: prev, Hash: h}
+		prev = h
+	}
+	return events
 }

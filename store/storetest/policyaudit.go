@@ -73,8 +73,9 @@ func testAuditAppendQuery(t *testing.T, s store.Store) {
 	}); !errors.Is(err, boom) {
 		t.Fatalf("failing writer: %v", err)
 	}
-	// A context that ends while the batch is being written appends
-	// nothing either.
+	// A context that ends after the chain head is read, before any row
+	// is written, appends nothing either (store/sqlite ends one part-way
+	// through a batch).
 	cc, cancel := context.WithCancel(c)
 	if err := s.AppendAudit(cc, func(head store.AuditChainHead) ([]store.AuditEvent, error) {
 		cancel()
