@@ -13,7 +13,10 @@ type Finding struct {
 
 // DetectLiteral reports whether s looks like a secret value: a PEM block or
 // private key, a JWT, a cloud or SaaS credential of a known format, a URL
-// or key=value pair carrying a password, or a long high-entropy token. It
+// or key=value pair carrying a password, a long high-entropy token, a
+// random-looking body behind a word prefix ("canary-<24 hex>",
+// "api-key-<40 hex>"), or a long run of random lower-case letters and
+// digits. It
 // runs in time linear in len(s), on values and log attributes alike, and
 // errs toward ordinary configuration values (host names, paths, URLs
 // without credentials, durations, UUIDs, versions, SPIFFE IDs, SecretRefs)
@@ -30,6 +33,9 @@ func DetectLiteral(s string) (Finding, bool) {
 	}
 	if strings.Contains(s, "://") && urlHasPassword(s) {
 		return Finding{Kind: "URL with a password"}, true
+	}
+	if strings.Contains(s, "hooks.slack.com/services/T") || strings.Contains(s, "hooks.slack.com/workflows/") {
+		return Finding{Kind: "Slack webhook URL"}, true
 	}
 	for tok := range strings.FieldsFuncSeq(s, notInCredential) {
 		if f, ok := detectToken(tok); ok {
@@ -73,8 +79,100 @@ func detectToken(tok string) (Finding, bool) {
 	if highEntropy(tok) {
 		return Finding{Kind: "high-entropy token"}, true
 	}
+	if randomBody(tok) {
+		return Finding{Kind: "prefixed random token"}, true
+	}
+	if randomLowerAlnum(tok, 24) {
+		return Finding{Kind: "random lower-case token"}, true
+	}
 	return Finding{}, false
 }
+
+// randomBody flags a token made of a word prefix and a random body after
+// its last separator, the shape of most generated credentials that are not
+// of a known format: "canary-<24 hex>", "token_<32 hex>", "api-key-<40
+// hex>", "session.<random lower-case>". Ordinary values end in words,
+// versions, short hashes (a Kubernetes pod's "7d9f8b6c5d-x2k4p", a short
+// commit) or numbers, which stay below the lengths asked here.
+func randomBody(t string) bool {
+	i := strings.LastIndexAny(t, "-_.")
+	if i <= 0 || i == len(t)-1 {
+		return false
+	}
+	body := t[i+1:]
+	return randomHex(body, 20) || randomLowerAlnum(body, 20)
+}
+
+// randomHex: at least min hex digits of one case, with both digits and
+// letters (timestamps and counters are all digits).
+func randomHex(t string, min int) bool {
+	if len(t) < min || !(allIn(t, lowerHex) || allIn(t, upperHex)) {
+		return false
+	}
+	digits := 0
+	for i := 0; i < len(t); i++ {
+		if t[i] >= '0' && t[i] <= '9' {
+			digits++
+		}
+	}
+	return digits > 0 && digits < len(t)
+}
+
+// randomLowerAlnum flags at least min lower-case letters and digits that do
+// not read as words: generated passwords and tokens such as
+// "k3j9x0q2m7w1z8c4v6b5n2l0p9r3t7y1". Words run long between digits and
+// are made of common letter pairs ("th", "er", "in", ...); random strings
+// change between letters and digits every few characters and hit a common
+// pair about a third of the time. Measured on 20,000 random strings each,
+// it flags about 97% at 24 characters and 98% at 32, and none of 100,000
+// generated word-and-number identifiers (see TestRandomLowerAlnumRates).
+func randomLowerAlnum(t string, min int) bool {
+	if len(t) < min || allIn(t, lowerHex) {
+		// Hex has rules of its own: ids such as a 24-digit request id or
+		// a MongoDB ObjectId are not secrets; 32 and more digits are keys.
+		return false
+	}
+	var digits, pairs, common, letterRuns int
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		switch {
+		case c >= '0' && c <= '9':
+			digits++
+		case c >= 'a' && c <= 'z':
+			if i == 0 || !(t[i-1] >= 'a' && t[i-1] <= 'z') {
+				letterRuns++
+			} else {
+				pairs++
+				if commonPair(t[i-1], c) {
+					common++
+				}
+			}
+		default:
+			return false
+		}
+	}
+	letters := len(t) - digits
+	if digits < 2 || letters < 4 {
+		return false
+	}
+	// At most half the letter pairs common, or short runs of letters with
+	// at most two thirds of them common.
+	return common*2 <= pairs || (letters <= 5*letterRuns && common*3 <= pairs*2)
+}
+
+// commonPairs are the letter pairs most frequent in English words, the
+// stuff of identifiers; a random pair is one of them about 30% of the time.
+const commonPairs = "th he in er an re on at en nd ti es or te of ed is it al ar st to nt ng se ha as ou io le ve co me de hi ri ro ic ne ea ra ce li ch ll be ma si om ur ca el ta la ns di fo ho pe ec pr no ct us ac ot il tr ly nc et ut ss so rs un lo wa ge ie wh ee wi em ad ol rt po we na ul ni ts mo ow pa im mi ai sh ir su id os iv ia am fi ci vi pl ig tu ev ld ry mp fe bl ab gh ty op wo sa ay ex ke fr oo av ag if ap gr od bo sp rd do uc bu ei ov by rm ep tt oc fa ef cu rn sc gi da yo cr cl du ga qu ue ff ba ey ls va um pp ua up lu go ht ru ug ds lt pi rc rr eg au ck ew mu br bi pt ak pu ui rg ib tl ny ki rk ys ob mm fu ph og ms ye ud mb ip ub oi rl gu dr"
+
+// commonPairTable[a-'a'] has bit b-'a' set when "ab" is a common pair.
+var commonPairTable = func() (t [26]uint32) {
+	for i := 0; i+1 < len(commonPairs); i += 3 {
+		t[commonPairs[i]-'a'] |= 1 << (commonPairs[i+1] - 'a')
+	}
+	return t
+}()
+
+func commonPair(a, b byte) bool { return commonPairTable[a-'a']&(1<<(b-'a')) != 0 }
 
 func cutAny(s, seps string) (string, string, bool) {
 	if i := strings.IndexAny(s, seps); i >= 0 {
@@ -115,6 +213,18 @@ func knownFormat(t string) (Finding, bool) {
 		return Finding{Kind: "Vault token"}, true
 	case strings.HasPrefix(t, "npm_") && len(t) == 40:
 		return Finding{Kind: "npm token"}, true
+	case hasAnyPrefix(t, "xapp-", "xoxe.xox", "xoxe-") && len(t) >= 20:
+		return Finding{Kind: "Slack token"}, true
+	case strings.HasPrefix(t, "ya29.") && len(t) >= 30:
+		return Finding{Kind: "Google OAuth access token"}, true
+	case strings.HasPrefix(t, "SG.") && len(t) >= 60 && strings.Count(t, ".") == 2:
+		return Finding{Kind: "SendGrid key"}, true
+	case hasAnyPrefix(t, "shpat_", "shpss_", "shpca_", "shppa_") && len(t) >= 38:
+		return Finding{Kind: "Shopify token"}, true
+	case hasAnyPrefix(t, "dckr_pat_", "pypi-", "hf_", "sk-proj-", "sk-ant-") && len(t) >= 30:
+		return Finding{Kind: "API token"}, true
+	case hasAnyPrefix(t, "SK", "AC") && len(t) == 34 && allIn(t[2:], lowerHex):
+		return Finding{Kind: "Twilio key"}, true
 	}
 	return Finding{}, false
 }
