@@ -10,11 +10,13 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/store"
 )
 
 // BootstrapGrant names the decisions made for the admins of the server's
-// configuration, which hold admin on every object whatever the store says.
+// configuration, which hold admin on every object and bind on every ref
+// whatever the store says.
 const BootstrapGrant = "bootstrap-admin (server configuration)"
 
 // Lister reads every stored policy.
@@ -108,10 +110,15 @@ func (e *Engine) DecidePrefix(id spiffeid.ID, verb Verb, prefix string) Decision
 	return e.decide(id, verb, func(g Grant) bool { return g.AllowsPrefix(id, verb, prefix) })
 }
 
+// DecideBind evaluates binding a name to ref. Deny by default.
+func (e *Engine) DecideBind(id spiffeid.ID, ref secretref.Ref) Decision {
+	return e.decide(id, Bind, func(g Grant) bool { return g.AllowsBind(id, ref) })
+}
+
 // decide returns the bootstrap grant for the configured admins, else the
 // first grant (by name) that allows, else a denial.
 func (e *Engine) decide(id spiffeid.ID, verb Verb, allows func(Grant) bool) Decision {
-	if verb == Admin && e.bootstrap[id] {
+	if (verb == Admin || verb == Bind) && e.bootstrap[id] {
 		return Decision{Allowed: true, Grant: BootstrapGrant}
 	}
 	for _, g := range *e.grants.Load() {
@@ -120,4 +127,29 @@ func (e *Engine) decide(id spiffeid.ID, verb Verb, allows func(Grant) bool) Deci
 		}
 	}
 	return Decision{}
+}
+
+// AdminsWithoutBind returns the grants that give admin on name to
+// identities not all of which hold bind on ref: the grants whose holders
+// the bind rule now refuses when they put the secret again. Bootstrap
+// admins hold bind on every ref and are never listed.
+func (e *Engine) AdminsWithoutBind(name string, ref secretref.Ref) []Grant {
+	grants := *e.grants.Load()
+	var out []Grant
+	for _, g := range grants {
+		if !g.grantsName(Admin, name) {
+			continue
+		}
+		covered := false
+		for _, h := range grants {
+			if h.bindsRef(ref) && h.Subject.Covers(g.Subject) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			out = append(out, g)
+		}
+	}
+	return out
 }

@@ -2,16 +2,19 @@ package policy
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/secretplane/secretplane/controlplane/paging"
+	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/store"
 )
 
 // Store is the persistence the manager needs.
 type Store interface {
 	Lister
+	ListSecrets(ctx context.Context, q store.ListQuery) ([]store.Secret, error)
 	PutPolicy(ctx context.Context, p store.Policy, pre store.Precondition) (store.Policy, error)
 	GetPolicy(ctx context.Context, name string) (store.Policy, error)
 	DeletePolicy(ctx context.Context, name string, pre store.Precondition) error
@@ -81,4 +84,62 @@ func (m *Manager) Delete(ctx context.Context, name string, ifRevision int64) err
 // Explain says which grant allows id to use verb on object, if any.
 func (m *Manager) Explain(id spiffeid.ID, verb Verb, object string) Decision {
 	return m.engine.Decide(id, verb, object)
+}
+
+// ExplainBind says which grant allows id to bind a name to ref, if any.
+func (m *Manager) ExplainBind(id spiffeid.ID, ref secretref.Ref) Decision {
+	return m.engine.DecideBind(id, ref)
+}
+
+// BindingFinding is an existing binding that a grant's holders could not
+// make again: the grant gives admin on the secret but not bind on its ref.
+type BindingFinding struct {
+	Secret  string
+	Ref     string
+	Policy  string
+	Subject string
+}
+
+// MaxBindingFindings bounds what AuditBindings returns; Total says how many
+// there were.
+const MaxBindingFindings = 1000
+
+// BindingAudit is the result of AuditBindings.
+type BindingAudit struct {
+	Findings []BindingFinding // at most MaxBindingFindings, by secret then policy
+	Total    int              // findings in all
+	Secrets  int              // secrets checked
+}
+
+// AuditBindings walks every registered secret and lists the grants giving
+// admin on it whose holders lack bind on its ref: what an operator fixes
+// after upgrading to the bind rule (grant bind on the ref, or rebind).
+func (m *Manager) AuditBindings(ctx context.Context) (BindingAudit, error) {
+	var (
+		out   BindingAudit
+		after string
+	)
+	for {
+		page, err := m.store.ListSecrets(ctx, store.ListQuery{After: after, Limit: 500})
+		if err != nil {
+			return BindingAudit{}, fmt.Errorf("audit bindings: %w", err)
+		}
+		for _, s := range page {
+			out.Secrets++
+			ref, err := secretref.Parse(s.Ref)
+			if err != nil {
+				continue // stored refs are canonical; an unparseable one binds nothing
+			}
+			for _, g := range m.engine.AdminsWithoutBind(s.Name, ref) {
+				out.Total++
+				if len(out.Findings) < MaxBindingFindings {
+					out.Findings = append(out.Findings, BindingFinding{Secret: s.Name, Ref: s.Ref, Policy: g.Name, Subject: g.Subject.String()})
+				}
+			}
+		}
+		if len(page) < 500 {
+			return out, nil
+		}
+		after = page[len(page)-1].Name
+	}
 }

@@ -1,8 +1,9 @@
 // Package policy decides who may do what: least-privilege grants from a
 // SPIFFE ID (or a trust domain and path prefix) to verbs on named objects
-// (secrets, configuration documents) or name prefixes. Deny by default;
-// every decision names the grant that allowed it, so it can be explained
-// and audited.
+// (secrets, configuration documents) or name prefixes, and to bind on ref
+// patterns (which backend locations a name may be bound to). Deny by
+// default; every decision names the grant that allowed it, so it can be
+// explained and audited.
 package policy
 
 import (
@@ -12,6 +13,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/controlplane/validate"
 	"github.com/secretplane/secretplane/store"
 )
@@ -25,10 +27,21 @@ const (
 	Watch  Verb = "watch"  // stream a secret's new versions
 	Rotate Verb = "rotate" // start and drive rotations
 	Admin  Verb = "admin"  // manage secrets, configuration, policies, audit
+	// Bind lets a name be bound to a ref (a secret put, a configuration
+	// document's ref): its objects are ref patterns. The server reads every
+	// backend with its own credentials, so without it an admin of any name
+	// could read any backend location (the confused deputy).
+	Bind Verb = "bind"
 )
 
 // Verbs lists every verb.
-func Verbs() []Verb { return []Verb{Read, Watch, Rotate, Admin} }
+func Verbs() []Verb { return []Verb{Read, Watch, Rotate, Admin, Bind} }
+
+// verbList is the verbs for messages.
+const verbList = "read, watch, rotate, admin or bind"
+
+// ParseVerb returns the verb s names.
+func ParseVerb(s string) (Verb, bool) { return parseVerb(s) }
 
 func parseVerb(s string) (Verb, bool) {
 	for _, v := range Verbs() {
@@ -100,12 +113,28 @@ func (s Subject) String() string {
 	return "spiffe://" + s.td.Name() + s.path
 }
 
+// Covers reports whether every identity o matches is also matched by s.
+func (s Subject) Covers(o Subject) bool {
+	switch {
+	case s.td != o.td:
+		return false
+	case !s.prefix:
+		return !o.prefix && s.path == o.path
+	case s.path == "":
+		return true
+	case o.prefix && o.path == s.path:
+		return true
+	}
+	return strings.HasPrefix(o.path, s.path+"/")
+}
+
 // Grant is a compiled, validated policy.
 type Grant struct {
 	Name    string
 	Subject Subject
 	Verbs   []Verb
-	Objects []string // exact names, "prefix/*", or "*"
+	Objects []string // exact names, "prefix/*", "*", or ref patterns (bind)
+	refs    []secretref.Pattern
 }
 
 // Compile validates a stored policy and compiles it. Unless force is set it
@@ -125,13 +154,13 @@ func Compile(p store.Policy, force bool) (Grant, error) {
 	}
 	var verbs []Verb
 	if len(p.Verbs) == 0 {
-		c.Addf("verbs", "is required (read, watch, rotate, admin)")
+		c.Addf("verbs", "is required (%s)", verbList)
 	}
 	for i, v := range p.Verbs {
 		verb, ok := parseVerb(v)
 		switch {
 		case !ok:
-			c.Addf(fmt.Sprintf("verbs[%d]", i), "is not a verb (want read, watch, rotate or admin)")
+			c.Addf(fmt.Sprintf("verbs[%d]", i), "is not a verb (want %s)", verbList)
 		case slices.Contains(verbs, verb):
 			c.Addf(fmt.Sprintf("verbs[%d]", i), "repeats %s", verb)
 		default:
@@ -139,24 +168,66 @@ func Compile(p store.Policy, force bool) (Grant, error) {
 		}
 	}
 	if len(p.Objects) == 0 {
-		c.Addf("objects", "is required (names, \"prefix/*\" or \"*\")")
+		c.Addf("objects", "is required (names, \"prefix/*\", \"*\", or ref patterns for bind)")
 	}
+	binds := slices.Contains(verbs, Bind)
+	nameVerbs := slices.ContainsFunc(verbs, func(v Verb) bool { return v != Bind })
+	var refs []secretref.Pattern
+	hasRef, hasName := false, false
 	for i, o := range p.Objects {
-		c.Add(fmt.Sprintf("objects[%d]", i), checkObject(o))
+		field := fmt.Sprintf("objects[%d]", i)
+		switch {
+		case o == "*":
+			hasRef, hasName = true, true
+		case secretref.IsPattern(o):
+			hasRef = true
+			pat, err := secretref.ParsePattern(o)
+			if err != nil {
+				c.Add(field, err)
+				continue
+			}
+			if !binds {
+				c.Addf(field, "is a ref pattern, which only the bind verb takes: add bind to verbs, or grant it in a policy of its own")
+			}
+			refs = append(refs, pat)
+		default:
+			hasName = true
+			c.Add(field, checkObject(o))
+		}
+	}
+	if binds && !hasRef && len(p.Objects) > 0 {
+		c.Addf("objects", "grants bind on no ref pattern: bind takes ref patterns such as vault://secret/payments/* or local://payments/*")
+	}
+	if nameVerbs && !hasName && len(p.Objects) > 0 {
+		c.Addf("objects", "names no secret or configuration for %s: ref patterns are objects of bind only", strings.Join(verbNames(verbs, Bind), ", "))
 	}
 	if err := c.Err(); err != nil {
 		return Grant{}, err
 	}
-	g := Grant{Name: p.Name, Subject: subject, Verbs: verbs, Objects: slices.Clone(p.Objects)}
+	g := Grant{Name: p.Name, Subject: subject, Verbs: verbs, Objects: slices.Clone(p.Objects), refs: refs}
 	if !force {
 		if slices.Contains(verbs, Admin) && !subject.Single() {
 			c.Addf("subject", "grants admin to every identity matching %s: name one identity, or force it", subject)
+		}
+		if binds && !subject.Single() {
+			c.Addf("subject", "grants bind to every identity matching %s: name one identity, or force it", subject)
 		}
 		if subject.WholeTrustDomain() && slices.Contains(p.Objects, "*") {
 			c.Addf("objects", "grants every object to the whole trust domain %s: narrow it, or force it", subject.td.Name())
 		}
 	}
 	return g, c.Err()
+}
+
+// verbNames lists verbs but the one left out, as strings.
+func verbNames(verbs []Verb, except Verb) []string {
+	var out []string
+	for _, v := range verbs {
+		if v != except {
+			out = append(out, string(v))
+		}
+	}
+	return out
 }
 
 func checkObject(o string) error {
@@ -172,13 +243,42 @@ func checkObject(o string) error {
 	return validate.Name(o)
 }
 
-// Allows reports whether the grant allows verb on object for id.
+// Allows reports whether the grant allows verb on object for id. Objects
+// are names: a ref pattern allows nothing here (see AllowsBind).
 func (g Grant) Allows(id spiffeid.ID, verb Verb, object string) bool {
-	if !g.Subject.Matches(id) || !slices.Contains(g.Verbs, verb) {
+	return g.Subject.Matches(id) && g.grantsName(verb, object)
+}
+
+// grantsName reports whether the grant holds verb on the named object, for
+// whomever it names.
+func (g Grant) grantsName(verb Verb, object string) bool {
+	if verb == Bind || !slices.Contains(g.Verbs, verb) {
 		return false
 	}
 	for _, o := range g.Objects {
-		if objectMatches(o, object) {
+		if !secretref.IsPattern(o) && objectMatches(o, object) {
+			return true
+		}
+	}
+	return false
+}
+
+// AllowsBind reports whether the grant lets id bind a name to ref.
+func (g Grant) AllowsBind(id spiffeid.ID, ref secretref.Ref) bool {
+	return g.Subject.Matches(id) && g.bindsRef(ref)
+}
+
+// bindsRef reports whether the grant holds bind on ref, for whomever it
+// names.
+func (g Grant) bindsRef(ref secretref.Ref) bool {
+	if !slices.Contains(g.Verbs, Bind) {
+		return false
+	}
+	if slices.Contains(g.Objects, "*") {
+		return true
+	}
+	for _, p := range g.refs {
+		if p.Matches(ref) {
 			return true
 		}
 	}
@@ -194,6 +294,9 @@ func (g Grant) AllowsPrefix(id spiffeid.ID, verb Verb, prefix string) bool {
 	for _, o := range g.Objects {
 		if o == "*" {
 			return true
+		}
+		if secretref.IsPattern(o) {
+			continue
 		}
 		if base, ok := strings.CutSuffix(o, "*"); ok && strings.HasPrefix(prefix, base) {
 			return true

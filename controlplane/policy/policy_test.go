@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/secretplane/secretplane/controlplane/policy"
+	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/controlplane/validate"
 	"github.com/secretplane/secretplane/store"
 	"github.com/secretplane/secretplane/store/sqlite"
@@ -83,6 +84,18 @@ func TestCompileRefusesBadAndBroadGrants(t *testing.T) {
 		{"admin to a prefix", func(p *store.Policy) { p.Verbs = []string{"admin"}; p.Subject = "spiffe://example.org/ns/payments/*" }, "subject", true},
 		{"admin to a trust domain", func(p *store.Policy) { p.Verbs = []string{"admin"}; p.Subject = "spiffe://example.org/*" }, "subject", true},
 		{"everything to a trust domain", func(p *store.Policy) { p.Subject = "spiffe://example.org/*"; p.Objects = []string{"*"} }, "objects", true},
+		{"ref pattern without bind", func(p *store.Policy) { p.Objects = []string{"payments/*", "vault://secret/payments/*"} }, "objects[1]", false},
+		{"bind on names only", func(p *store.Policy) { p.Verbs = []string{"bind"} }, "objects", false},
+		{"read on ref patterns only", func(p *store.Policy) {
+			p.Verbs = []string{"read", "bind"}
+			p.Objects = []string{"vault://secret/payments/*"}
+		}, "objects", false},
+		{"bad ref pattern", func(p *store.Policy) { p.Verbs = []string{"bind"}; p.Objects = []string{"vault://secret/pay*"} }, "objects[0]", false},
+		{"bind to a prefix", func(p *store.Policy) {
+			p.Verbs = []string{"bind"}
+			p.Objects = []string{"local://payments/*"}
+			p.Subject = "spiffe://example.org/ns/payments/*"
+		}, "subject", true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -176,5 +189,119 @@ func TestEngineDecides(t *testing.T) {
 	}
 	if d := e2.Decide(api, policy.Read, "payments/x"); d.Grant != "payments-read" {
 		t.Errorf("second engine: %+v", d)
+	}
+}
+
+func TestBind(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	root := spiffeid.RequireFromString("spiffe://example.org/ops/root")
+	e := policy.NewEngine(st, []spiffeid.ID{root}, slog.New(slog.DiscardHandler))
+	m := policy.NewManager(st, e)
+	for _, p := range []store.Policy{
+		{Name: "payments-admin", Subject: "spiffe://example.org/payments/lead", Verbs: []string{"admin", "bind"},
+			Objects: []string{"payments/*", "local://payments/*", "vault://secret/payments/*", "aws-sm://prod/payments/*"}},
+		{Name: "billing-admin", Subject: "spiffe://example.org/billing/lead", Verbs: []string{"admin"}, Objects: []string{"billing/*"}},
+		{Name: "billing-bind", Subject: "spiffe://example.org/billing/lead", Verbs: []string{"bind"}, Objects: []string{"vault://secret/billing/db#password"}},
+		{Name: "ops-admin", Subject: "spiffe://example.org/ops/*", Verbs: []string{"admin"}, Objects: []string{"ops/*"}},
+		{Name: "ops-bind", Subject: "spiffe://example.org/ops/*", Verbs: []string{"bind"}, Objects: []string{"vault://*"}},
+	} {
+		if _, _, err := m.Put(ctx, p, policy.Write{Force: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lead := spiffeid.RequireFromString("spiffe://example.org/payments/lead")
+	billing := spiffeid.RequireFromString("spiffe://example.org/billing/lead")
+	opsA := spiffeid.RequireFromString("spiffe://example.org/ops/a")
+	cases := []struct {
+		id    spiffeid.ID
+		ref   string
+		grant string
+	}{
+		{lead, "local://payments/db#password", "payments-admin"},
+		{lead, "local://payments/stripe?version=3#api_key", "payments-admin"},
+		{lead, "vault://secret/payments/db?version=2#password", "payments-admin"},
+		{lead, "aws-sm://prod/payments/db?stage=AWSPREVIOUS#password", "payments-admin"},
+		{lead, "local://canary/value#k", ""},
+		{lead, "local://payments-old/db#k", ""},
+		{lead, "vault://secret/billing/db#password", ""},
+		{lead, "aws-sm://prod/payments/db?region=eu-west-1", ""},
+		{billing, "vault://secret/billing/db#password", "billing-bind"},
+		{billing, "vault://secret/billing/db?version=7#password", "billing-bind"},
+		{billing, "vault://secret/billing/db#username", ""},
+		{opsA, "vault://anything/at/all", "ops-bind"},
+		{opsA, "local://ops/x#k", ""},
+		{root, "aws-sm://anything", policy.BootstrapGrant},
+	}
+	for _, tc := range cases {
+		d := e.DecideBind(tc.id, secretref.MustParse(tc.ref))
+		if d.Allowed != (tc.grant != "") || d.Grant != tc.grant {
+			t.Errorf("DecideBind(%s, %s) = %+v; want grant %q", tc.id, tc.ref, d, tc.grant)
+		}
+	}
+	// A bind grant on names is not an admin grant, nor the reverse.
+	if d := e.Decide(lead, policy.Bind, "payments/db"); d.Allowed {
+		t.Errorf("bind on a name: %+v", d)
+	}
+	if d := e.Decide(billing, policy.Admin, "vault://secret/billing/db#password"); d.Allowed {
+		t.Errorf("admin on a ref: %+v", d)
+	}
+
+	// The upgrade check: existing bindings whose admins lack bind.
+	for _, sec := range []store.Secret{
+		{Name: "payments/db", Ref: "local://payments/db#password"},
+		{Name: "payments/steal", Ref: "local://canary/value#k"},
+		{Name: "billing/db", Ref: "vault://secret/billing/db#password"},
+		{Name: "billing/api", Ref: "vault://secret/billing/api#token"},
+		{Name: "ops/vault", Ref: "vault://secret/ops/x#k"},
+		{Name: "ops/local", Ref: "local://ops/x#k"},
+	} {
+		if _, err := st.PutSecret(ctx, sec, store.Precondition{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := m.AuditBindings(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, f := range got.Findings {
+		lines = append(lines, f.Secret+" "+f.Policy)
+	}
+	want := []string{"billing/api billing-admin", "ops/local ops-admin", "payments/steal payments-admin"}
+	if strings.Join(lines, ";") != strings.Join(want, ";") || got.Total != 3 || got.Secrets != 6 {
+		t.Fatalf("AuditBindings = %+v; want %v", got, want)
+	}
+}
+
+func TestSubjectCovers(t *testing.T) {
+	p := func(s string) policy.Subject {
+		sub, err := policy.ParseSubject(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sub
+	}
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"spiffe://td/a", "spiffe://td/a", true},
+		{"spiffe://td/a", "spiffe://td/a/*", false},
+		{"spiffe://td/a/*", "spiffe://td/a/b", true},
+		{"spiffe://td/a/*", "spiffe://td/a/b/*", true},
+		{"spiffe://td/a/*", "spiffe://td/a/*", true},
+		{"spiffe://td/a/*", "spiffe://td/ab", false},
+		{"spiffe://td/a/*", "spiffe://td/a", false},
+		{"spiffe://td/*", "spiffe://td/x/*", true},
+		{"spiffe://td/*", "spiffe://other/x", false},
+	} {
+		if got := p(tc.a).Covers(p(tc.b)); got != tc.want {
+			t.Errorf("%s covers %s = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
 	}
 }
