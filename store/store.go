@@ -130,8 +130,10 @@ type AuditEvent struct {
 	Target    string // object acted on (secret name, policy name, ref)
 	Decision  string // "allow" or "deny"
 	Policy    string // the grant that decided ("" when none)
-	Outcome   string // "ok", or a status code name
+	Outcome   string // "authorized" (a write's decision, before it runs), "ok", or a status code name
 	RequestID string
+	Ref       string // canonical refs of the secrets acted on, comma-separated ("" when none)
+	Refused   string // for a denial, the objects refused, comma-separated
 	PrevHash  string // hex SHA-256 of the previous event ("" for the first)
 	Hash      string // hex SHA-256 over this event's fields and PrevHash
 }

@@ -74,8 +74,8 @@ func queryAudit(cmd *cobra.Command, g *globalFlags, req *spv1.AuditQueryRequest)
 		}
 		rows := make([][]string, len(r.GetEvents()))
 		for i, e := range r.GetEvents() {
-			rows[i] = []string{fmt.Sprint(e.GetSeq()), formatTime(e.GetTime()), e.GetActor(), e.GetAction(), e.GetTarget(), e.GetDecision(), e.GetPolicy(), e.GetOutcome()}
+			rows[i] = []string{fmt.Sprint(e.GetSeq()), formatTime(e.GetTime()), e.GetActor(), e.GetAction(), e.GetTarget(), e.GetDecision(), e.GetPolicy(), e.GetOutcome(), e.GetRef(), e.GetRefused()}
 		}
-		return table(cmd.OutOrStdout(), []string{"SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "DECISION", "POLICY", "OUTCOME"}, rows)
+		return table(cmd.OutOrStdout(), []string{"SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "DECISION", "POLICY", "OUTCOME", "REF", "REFUSED"}, rows)
 	})
 }

@@ -41,7 +41,7 @@ func (s *AuditServer) Query(ctx context.Context, req *spv1.AuditQueryRequest) (*
 	resp := &spv1.AuditQueryResponse{}
 	for _, e := range events {
 		resp.Events = append(resp.Events, &spv1.AuditEvent{Seq: e.Seq, Time: timestamppb.New(e.Time), Actor: e.Actor, Action: e.Action, Target: e.Target,
-			Decision: e.Decision, Policy: e.Policy, Outcome: e.Outcome, RequestId: e.RequestID, PrevHash: e.PrevHash, Hash: e.Hash})
+			Decision: e.Decision, Policy: e.Policy, Outcome: e.Outcome, RequestId: e.RequestID, Ref: e.Ref, Refused: e.Refused, PrevHash: e.PrevHash, Hash: e.Hash})
 	}
 	return resp, nil
 }

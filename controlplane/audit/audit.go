@@ -45,9 +45,20 @@ type Event struct {
 	Target    string
 	Decision  string // Allow or Deny
 	Grant     string // the grant that decided
-	Outcome   string
+	Outcome   string // Authorized, OK, or a status code name
 	RequestID string
+	Ref       string // canonical refs acted on, comma-separated
+	Refused   string // a denial's refused objects, comma-separated
 }
+
+// Outcomes that are not status codes.
+const (
+	// Authorized is a write's decision, recorded before it runs; its
+	// outcome follows in an event of its own.
+	Authorized = "authorized"
+	// OK is a call that succeeded.
+	OK = "ok"
+)
 
 // Store is where the log's events end up.
 type Store interface {
@@ -65,6 +76,9 @@ type Options struct {
 	MaxBatch int           // events per batch; default 512
 	MaxDelay time.Duration // without a journal, how long a batch waits for company; default 1ms
 	Log      *slog.Logger
+	// OutcomeWait bounds how long RecordOutcome waits for its event before
+	// queueing it as a follow-up; default 5s.
+	OutcomeWait time.Duration
 
 	// With a journal (OpenJournaled):
 	SegmentBytes int64         // a journal segment's size before the next starts; default 8 MiB
@@ -92,6 +106,9 @@ type Log struct {
 	mirrorMu sync.Mutex
 	stopped  chan struct{} // the writer stopped: Record refuses
 	done     chan struct{} // Run returned: nothing more reaches the store
+	// followUps holds outcomes of calls already made that could not be
+	// recorded at once (RecordOutcome); Run records them when it can.
+	followUps chan Event
 
 	journal *journal
 	head    store.AuditChainHead // the writer's, with a journal
@@ -130,8 +147,12 @@ func New(s Store, opts Options) *Log {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
+	if opts.OutcomeWait <= 0 {
+		opts.OutcomeWait = 5 * time.Second
+	}
 	l := &Log{store: s, opts: opts, queue: make(chan *pending, 4*opts.MaxBatch),
-		stopped: make(chan struct{}), done: make(chan struct{}), kick: make(chan struct{}, 1)}
+		stopped: make(chan struct{}), done: make(chan struct{}), kick: make(chan struct{}, 1),
+		followUps: make(chan Event, maxFollowUps)}
 	l.ing.progress = make(chan struct{})
 	return l
 }
@@ -260,6 +281,19 @@ func (l *Log) Done() <-chan struct{} { return l.done }
 // store, or written to the journal. With FailOpen a failure is logged and
 // nil returned; otherwise the error wraps ErrUnavailable.
 func (l *Log) Record(ctx context.Context, e Event) error {
+	err := l.record(ctx, e)
+	if err == nil {
+		return nil
+	}
+	if l.opts.FailOpen {
+		l.opts.Log.Error("audit event not recorded (fail-open, dev mode)", "action", e.Action, "error", err)
+		return nil
+	}
+	return err
+}
+
+// record queues e and waits until its batch is durable.
+func (l *Log) record(ctx context.Context, e Event) error {
 	p, _ := l.pool.Get().(*pending)
 	if p == nil {
 		p = &pending{done: make(chan error, 1)}
@@ -286,11 +320,57 @@ func (l *Log) Record(ctx context.Context, e Event) error {
 	if err == nil {
 		return nil
 	}
-	if l.opts.FailOpen {
-		l.opts.Log.Error("audit event not recorded (fail-open, dev mode)", "action", e.Action, "error", err)
-		return nil
-	}
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// maxFollowUps bounds the outcomes waiting to be recorded late.
+const maxFollowUps = 4096
+
+// RecordOutcome records what a call did once it has done it: a write whose
+// decision was recorded before it ran. It never fails the call, which has
+// happened: it waits for the event as Record does (without the caller's
+// cancellation, for a bounded time), and when the event cannot be made
+// durable it is queued and recorded later, in order, as a follow-up.
+func (l *Log) RecordOutcome(ctx context.Context, e Event) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.opts.OutcomeWait)
+	err := l.record(rctx, e)
+	cancel()
+	if err == nil {
+		return
+	}
+	select {
+	case l.followUps <- e:
+		l.opts.Log.Warn("a call's outcome could not be audited yet; it will be recorded as a follow-up event", "action", e.Action, "request_id", e.RequestID, "error", err)
+	default:
+		l.opts.Log.Error("a call's outcome was not audited: the follow-up queue is full", "action", e.Action, "request_id", e.RequestID, "outcome", e.Outcome)
+	}
+}
+
+// recordFollowUps records queued outcomes, retrying each with backoff,
+// until ctx ends; what is left then is logged as lost.
+func (l *Log) recordFollowUps(ctx context.Context) {
+	wait := 100 * time.Millisecond
+	for {
+		var e Event
+		select {
+		case e = <-l.followUps:
+		case <-ctx.Done():
+			if n := len(l.followUps); n > 0 {
+				l.opts.Log.Error("the audit log stopped with call outcomes not recorded", "events", n)
+			}
+			return
+		}
+		for l.record(ctx, e) != nil {
+			select {
+			case <-time.After(wait):
+				wait = min(2*wait, 5*time.Second)
+			case <-ctx.Done():
+				l.opts.Log.Error("the audit log stopped with call outcomes not recorded", "events", len(l.followUps)+1)
+				return
+			}
+		}
+		wait = 100 * time.Millisecond
+	}
 }
 
 // Run writes batches until ctx ends. With a journal it also moves
@@ -298,6 +378,10 @@ func (l *Log) Record(ctx context.Context, e Event) error {
 // left (the journal keeps what the store refuses).
 func (l *Log) Run(ctx context.Context) {
 	defer close(l.done)
+	fctx, stopFollowUps := context.WithCancel(ctx)
+	followed := make(chan struct{})
+	go func() { l.recordFollowUps(fctx); close(followed) }()
+	defer func() { stopFollowUps(); <-followed }()
 	if l.journal == nil {
 		l.writeDirect(ctx)
 		close(l.stopped)
@@ -378,6 +462,7 @@ func chain(events []store.AuditEvent, head store.AuditChainHead, batch []*pendin
 			Seq: seq, Time: p.at.UTC().Truncate(time.Microsecond),
 			Actor: text(p.ev.Actor), Action: text(p.ev.Action), Target: text(p.ev.Target), Decision: text(p.ev.Decision),
 			Policy: text(p.ev.Grant), Outcome: text(p.ev.Outcome), RequestID: text(p.ev.RequestID), PrevHash: prev,
+			Ref: text(p.ev.Ref), Refused: text(p.ev.Refused),
 		}
 		ev.Hash = Hash(ev)
 		prev = ev.Hash
@@ -608,22 +693,28 @@ type JSONEvent struct {
 	Grant     string    `json:"grant,omitempty"`
 	Outcome   string    `json:"outcome"`
 	RequestID string    `json:"request_id,omitempty"`
+	Ref       string    `json:"ref,omitempty"`
+	Refused   string    `json:"refused,omitempty"`
 	PrevHash  string    `json:"prev_hash"`
 	Hash      string    `json:"hash"`
 }
 
 func storeEvent(e JSONEvent) store.AuditEvent {
 	return store.AuditEvent{Seq: e.Seq, Time: e.Time, Actor: e.Actor, Action: e.Action, Target: e.Target, Decision: e.Decision,
-		Policy: e.Grant, Outcome: e.Outcome, RequestID: e.RequestID, PrevHash: e.PrevHash, Hash: e.Hash}
+		Policy: e.Grant, Outcome: e.Outcome, RequestID: e.RequestID, Ref: e.Ref, Refused: e.Refused, PrevHash: e.PrevHash, Hash: e.Hash}
 }
 
 func jsonEvent(e store.AuditEvent) JSONEvent {
 	return JSONEvent{Seq: e.Seq, Time: e.Time, Actor: e.Actor, Action: e.Action, Target: e.Target, Decision: e.Decision,
-		Grant: e.Policy, Outcome: e.Outcome, RequestID: e.RequestID, PrevHash: e.PrevHash, Hash: e.Hash}
+		Grant: e.Policy, Outcome: e.Outcome, RequestID: e.RequestID, Ref: e.Ref, Refused: e.Refused, PrevHash: e.PrevHash, Hash: e.Hash}
 }
 
 // Hash is the event's chain hash: SHA-256 over every field but Hash, each
-// length-prefixed so that no two events encode alike, ending with PrevHash.
+// length-prefixed so that no two events encode alike: the fields every
+// event has, ending with PrevHash, then Ref and Refused when either is set.
+// An event without them encodes as events did before they existed, so
+// stored chains verify unchanged; one with them has two more fields, and
+// length prefixes keep the two forms apart.
 func Hash(e store.AuditEvent) string {
 	var stack [512]byte
 	b := stack[:0]
@@ -636,6 +727,10 @@ func Hash(e store.AuditEvent) string {
 	field(string(strconv.AppendInt(num[:0], e.Time.UnixMicro(), 10)))
 	for _, f := range [...]string{e.Actor, e.Action, e.Target, e.Decision, e.Policy, e.Outcome, e.RequestID, e.PrevHash} {
 		field(f)
+	}
+	if e.Ref != "" || e.Refused != "" {
+		field(e.Ref)
+		field(e.Refused)
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/secretplane/secretplane/controlplane/audit"
 	"github.com/secretplane/secretplane/store"
@@ -187,6 +188,52 @@ func TestFailClosedAndFailOpen(t *testing.T) {
 	l.Run(ctx)
 	if err := l.Record(context.Background(), audit.Event{}); !errors.Is(err, audit.ErrUnavailable) {
 		t.Fatalf("stopped writer: %v", err)
+	}
+}
+
+// An outcome that cannot be recorded when the call ends is recorded as a
+// follow-up once the store takes events again, in order; RecordOutcome
+// never fails the call nor waits past its bound.
+func TestRecordOutcomeFollowsUp(t *testing.T) {
+	st, _ := openStore(t)
+	down := &outageStore{Store: st}
+	l := audit.New(down, audit.Options{OutcomeWait: 50 * time.Millisecond})
+	run(t, l)
+	ctx := context.Background()
+	l.RecordOutcome(ctx, audit.Event{Action: "AdminService.PutSecret", Target: "a/1", Decision: audit.Allow, Outcome: audit.OK})
+	down.down.Store(true)
+	start := time.Now()
+	for i := 2; i <= 4; i++ {
+		l.RecordOutcome(ctx, audit.Event{Action: "AdminService.PutSecret", Target: fmt.Sprintf("a/%d", i), Decision: audit.Allow, Outcome: "Aborted"})
+	}
+	if waited := time.Since(start); waited > 2*time.Second {
+		t.Fatalf("RecordOutcome waited %v during the outage", waited)
+	}
+	// A cancelled caller's outcome is recorded all the same.
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	l.RecordOutcome(cancelled, audit.Event{Action: "AdminService.PutSecret", Target: "a/5", Decision: audit.Allow, Outcome: audit.OK})
+	down.down.Store(false)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		evs, err := l.QueryAudit(ctx, store.AuditQuery{Limit: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, e := range evs {
+			got = append(got, e.Target+" "+e.Outcome)
+		}
+		if strings.Join(got, ",") == "a/1 ok,a/2 Aborted,a/3 Aborted,a/4 Aborted,a/5 ok" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("outcomes after the outage: %v", got)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if rep, err := audit.Verify(ctx, l); err != nil || !rep.OK() {
+		t.Fatalf("verify: %+v %v", rep, err)
 	}
 }
 

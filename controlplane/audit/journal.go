@@ -143,7 +143,8 @@ func appendEvent(b []byte, e store.AuditEvent) []byte {
 	}{
 		{"actor", e.Actor, false}, {"action", e.Action, false}, {"target", e.Target, false},
 		{"decision", e.Decision, false}, {"grant", e.Policy, true}, {"outcome", e.Outcome, false},
-		{"request_id", e.RequestID, true}, {"prev_hash", e.PrevHash, false}, {"hash", e.Hash, false},
+		{"request_id", e.RequestID, true}, {"ref", e.Ref, true}, {"refused", e.Refused, true},
+		{"prev_hash", e.PrevHash, false}, {"hash", e.Hash, false},
 	} {
 		if f.omitEmpty && f.value == "" {
 			continue

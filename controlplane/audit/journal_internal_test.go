@@ -18,6 +18,21 @@ func TestHashIsStable(t *testing.T) {
 	if got, want := Hash(e), "d0e2dc6ec3e7810a1608978490bb12a0543634d18413cbf6ceebfa85a4d32df6"; got != want {
 		t.Fatalf("hash %s, want %s", got, want)
 	}
+	// With what it acted on: a hash of its own, stable too, and every
+	// field counts (moving text between them changes the hash).
+	e.Ref, e.Refused = "local://payments/db#password", ""
+	withRef := Hash(e)
+	if want := "faa63f46f176cef7240faa5f7b47f411b11d5ed0c8adf83500d1d2392e09b342"; withRef != want {
+		t.Fatalf("hash with a ref %s, want %s", withRef, want)
+	}
+	e.Ref, e.Refused = "", "local://payments/db#password"
+	if Hash(e) == withRef {
+		t.Fatal("Ref and Refused hash alike")
+	}
+	e.Refused, e.RequestID = "", "req-1local://payments/db#password"
+	if Hash(e) == withRef {
+		t.Fatal("an event hashes like another with its text in another field")
+	}
 }
 
 // What the writer stores is what it hashed: text makes every field valid
@@ -73,6 +88,10 @@ func TestAppendEventMatchesEncodingJSON(t *testing.T) {
 		roundTrip(t, event(s, s, s, s))
 	}
 	roundTrip(t, event("a", "b")) // empty grant and request id are omitted
+	withRef := event("a", "b")
+	withRef.Ref, withRef.Refused = "vault://secret/a/b#c,local://x#k", "payments/x"
+	withRef.Hash = Hash(withRef)
+	roundTrip(t, withRef)
 	e := event("a", "b")
 	e.Time = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) // whole seconds
 	roundTrip(t, e)

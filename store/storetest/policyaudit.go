@@ -48,6 +48,9 @@ func chain(head store.AuditChainHead, n int, actor string) []store.AuditEvent {
 		seq := head.Seq + int64(i) + 1
 		out[i] = store.AuditEvent{Seq: seq, Time: time.Now().UTC().Truncate(time.Microsecond), Actor: actor, Action: "test.append", Target: fmt.Sprint(seq),
 			Decision: "allow", Outcome: "ok", RequestID: "r", PrevHash: prev, Hash: fmt.Sprintf("h%d", seq)}
+		if seq%2 == 0 { // what it acted on, kept like every other field
+			out[i].Ref, out[i].Refused = "vault://secret/a/b#c", fmt.Sprintf("x/%d", seq)
+		}
 		prev = out[i].Hash
 	}
 	return out

@@ -23,18 +23,30 @@ const (
 )
 
 type AuditEvent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Seq           int64                  `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
-	Actor         string                 `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
-	Action        string                 `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
-	Target        string                 `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
-	Decision      string                 `protobuf:"bytes,6,opt,name=decision,proto3" json:"decision,omitempty"`
-	Policy        string                 `protobuf:"bytes,7,opt,name=policy,proto3" json:"policy,omitempty"`
-	Outcome       string                 `protobuf:"bytes,8,opt,name=outcome,proto3" json:"outcome,omitempty"`
-	RequestId     string                 `protobuf:"bytes,9,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	PrevHash      string                 `protobuf:"bytes,10,opt,name=prev_hash,json=prevHash,proto3" json:"prev_hash,omitempty"`
-	Hash          string                 `protobuf:"bytes,11,opt,name=hash,proto3" json:"hash,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Seq   int64                  `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Time  *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// The caller's SPIFFE ID, or "system".
+	Actor string `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
+	// The call, e.g. "AdminService.PutSecret".
+	Action string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
+	// What the call names: secret or configuration names, a policy's name.
+	Target string `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
+	// "allow" or "deny".
+	Decision string `protobuf:"bytes,6,opt,name=decision,proto3" json:"decision,omitempty"`
+	// The grant that decided.
+	Policy string `protobuf:"bytes,7,opt,name=policy,proto3" json:"policy,omitempty"`
+	// "ok" or the status code name of what the call did; "authorized" for a
+	// write's decision, recorded before it runs (its outcome follows in an
+	// event with the same request id).
+	Outcome   string `protobuf:"bytes,8,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	RequestId string `protobuf:"bytes,9,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	PrevHash  string `protobuf:"bytes,10,opt,name=prev_hash,json=prevHash,proto3" json:"prev_hash,omitempty"`
+	Hash      string `protobuf:"bytes,11,opt,name=hash,proto3" json:"hash,omitempty"`
+	// Canonical refs of the secrets acted on, comma-separated.
+	Ref string `protobuf:"bytes,12,opt,name=ref,proto3" json:"ref,omitempty"`
+	// For a denial, the objects refused, comma-separated.
+	Refused       string `protobuf:"bytes,13,opt,name=refused,proto3" json:"refused,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -142,6 +154,20 @@ func (x *AuditEvent) GetPrevHash() string {
 func (x *AuditEvent) GetHash() string {
 	if x != nil {
 		return x.Hash
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetRefused() string {
+	if x != nil {
+		return x.Refused
 	}
 	return ""
 }
@@ -361,7 +387,7 @@ var File_secretplane_v1_audit_proto protoreflect.FileDescriptor
 
 const file_secretplane_v1_audit_proto_rawDesc = "" +
 	"\n" +
-	"\x1asecretplane/v1/audit.proto\x12\x0esecretplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x02\n" +
+	"\x1asecretplane/v1/audit.proto\x12\x0esecretplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x02\n" +
 	"\n" +
 	"AuditEvent\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12.\n" +
@@ -376,7 +402,9 @@ const file_secretplane_v1_audit_proto_rawDesc = "" +
 	"request_id\x18\t \x01(\tR\trequestId\x12\x1b\n" +
 	"\tprev_hash\x18\n" +
 	" \x01(\tR\bprevHash\x12\x12\n" +
-	"\x04hash\x18\v \x01(\tR\x04hash\"\x8c\x01\n" +
+	"\x04hash\x18\v \x01(\tR\x04hash\x12\x10\n" +
+	"\x03ref\x18\f \x01(\tR\x03ref\x12\x18\n" +
+	"\arefused\x18\r \x01(\tR\arefused\"\x8c\x01\n" +
 	"\x11AuditQueryRequest\x12\x1b\n" +
 	"\tafter_seq\x18\x01 \x01(\x03R\bafterSeq\x12\x14\n" +
 	"\x05actor\x18\x02 \x01(\tR\x05actor\x12\x16\n" +

@@ -11,7 +11,7 @@ import (
 	"github.com/secretplane/secretplane/store"
 )
 
-const auditColumns = "seq, time_us, actor, action, target, decision, policy, outcome, request_id, prev_hash, hash"
+const auditColumns = "seq, time_us, actor, action, target, decision, policy, outcome, request_id, ref, refused, prev_hash, hash"
 
 // AppendAudit implements store.AuditStore: the chain head row is locked
 // (FOR UPDATE in PostgreSQL; BEGIN IMMEDIATE in SQLite) so appenders on
@@ -49,9 +49,9 @@ func (s *Store) AppendAudit(ctx context.Context, fn func(store.AuditChainHead) (
 // insertAudit writes events in the way that suits the engine (see
 // Dialect.Embedded).
 func (s *Store) insertAudit(ctx context.Context, tx *sql.Tx, events []store.AuditEvent) error {
-	const perRow, maxRows = 11, 256
+	const perRow, maxRows = 13, 256
 	row := func(e store.AuditEvent) []any {
-		return []any{e.Seq, e.Time.UnixMicro(), e.Actor, e.Action, e.Target, e.Decision, e.Policy, e.Outcome, e.RequestID, e.PrevHash, e.Hash}
+		return []any{e.Seq, e.Time.UnixMicro(), e.Actor, e.Action, e.Target, e.Decision, e.Policy, e.Outcome, e.RequestID, e.Ref, e.Refused, e.PrevHash, e.Hash}
 	}
 	if s.dialect.Embedded() {
 		stmt, err := tx.PrepareContext(ctx, s.dialect.Rebind(`INSERT INTO audit_events (`+auditColumns+`) VALUES `+valuesList(1, perRow)))
@@ -134,7 +134,7 @@ func (s *Store) QueryAudit(ctx context.Context, q store.AuditQuery) ([]store.Aud
 			e  store.AuditEvent
 			us int64
 		)
-		if err := rows.Scan(&e.Seq, &us, &e.Actor, &e.Action, &e.Target, &e.Decision, &e.Policy, &e.Outcome, &e.RequestID, &e.PrevHash, &e.Hash); err != nil {
+		if err := rows.Scan(&e.Seq, &us, &e.Actor, &e.Action, &e.Target, &e.Decision, &e.Policy, &e.Outcome, &e.RequestID, &e.Ref, &e.Refused, &e.PrevHash, &e.Hash); err != nil {
 			return nil, fmt.Errorf("query audit: %w", err)
 		}
 		e.Time = time.UnixMicro(us).UTC()
