@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 
+	"github.com/secretplane/secretplane/controlplane/access"
 	"github.com/secretplane/secretplane/controlplane/catalog"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/controlplane/validate"
@@ -67,6 +68,7 @@ func (s *AdminServer) GetSecret(ctx context.Context, req *spv1.GetSecretRequest)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
+	access.FromContext(ctx).NoteRef(out.Ref)
 	return secretToProto(out), nil
 }
 
@@ -86,12 +88,14 @@ func (s *AdminServer) ListSecrets(ctx context.Context, req *spv1.ListSecretsRequ
 // DeleteSecret implements AdminService.DeleteSecret.
 func (s *AdminServer) DeleteSecret(ctx context.Context, req *spv1.DeleteSecretRequest) (*spv1.DeleteSecretResponse, error) {
 	rev, err := parseEtag("etag", req.GetEtag())
-	if err == nil {
-		err = s.catalog.DeleteSecret(ctx, req.GetName(), rev)
-	}
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
+	gone, err := s.catalog.DeleteSecret(ctx, req.GetName(), rev)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	access.FromContext(ctx).NoteRef(gone.Ref)
 	return &spv1.DeleteSecretResponse{}, nil
 }
 

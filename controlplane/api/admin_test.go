@@ -70,7 +70,7 @@ func TestBadInput(t *testing.T) {
 		{"missing secret", func() error {
 			_, err := c.PutSecret(ctx, &spv1.PutSecretRequest{})
 			return err
-		}, codes.InvalidArgument, "secret", ""},
+		}, codes.InvalidArgument, "secret.name", ""},
 		{"duplicate name with create_only", func() error {
 			_, err := c.PutSecret(ctx, &spv1.PutSecretRequest{Secret: &spv1.Secret{Name: "payments/db", Ref: "vault://secret/other#x"}, CreateOnly: true})
 			return err

@@ -3,42 +3,42 @@ package api
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/secretplane/secretplane/controlplane/access"
 	"github.com/secretplane/secretplane/controlplane/audit"
 	"github.com/secretplane/secretplane/controlplane/policy"
+	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/controlplane/validate"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 )
 
 // Authorizer decides requests (policy.Engine).
-type Authorizer interface {
-	Decide(id spiffeid.ID, verb policy.Verb, object string) policy.Decision
-	DecidePrefix(id spiffeid.ID, verb policy.Verb, prefix string) policy.Decision
-}
+type Authorizer = access.Decider
 
-// Auditor records access decisions (audit.Log).
+// Auditor records access decisions and outcomes (audit.Log).
 type Auditor interface {
-	Record(ctx context.Context, e audit.Event) error
+	access.Recorder
 }
 
-// anyAuthenticated names decisions for calls every authenticated identity
-// may make (CheckRef reads no data).
-const anyAuthenticated = "any authenticated identity"
-
-// rule says what a call needs: a verb on the objects the request names.
+// rule says what a call needs, read off its request: a verb on the names
+// it acts on (or on a prefix, for a listing), bind on the refs it binds,
+// or nothing beyond authentication.
 type rule struct {
-	verb    policy.Verb
-	objects func(req any) []string // exact names
-	prefix  func(req any) string   // a listing: every name with this prefix
-	anyone  bool                   // any authenticated identity
-	action  string                 // what the audit log calls the call
+	verb     policy.Verb
+	field    string                 // the request field holding the names
+	names    func(req any) []string // exact names
+	prefix   func(req any) string   // a listing: every name with this prefix
+	anyone   bool                   // any authenticated identity
+	binds    func(req any) []string // refs the call binds names to
+	target   func(req any) string   // what the audit calls the object, when not the names
+	writes   func(req any) bool     // the call changes state (default: no)
+	maxNames int                    // more names than this is InvalidArgument
+	action   string                 // what the audit log calls the call
 }
 
 func named(name func(req any) string) func(any) []string {
@@ -49,31 +49,51 @@ func named(name func(req any) string) func(any) []string {
 // need (a grant on "*").
 func everything(any) string { return "" }
 
+func always(any) bool { return true }
+
+// policyName is the target of a call on one policy: its name, masked.
+func policyName(name func(req any) string) func(any) string {
+	return func(req any) string { return access.Mask(name(req)) }
+}
+
 // rules maps every RPC to its requirement. A method without a rule is
 // refused: a new RPC must say what it needs before anyone can call it.
 func rules() map[string]rule {
 	admin := policy.Admin
 	rs := map[string]rule{
-		spv1.AdminService_PutSecret_FullMethodName:     {verb: admin, objects: named(func(r any) string { return r.(*spv1.PutSecretRequest).GetSecret().GetName() })},
-		spv1.AdminService_GetSecret_FullMethodName:     {verb: admin, objects: named(func(r any) string { return r.(*spv1.GetSecretRequest).GetName() })},
-		spv1.AdminService_DeleteSecret_FullMethodName:  {verb: admin, objects: named(func(r any) string { return r.(*spv1.DeleteSecretRequest).GetName() })},
-		spv1.AdminService_ListConsumers_FullMethodName: {verb: admin, objects: named(func(r any) string { return r.(*spv1.ListConsumersRequest).GetName() })},
-		spv1.AdminService_ListSecrets_FullMethodName:   {verb: admin, prefix: func(r any) string { return r.(*spv1.ListSecretsRequest).GetPrefix() }},
-		spv1.AdminService_PutConfig_FullMethodName:     {verb: admin, objects: named(func(r any) string { return r.(*spv1.PutConfigRequest).GetConfig().GetName() })},
-		spv1.AdminService_GetConfig_FullMethodName:     {verb: admin, objects: named(func(r any) string { return r.(*spv1.GetConfigRequest).GetName() })},
-		spv1.AdminService_DeleteConfig_FullMethodName:  {verb: admin, objects: named(func(r any) string { return r.(*spv1.DeleteConfigRequest).GetName() })},
-		spv1.AdminService_ListConfigs_FullMethodName:   {verb: admin, prefix: func(r any) string { return r.(*spv1.ListConfigsRequest).GetPrefix() }},
-		spv1.AdminService_CheckRef_FullMethodName:      {anyone: true},
+		spv1.AdminService_PutSecret_FullMethodName: {verb: admin, field: "secret.name", writes: always,
+			names: named(func(r any) string { return r.(*spv1.PutSecretRequest).GetSecret().GetName() }),
+			binds: func(r any) []string { return []string{r.(*spv1.PutSecretRequest).GetSecret().GetRef()} }},
+		spv1.AdminService_GetSecret_FullMethodName: {verb: admin, field: "name", names: named(func(r any) string { return r.(*spv1.GetSecretRequest).GetName() })},
+		spv1.AdminService_DeleteSecret_FullMethodName: {verb: admin, field: "name", writes: always,
+			names: named(func(r any) string { return r.(*spv1.DeleteSecretRequest).GetName() })},
+		spv1.AdminService_ListConsumers_FullMethodName: {verb: admin, field: "name", names: named(func(r any) string { return r.(*spv1.ListConsumersRequest).GetName() })},
+		spv1.AdminService_ListSecrets_FullMethodName:   {verb: admin, field: "prefix", prefix: func(r any) string { return r.(*spv1.ListSecretsRequest).GetPrefix() }},
+		spv1.AdminService_PutConfig_FullMethodName: {verb: admin, field: "config.name",
+			names:  named(func(r any) string { return r.(*spv1.PutConfigRequest).GetConfig().GetName() }),
+			binds:  func(r any) []string { return configRefs(r.(*spv1.PutConfigRequest).GetConfig()) },
+			writes: func(r any) bool { return !r.(*spv1.PutConfigRequest).GetDryRun() }},
+		spv1.AdminService_GetConfig_FullMethodName: {verb: admin, field: "name", names: named(func(r any) string { return r.(*spv1.GetConfigRequest).GetName() })},
+		spv1.AdminService_DeleteConfig_FullMethodName: {verb: admin, field: "name", writes: always,
+			names: named(func(r any) string { return r.(*spv1.DeleteConfigRequest).GetName() })},
+		spv1.AdminService_ListConfigs_FullMethodName: {verb: admin, field: "prefix", prefix: func(r any) string { return r.(*spv1.ListConfigsRequest).GetPrefix() }},
+		spv1.AdminService_CheckRef_FullMethodName:    {anyone: true},
 
-		spv1.PolicyService_PutPolicy_FullMethodName:    {verb: admin, prefix: everything},
-		spv1.PolicyService_GetPolicy_FullMethodName:    {verb: admin, prefix: everything},
+		spv1.PolicyService_PutPolicy_FullMethodName: {verb: admin, prefix: everything, writes: always,
+			target: policyName(func(r any) string { return r.(*spv1.PutPolicyRequest).GetPolicy().GetName() })},
+		spv1.PolicyService_GetPolicy_FullMethodName: {verb: admin, prefix: everything,
+			target: policyName(func(r any) string { return r.(*spv1.GetPolicyRequest).GetName() })},
 		spv1.PolicyService_ListPolicies_FullMethodName: {verb: admin, prefix: everything},
-		spv1.PolicyService_DeletePolicy_FullMethodName: {verb: admin, prefix: everything},
-		spv1.PolicyService_Explain_FullMethodName:      {verb: admin, prefix: everything},
-		spv1.AuditService_Query_FullMethodName:         {verb: admin, prefix: everything},
-		spv1.AuditService_Verify_FullMethodName:        {verb: admin, prefix: everything},
+		spv1.PolicyService_DeletePolicy_FullMethodName: {verb: admin, prefix: everything, writes: always,
+			target: policyName(func(r any) string { return r.(*spv1.DeletePolicyRequest).GetName() })},
+		spv1.PolicyService_Explain_FullMethodName: {verb: admin, prefix: everything,
+			target: func(r any) string { return explainTarget(r.(*spv1.ExplainRequest)) }},
+		spv1.PolicyService_AuditBindings_FullMethodName: {verb: admin, prefix: everything},
+		spv1.AuditService_Query_FullMethodName:          {verb: admin, prefix: everything},
+		spv1.AuditService_Verify_FullMethodName:         {verb: admin, prefix: everything},
 
-		spv1.SecretsService_Resolve_FullMethodName: {verb: policy.Read, objects: func(r any) []string { return r.(*spv1.ResolveRequest).GetNames() }},
+		spv1.SecretsService_Resolve_FullMethodName: {verb: policy.Read, field: "names", maxNames: MaxResolveNames,
+			names: func(r any) []string { return r.(*spv1.ResolveRequest).GetNames() }},
 		// Watch names its secrets in stream messages: the handler checks
 		// "watch" on each when subscribed and again before every push.
 		// Opening the stream needs only authentication.
@@ -86,113 +106,151 @@ func rules() map[string]rule {
 	return rs
 }
 
-// authorizer is the one authorisation interceptor: it evaluates the rule of
-// the call against the caller's SPIFFE ID, records the decision in the audit
-// log, and refuses the call when denied or when the decision cannot be
-// recorded (fail closed).
+// configRefs lists a configuration document's refs: putting it binds each.
+func configRefs(d *spv1.ConfigDocument) []string {
+	var refs []string
+	for _, e := range d.GetEntries() {
+		if r := e.GetRef(); r != "" {
+			refs = append(refs, r)
+		}
+	}
+	return refs
+}
+
+// explainTarget is what an Explain asks about: a name, or a ref for bind.
+func explainTarget(r *spv1.ExplainRequest) string {
+	if r.GetVerb() == string(policy.Bind) {
+		if ref, err := secretref.Parse(r.GetObject()); err == nil {
+			return ref.String()
+		}
+		return "[invalid ref]"
+	}
+	return access.Mask(r.GetObject())
+}
+
+// authorizer is the one authorisation interceptor: it turns the call's
+// rule into an access request, which the guard decides and audits (see
+// package access), runs the handler only when allowed, and records the
+// outcome before the answer leaves.
 type authorizer struct {
-	rules  map[string]rule
-	policy Authorizer
-	audit  Auditor
+	rules map[string]rule
+	guard *access.Guard
 }
 
 func (a *authorizer) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if err := a.authorize(ctx, info.FullMethod, req); err != nil {
+	call, err := a.authorize(ctx, info.FullMethod, req)
+	if err != nil {
 		return nil, err
 	}
-	return handler(ctx, req)
+	resp, herr := handler(access.WithCall(ctx, call), req)
+	if err := call.Finish(ctx, outcome(herr)); err != nil {
+		return nil, accessStatus(ctx, err)
+	}
+	return resp, herr
 }
 
 // stream authorises a stream at open from its method alone; per-object
-// checks happen as the stream names objects (Watch, in its handler).
+// checks happen as the stream names objects (Watch, in its handler). The
+// stream's end is recorded with how it ended.
 func (a *authorizer) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if err := a.authorize(ss.Context(), info.FullMethod, nil); err != nil {
+	call, err := a.authorize(ss.Context(), info.FullMethod, nil)
+	if err != nil {
 		return err
 	}
-	return handler(srv, ss)
-}
-
-func (a *authorizer) authorize(ctx context.Context, method string, req any) error {
-	r, known := a.rules[method]
-	if !known {
-		r.action = shortMethod(method)
+	herr := handler(srv, ss)
+	// The stream's context has ended with it: the event is recorded all
+	// the same.
+	if err := call.Finish(context.WithoutCancel(ss.Context()), outcome(herr)); err != nil && herr == nil {
+		return accessStatus(ss.Context(), err)
 	}
-	return a.check(ctx, r, known, req)
+	return herr
 }
 
-// authorizeNames decides verb on every name for the caller and records the
-// decision as action: for streams, which name their objects in messages.
-func (a *authorizer) authorizeNames(ctx context.Context, action string, verb policy.Verb, names []string) error {
-	return a.check(ctx, rule{verb: verb, objects: func(any) []string { return names }, action: action}, true, names)
-}
-
-// check evaluates rule r for the caller, records the decision, and returns
-// the error to answer with when the call may not proceed.
-func (a *authorizer) check(ctx context.Context, r rule, known bool, req any) error {
-	action := r.action
+// authorize decides the call's rule for the caller; the error is the
+// status to answer with.
+func (a *authorizer) authorize(ctx context.Context, method string, req any) (*access.Call, error) {
 	id, ok := PeerID(ctx)
 	if !ok {
-		return status.Error(codes.Unauthenticated, "caller not authenticated")
+		return nil, status.Error(codes.Unauthenticated, "caller not authenticated")
 	}
-	target, decision := "", policy.Decision{}
+	r, known := a.rules[method]
+	ar := access.Request{Actor: id, RequestID: RequestID(ctx), Action: r.action, Verb: r.verb, Field: r.field, MaxNames: r.maxNames, Anyone: r.anyone}
 	switch {
 	case !known:
-		target = action
+		ar.Action, ar.NoRule = shortMethod(method), true
 	case r.anyone:
-		decision = policy.Decision{Allowed: true, Grant: anyAuthenticated}
 	case req == nil: // a stream whose rule needs objects: refuse at open
-		target = action
+		ar.NoRule = true
 	case r.prefix != nil:
-		p := r.prefix(req)
-		target = safeTarget(p) + "*"
-		decision = a.policy.DecidePrefix(id, r.verb, p)
+		ar.Listing, ar.Prefix = true, r.prefix(req)
 	default:
-		names := r.objects(req)
-		safe := make([]string, len(names))
-		for i, n := range names {
-			safe[i] = safeTarget(n)
-		}
-		target = strings.Join(safe, ",")
-		decision = policy.Decision{Allowed: len(names) > 0}
-		for _, n := range names {
-			d := a.policy.Decide(id, r.verb, n)
-			if !d.Allowed {
-				decision = policy.Decision{}
-				break
-			}
-			decision.Grant = d.Grant
-		}
+		ar.Names = r.names(req)
 	}
-	ev := audit.Event{Actor: id.String(), Action: action, Target: target, Grant: decision.Grant, RequestID: RequestID(ctx)}
-	if decision.Allowed {
-		ev.Decision, ev.Outcome = audit.Allow, "authorized"
-	} else {
-		ev.Decision, ev.Outcome = audit.Deny, codes.PermissionDenied.String()
-	}
-	if err := a.audit.Record(ctx, ev); err != nil {
-		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			return status.FromContextError(ctx.Err()).Err()
+	if known && req != nil {
+		if r.binds != nil {
+			ar.Binds = r.binds(req)
 		}
-		return status.Error(codes.Unavailable, "the audit log cannot be written; request refused")
-	}
-	if !decision.Allowed {
-		if !known {
-			return status.Errorf(codes.PermissionDenied, "%s has no authorisation rule", action)
+		if r.target != nil {
+			ar.Target = r.target(req)
 		}
-		return status.Errorf(codes.PermissionDenied, "%s is not allowed %s on %s", id, r.verb, target)
+		ar.Writes = r.writes != nil && r.writes(req)
 	}
-	return nil
+	call, err := a.guard.Authorize(ctx, ar)
+	if err != nil {
+		return nil, accessStatus(ctx, err)
+	}
+	return call, nil
 }
 
-// safeTarget keeps an object name for the audit record only when it is a
-// well-formed name: a request can carry anything, a pasted secret included,
-// and the audit log must never store one.
-func safeTarget(name string) string {
-	if validate.NamePrefix(name) == nil {
-		return name
+// authorizeNames decides verb on every name for the caller, as action:
+// for streams, which name their objects in messages. The caller runs the
+// step and finishes the call before it sends anything.
+func (a *authorizer) authorizeNames(ctx context.Context, action string, verb policy.Verb, field string, names []string) (*access.Call, error) {
+	id, ok := PeerID(ctx)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "caller not authenticated")
 	}
-	return fmt.Sprintf("[invalid name, %d bytes]", len(name))
+	call, err := a.guard.Authorize(ctx, access.Request{Actor: id, RequestID: RequestID(ctx), Action: action, Verb: verb, Field: field, Names: names, MaxNames: MaxResolveNames})
+	if err != nil {
+		return nil, accessStatus(ctx, err)
+	}
+	return call, nil
 }
+
+// outcome is what the audit log records of a finished call.
+func outcome(err error) string {
+	if err == nil {
+		return audit.OK
+	}
+	return status.Code(err).String()
+}
+
+// accessStatus maps a refusal to its status: PermissionDenied naming what
+// is missing, InvalidArgument for a malformed name, Unavailable when the
+// audit log cannot be written.
+func accessStatus(ctx context.Context, err error) error {
+	var (
+		denied *access.DeniedError
+		verr   *validate.Error
+	)
+	switch {
+	case errors.As(err, &denied):
+		return status.Error(codes.PermissionDenied, denied.Error())
+	case errors.As(err, &verr):
+		return invalidArgument(verr)
+	case errors.Is(err, access.ErrAuditUnavailable):
+		return status.Error(codes.Unavailable, access.ErrAuditUnavailable.Error())
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		if ctx.Err() != nil {
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		return status.FromContextError(err).Err()
+	}
+	return status.Error(codes.Internal, "internal error")
+}
+
+// safeTarget renders an object name for a message or an audit record.
+func safeTarget(name string) string { return access.Mask(name) }
 
 // shortMethod turns "/secretplane.v1.AdminService/PutSecret" into
 // "AdminService.PutSecret".

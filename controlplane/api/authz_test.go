@@ -95,6 +95,10 @@ func allRPCs() []rpc {
 			_, err := pol(c).DeletePolicy(ctx, &spv1.DeletePolicyRequest{Name: "probe"})
 			return err
 		}, codes.OK},
+		{"PolicyService.AuditBindings", policy.Admin, "all", func(ctx context.Context, c *grpc.ClientConn, n string) error {
+			_, err := pol(c).AuditBindings(ctx, &spv1.AuditBindingsRequest{})
+			return err
+		}, codes.OK},
 		{"AuditService.Query", policy.Admin, "all", func(ctx context.Context, c *grpc.ClientConn, n string) error {
 			_, err := aud(c).Query(ctx, &spv1.AuditQueryRequest{Limit: 5})
 			return err
@@ -135,7 +139,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	billing := issueFor(t, e, "/billing/worker")
 	pc := spv1.NewPolicyServiceClient(e.dial(t, e.admin))
 	for _, p := range []*spv1.Policy{
-		{Name: "payments-admin", Subject: td + "/payments/lead", Verbs: []string{"admin"}, Objects: []string{"payments/*"}},
+		{Name: "payments-admin", Subject: td + "/payments/lead", Verbs: []string{"admin", "bind"}, Objects: []string{"payments/*", "vault://secret/payments/*"}},
 		{Name: "payments-read", Subject: td + "/payments/*", Verbs: []string{"read", "watch"}, Objects: []string{"payments/*"}},
 		{Name: "billing-read", Subject: td + "/billing/worker", Verbs: []string{"read"}, Objects: []string{"billing/db"}},
 	} {
@@ -184,7 +188,11 @@ func TestAuthorizationMatrix(t *testing.T) {
 					if code != codes.PermissionDenied {
 						t.Fatalf("want PermissionDenied, got %v", err)
 					}
-					ev, err := e.audit.QueryAudit(ctx, store.AuditQuery{Actor: id.id, Action: r.method, Limit: 1, Newest: true})
+					action := r.method
+					if action == "SecretsService.Watch" { // a stream's names are decided per message
+						action += ".Subscribe"
+					}
+					ev, err := e.audit.QueryAudit(ctx, store.AuditQuery{Actor: id.id, Action: action, Limit: 1, Newest: true})
 					if err != nil || len(ev) != 1 || ev[0].Decision != "deny" || ev[0].Outcome != "PermissionDenied" {
 						t.Fatalf("no deny audit record: %+v %v", ev, err)
 					}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -13,25 +14,39 @@ import (
 	"github.com/secretplane/secretplane/controlplane/validate"
 )
 
-// auditRefusedHandshakes returns a copy of cfg that records every client
-// certificate it refuses (foreign trust domain, unknown CA, expired SVID) in
-// the audit log. The claimed identity is unverified and recorded as such.
+// auditRefusedHandshakes returns a copy of cfg that logs and records in
+// the audit log every client certificate it refuses (foreign trust domain,
+// unknown CA, expired SVID) and every client that presents none. The
+// claimed identity is unverified and recorded as such.
+//
+// A client without a certificate would be refused by the TLS stack before
+// any callback runs (RequireAnyClientCert), leaving no trace; so the copy
+// only asks for one and refuses its absence itself, with the same result
+// for the client.
 func auditRefusedHandshakes(cfg *tls.Config, a Auditor, log *slog.Logger) *tls.Config {
 	out := cfg.Clone()
 	verify := cfg.VerifyPeerCertificate
 	if verify == nil || a == nil {
 		return out
 	}
+	if out.ClientAuth == tls.RequireAnyClientCert {
+		out.ClientAuth = tls.RequestClientCert
+	}
 	out.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
-		err := verify(raw, chains)
-		if err == nil {
+		var err error
+		reason := "client certificate refused"
+		if len(raw) == 0 {
+			err, reason = errNoClientCert, "no client certificate"
+		} else if err = verify(raw, chains); err == nil {
 			return nil
 		}
+		actor := claimedID(raw)
+		log.Warn("TLS handshake refused", "peer", actor, "reason", reason)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if rerr := a.Record(ctx, audit.Event{
-			Actor: claimedID(raw), Action: "tls.handshake", Target: "server",
-			Decision: audit.Deny, Outcome: "client certificate refused",
+			Actor: actor, Action: "tls.handshake", Target: "server",
+			Decision: audit.Deny, Outcome: reason,
 		}); rerr != nil {
 			log.Error("refused handshake not audited", "error", rerr)
 		}
@@ -39,6 +54,8 @@ func auditRefusedHandshakes(cfg *tls.Config, a Auditor, log *slog.Logger) *tls.C
 	}
 	return out
 }
+
+var errNoClientCert = errors.New("tls: client didn't provide a certificate")
 
 // claimedID renders the SPIFFE ID a refused certificate claims, marked as
 // unverified; anything that is not a clean SPIFFE ID is not repeated.

@@ -9,6 +9,8 @@ import (
 
 	"github.com/secretplane/secretplane/controlplane/paging"
 	"github.com/secretplane/secretplane/controlplane/policy"
+	"github.com/secretplane/secretplane/controlplane/secretref"
+	"github.com/secretplane/secretplane/controlplane/validate"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 	"github.com/secretplane/secretplane/store"
 )
@@ -90,23 +92,40 @@ func (s *PolicyServer) Explain(ctx context.Context, req *spv1.ExplainRequest) (*
 	}
 	verb := policy.Read
 	if req.GetVerb() != "" {
-		verb = policy.Verb(req.GetVerb())
-		if !validVerb(verb) {
-			return nil, toStatus(ctx, s.log, fieldError("verb", "is not a verb (want read, watch, rotate or admin)"))
+		v, ok := policy.ParseVerb(req.GetVerb())
+		if !ok {
+			return nil, toStatus(ctx, s.log, fieldError("verb", "is not a verb (want read, watch, rotate, admin or bind)"))
 		}
+		verb = v
 	}
-	if req.GetObject() == "" {
-		return nil, toStatus(ctx, s.log, fieldError("object", "is required"))
+	var d policy.Decision
+	if verb == policy.Bind {
+		if req.GetObject() == "" {
+			return nil, toStatus(ctx, s.log, fieldError("object", "is required: the SecretRef to bind"))
+		}
+		ref, err := secretref.Parse(req.GetObject())
+		if err != nil {
+			return nil, toStatus(ctx, s.log, fieldError("object", err.Error()))
+		}
+		d = s.policies.ExplainBind(id, ref)
+	} else {
+		if err := validate.Name(req.GetObject()); err != nil {
+			return nil, toStatus(ctx, s.log, fieldError("object", err.Error()))
+		}
+		d = s.policies.Explain(id, verb, req.GetObject())
 	}
-	d := s.policies.Explain(id, verb, req.GetObject())
 	return &spv1.ExplainResponse{Allowed: d.Allowed, Policy: d.Grant}, nil
 }
 
-func validVerb(v policy.Verb) bool {
-	for _, k := range policy.Verbs() {
-		if k == v {
-			return true
-		}
+// AuditBindings implements PolicyService.AuditBindings.
+func (s *PolicyServer) AuditBindings(ctx context.Context, _ *spv1.AuditBindingsRequest) (*spv1.AuditBindingsResponse, error) {
+	rep, err := s.policies.AuditBindings(ctx)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
 	}
-	return false
+	resp := &spv1.AuditBindingsResponse{Total: int32(rep.Total), Secrets: int32(rep.Secrets)}
+	for _, f := range rep.Findings {
+		resp.Findings = append(resp.Findings, &spv1.BindingFinding{Secret: f.Secret, Ref: f.Ref, Policy: f.Policy, Subject: f.Subject})
+	}
+	return resp, nil
 }

@@ -5,10 +5,13 @@ import (
 	"testing"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	spapi "github.com/secretplane/secretplane/controlplane/api"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
+	"github.com/secretplane/secretplane/store"
 )
 
 // Resolve returns values to granted identities only, maps backend failures
@@ -42,30 +45,77 @@ func TestResolve(t *testing.T) {
 		t.Fatalf("resolve: %v %v", resp, err)
 	}
 	cases := []struct {
-		name   string
-		client spv1.SecretsServiceClient
-		names  []string
-		code   codes.Code
+		name    string
+		client  spv1.SecretsServiceClient
+		names   []string
+		code    codes.Code
+		says    string // in the message
+		not     string // not in the message
+		ref     string // the audit event's ref
+		refused string
 	}{
-		{"not granted", other, []string{"payments/db"}, codes.PermissionDenied},
-		{"one name of a batch not granted", api, []string{"payments/db", "billing/db"}, codes.PermissionDenied},
-		{"not registered", api, []string{"payments/unknown"}, codes.NotFound},
-		{"missing key", api, []string{"payments/missing-key"}, codes.NotFound},
-		{"missing secret in the backend", api, []string{"payments/missing"}, codes.NotFound},
-		{"no names", api, nil, codes.PermissionDenied},
+		{"not granted", other, []string{"payments/db"}, codes.PermissionDenied, "not allowed read on payments/db", "", "", "payments/db"},
+		{"one name of a batch not granted", api, []string{"payments/db", "billing/db", "billing/x"}, codes.PermissionDenied, "not allowed read on billing/db, billing/x", "payments/db", "", "billing/db,billing/x"},
+		{"not registered", api, []string{"payments/unknown"}, codes.NotFound, "not registered", "", "", ""},
+		{"missing key", api, []string{"payments/missing-key"}, codes.NotFound, "", "", "local://payments/db#nope", ""},
+		{"missing secret in the backend", api, []string{"payments/missing"}, codes.NotFound, "", "", "local://payments/none#password", ""},
+		{"no names", api, nil, codes.InvalidArgument, "names: is required", "", "", ""},
+		{"an empty name", api, []string{"payments/db", ""}, codes.InvalidArgument, "names[1]: is required", "", "", ""},
+		{"an upper-case name", api, []string{"Payments/db"}, codes.InvalidArgument, "names[0]", "Payments", "", ""},
+		{"a token for a name", api, []string{"payments/canary-3f9a0c2be41d7785a6c0d2e1"}, codes.InvalidArgument, "looks like a secret value", "3f9a0c2be41d7785a6c0d2e1", "", ""},
+		{"too many names", api, make([]string, 101), codes.InvalidArgument, "the limit is 100", "", "", ""},
+		{"granted", api, []string{"payments/db"}, codes.OK, "", "", "local://payments/db#password", ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := tc.client.Resolve(ctx, &spv1.ResolveRequest{Names: tc.names})
+			callCtx := metadata.AppendToOutgoingContext(ctx, spapi.RequestIDHeader, "resolve-"+strings.ReplaceAll(tc.name, " ", "-"))
+			_, err := tc.client.Resolve(callCtx, &spv1.ResolveRequest{Names: tc.names})
 			if status.Code(err) != tc.code {
 				t.Fatalf("got %v, want %v", err, tc.code)
 			}
-			if strings.Contains(err.Error(), "pw-Zq8vW3xR") {
-				t.Fatal("error carries the value")
+			msg := status.Convert(err).Message()
+			if strings.Contains(msg, "pw-Zq8vW3xR") || !strings.Contains(msg, tc.says) || tc.not != "" && strings.Contains(msg, tc.not) {
+				t.Fatalf("message %q: want %q in it and not %q", msg, tc.says, tc.not)
+			}
+			// The audit event says what happened.
+			ev := auditOf(t, e, "resolve-"+strings.ReplaceAll(tc.name, " ", "-"))
+			if len(ev) != 1 || ev[0].Outcome != outcomeName(tc.code) || ev[0].Ref != tc.ref {
+				t.Fatalf("audit %+v; want outcome %s, ref %q", ev, outcomeName(tc.code), tc.ref)
+			}
+			wantDecision := "allow"
+			if tc.code == codes.PermissionDenied || tc.code == codes.InvalidArgument {
+				wantDecision = "deny"
+			}
+			if ev[0].Decision != wantDecision || ev[0].Refused != tc.refused {
+				t.Fatalf("audit %+v; want decision %s, refused %q", ev[0], wantDecision, tc.refused)
 			}
 		})
 	}
 	if strings.Contains(e.logs.String(), "pw-Zq8vW3xR") {
 		t.Fatal("value in the server logs")
 	}
+}
+
+// auditOf returns the audit events of one request id.
+func auditOf(t *testing.T, e *env, requestID string) []store.AuditEvent {
+	t.Helper()
+	evs, err := e.audit.QueryAudit(ctxT(t), store.AuditQuery{Limit: 1000, Newest: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []store.AuditEvent
+	for _, ev := range evs {
+		if ev.RequestID == requestID {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// outcomeName is what the audit log records for a call that ended with code.
+func outcomeName(code codes.Code) string {
+	if code == codes.OK {
+		return "ok"
+	}
+	return code.String()
 }

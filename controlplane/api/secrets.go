@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/secretplane/secretplane/controlplane/access"
+	"github.com/secretplane/secretplane/controlplane/audit"
 	"github.com/secretplane/secretplane/controlplane/backend"
 	"github.com/secretplane/secretplane/controlplane/catalog"
 	"github.com/secretplane/secretplane/controlplane/consumers"
@@ -51,16 +53,16 @@ type SecretsServer struct {
 	log       *slog.Logger
 }
 
-// Resolve implements SecretsService.Resolve.
+// Resolve implements SecretsService.Resolve. The names were validated and
+// authorised by the interceptor, and the call is audited with the refs
+// resolved once it returns.
 func (s *SecretsServer) Resolve(ctx context.Context, req *spv1.ResolveRequest) (*spv1.ResolveResponse, error) {
 	names := req.GetNames()
-	if err := checkNames(names, MaxResolveNames); err != nil {
-		return nil, toStatus(ctx, s.log, err)
-	}
 	id, _ := PeerID(ctx)
+	call := access.FromContext(ctx)
 	resp := &spv1.ResolveResponse{Values: make([]*spv1.SecretValue, 0, len(names))}
 	for _, name := range names {
-		v, err := s.resolveOne(ctx, name)
+		v, err := s.resolveOne(ctx, call, name)
 		if err != nil {
 			return nil, err
 		}
@@ -70,16 +72,6 @@ func (s *SecretsServer) Resolve(ctx context.Context, req *spv1.ResolveRequest) (
 		s.consumers.Seen(id.String(), v.GetName(), consumers.Resolve, v.GetVersion())
 	}
 	return resp, nil
-}
-
-func checkNames(names []string, limit int) error {
-	switch {
-	case len(names) == 0:
-		return fieldError("names", "is required")
-	case len(names) > limit:
-		return fieldError("names", fmt.Sprintf("has %d names; the limit is %d", len(names), limit))
-	}
-	return nil
 }
 
 // Watch implements SecretsService.Watch: one goroutine reads requests, this
@@ -136,15 +128,20 @@ type watcher struct {
 	sent, prev map[string][]byte
 }
 
-const watchAction = "SecretsService.Watch"
+// What the audit log calls a Watch stream's steps; the stream itself is
+// recorded as SecretsService.Watch when it ends, with how it ended.
+const (
+	watchSubscribe = "SecretsService.Watch.Subscribe"
+	watchPush      = "SecretsService.Watch.Push"
+)
 
 func (w *watcher) handle(ctx context.Context, req *spv1.WatchRequest) error {
 	s := w.s
 	switch m := req.GetRequest().(type) {
 	case *spv1.WatchRequest_Subscribe:
 		names := m.Subscribe.GetNames()
-		if err := checkNames(names, MaxResolveNames); err != nil {
-			return toStatus(ctx, s.log, prefixed(err, "subscribe."))
+		if len(names) > MaxResolveNames {
+			return toStatus(ctx, s.log, fieldError("subscribe.names", fmt.Sprintf("has %d names; the limit is %d", len(names), MaxResolveNames)))
 		}
 		var fresh []string
 		for _, n := range names {
@@ -155,14 +152,27 @@ func (w *watcher) handle(ctx context.Context, req *spv1.WatchRequest) error {
 		if w.sub.Len()+len(fresh) > MaxWatchNames {
 			return status.Errorf(codes.ResourceExhausted, "a watch stream holds at most %d secrets; open another stream", MaxWatchNames)
 		}
-		if err := s.authz.authorizeNames(ctx, watchAction, policy.Watch, names); err != nil {
+		call, err := s.authz.authorizeNames(ctx, watchSubscribe, policy.Watch, "subscribe.names", names)
+		if err != nil {
 			return err
 		}
+		// Every value is resolved, and the subscription audited with its
+		// outcome, before the first value leaves.
+		values := make([]*spv1.SecretValue, 0, len(fresh))
 		for _, n := range fresh {
-			v, err := s.resolveOne(ctx, n)
+			v, err := s.resolveOne(ctx, call, n)
 			if err != nil {
+				if ferr := call.Finish(ctx, outcome(err)); ferr != nil {
+					return accessStatus(ctx, ferr)
+				}
 				return err
 			}
+			values = append(values, v)
+		}
+		if err := call.Finish(ctx, audit.OK); err != nil {
+			return accessStatus(ctx, err)
+		}
+		for _, v := range values {
 			if err := w.send(v); err != nil {
 				return err
 			}
@@ -213,8 +223,13 @@ func (w *watcher) ackError(name, text string) string {
 // revoked grant ends the stream before a new value leaves.
 func (w *watcher) push(ctx context.Context) error {
 	for _, u := range w.sub.Take() {
-		if err := w.s.authz.authorizeNames(ctx, watchAction+".Push", policy.Watch, []string{u.Name}); err != nil {
+		call, err := w.s.authz.authorizeNames(ctx, watchPush, policy.Watch, "name", []string{u.Name})
+		if err != nil {
 			return err
+		}
+		call.NoteRef(u.Ref)
+		if err := call.Finish(ctx, audit.OK); err != nil {
+			return accessStatus(ctx, err)
 		}
 		if err := w.send(valueProto(u.Name, u.Result)); err != nil {
 			return err
@@ -233,7 +248,9 @@ func (w *watcher) send(v *spv1.SecretValue) error {
 	return nil
 }
 
-func (s *SecretsServer) resolveOne(ctx context.Context, name string) (*spv1.SecretValue, error) {
+// resolveOne resolves a name for call, noting in its audit event the ref
+// the name is bound to.
+func (s *SecretsServer) resolveOne(ctx context.Context, call *access.Call, name string) (*spv1.SecretValue, error) {
 	ref, err := s.catalog.LookupRef(ctx, name)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
@@ -241,6 +258,7 @@ func (s *SecretsServer) resolveOne(ctx context.Context, name string) (*spv1.Secr
 		}
 		return nil, toStatus(ctx, s.log, err)
 	}
+	call.NoteRef(ref.String())
 	res, err := s.resolver.Get(ctx, ref)
 	if err != nil {
 		return nil, backendStatus(ctx, s.log, name, err)

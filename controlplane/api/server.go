@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/secretplane/secretplane/controlplane/access"
 	"github.com/secretplane/secretplane/controlplane/audit"
 	"github.com/secretplane/secretplane/controlplane/catalog"
 	"github.com/secretplane/secretplane/controlplane/consumers"
@@ -48,7 +49,7 @@ type Config struct {
 // every call but health checks.
 func NewServer(cfg Config) *grpc.Server {
 	guard := newDecodeGuard()
-	authz := &authorizer{rules: rules(), policy: cfg.Policy, audit: cfg.Audit}
+	authz := &authorizer{rules: rules(), guard: access.NewGuard(cfg.Policy, cfg.Audit)}
 	notHealth := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
 		return c.Service != healthpb.Health_ServiceDesc.ServiceName
 	})

@@ -65,14 +65,24 @@ func TestTransportRefusesUnauthenticatedClients(t *testing.T) {
 			}
 		})
 	}
-	// A caller with a certificate was involved: the refusal is audited.
+	// Refused certificates and missing ones are audited and logged alike.
 	refused, err := e.audit.QueryAudit(ctxT(t), store.AuditQuery{Action: "tls.handshake", Limit: 100})
 	if err != nil || len(refused) == 0 {
 		t.Fatalf("refused handshakes not audited: %v %v", refused, err)
 	}
+	outcomes := map[string]string{}
 	for _, ev := range refused {
 		if ev.Decision != "deny" || !strings.HasPrefix(ev.Actor, "unverified:") {
 			t.Fatalf("refused handshake record: %+v", ev)
+		}
+		outcomes[ev.Outcome] = ev.Actor
+	}
+	if outcomes["no client certificate"] != "unverified:none" || outcomes["client certificate refused"] == "" {
+		t.Fatalf("refused handshakes: %v", outcomes)
+	}
+	for _, want := range []string{`"peer":"unverified:none","reason":"no client certificate"`, `"reason":"client certificate refused"`} {
+		if !strings.Contains(e.logs.String(), want) {
+			t.Fatalf("server log lacks %s:\n%s", want, e.logs.String())
 		}
 	}
 	t.Run("valid admin SVID", func(t *testing.T) {

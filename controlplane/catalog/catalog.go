@@ -6,6 +6,8 @@ package catalog
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sort"
 
 	"github.com/secretplane/secretplane/controlplane/paging"
@@ -105,19 +107,38 @@ func (c *Catalog) ListSecrets(ctx context.Context, r ListRequest) ([]store.Secre
 	return items, next, nil
 }
 
-// DeleteSecret removes the named secret.
-func (c *Catalog) DeleteSecret(ctx context.Context, name string, ifRevision int64) error {
+// DeleteSecret removes the named secret and returns it as it was (its ref
+// is what the audit records of the delete). The delete is conditioned on
+// the revision read, so what it returns is what it removed; a put racing
+// it makes it read again, a few times at most.
+func (c *Catalog) DeleteSecret(ctx context.Context, name string, ifRevision int64) (store.Secret, error) {
 	if err := checkName(name); err != nil {
-		return err
+		return store.Secret{}, err
 	}
 	if err := checkWrite(Write{IfRevision: ifRevision}); err != nil {
-		return err
+		return store.Secret{}, err
 	}
-	c.refs.drop(name)
-	if err := c.store.DeleteSecret(ctx, name, store.Precondition{IfRevision: ifRevision}); err != nil {
-		return err
+	for attempt := 0; ; attempt++ {
+		cur, err := c.store.GetSecret(ctx, name)
+		if err != nil {
+			return store.Secret{}, err
+		}
+		rev := ifRevision
+		if rev == 0 {
+			rev = cur.Revision
+		} else if rev != cur.Revision {
+			return store.Secret{}, fmt.Errorf("delete secret %s: %w", name, store.ErrConflict)
+		}
+		err = c.store.DeleteSecret(ctx, name, store.Precondition{IfRevision: rev})
+		if errors.Is(err, store.ErrConflict) && ifRevision == 0 && attempt < 3 {
+			continue
+		}
+		if err != nil {
+			return store.Secret{}, err
+		}
+		c.refs.drop(name)
+		return cur, nil
 	}
-	return nil
 }
 
 // PutConfig validates d, sorts its entries by key, normalises refs and

@@ -150,7 +150,7 @@ func TestLookupRefCachesAndInvalidates(t *testing.T) {
 	if ref, _ := c.LookupRef(ctx, "a/b"); ref.String() != "local://y#k" {
 		t.Fatalf("a write through the catalog did not invalidate: %s", ref)
 	}
-	if err := c.DeleteSecret(ctx, "a/b", 0); err != nil {
+	if _, err := c.DeleteSecret(ctx, "a/b", 0); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.LookupRef(ctx, "a/b"); !errors.Is(err, store.ErrNotFound) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/secretplane/secretplane/controlplane/paging"
 	"github.com/secretplane/secretplane/controlplane/secretref"
+	"github.com/secretplane/secretplane/controlplane/validate"
 	"github.com/secretplane/secretplane/store"
 )
 
@@ -56,7 +57,17 @@ func (m *Manager) Put(ctx context.Context, p store.Policy, w Write) (store.Polic
 
 // Get returns a policy.
 func (m *Manager) Get(ctx context.Context, name string) (store.Policy, error) {
+	if err := checkName(name); err != nil {
+		return store.Policy{}, err
+	}
 	return m.store.GetPolicy(ctx, name)
+}
+
+// checkName validates a policy name as every object name is validated.
+func checkName(name string) error {
+	var c validate.Collector
+	c.Add("name", validate.Name(name))
+	return c.Err()
 }
 
 // List returns a page of policies.
@@ -75,6 +86,9 @@ func (m *Manager) List(ctx context.Context, r paging.Request) ([]store.Policy, s
 
 // Delete removes a policy and deactivates it.
 func (m *Manager) Delete(ctx context.Context, name string, ifRevision int64) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
 	if err := m.store.DeletePolicy(ctx, name, store.Precondition{IfRevision: ifRevision}); err != nil {
 		return err
 	}

@@ -47,6 +47,7 @@ type Options struct {
 // the subscribers of one poll: read it, never modify it.
 type Update struct {
 	Name   string
+	Ref    string // canonical ref the value was resolved from
 	Result resolve.Result
 }
 
@@ -339,7 +340,7 @@ func (h *Hub) poll(ctx context.Context, w *watched) {
 		subs = append(subs, s)
 	}
 	h.mu.Unlock()
-	u := Update{Name: w.name, Result: res}
+	u := Update{Name: w.name, Ref: ref, Result: res}
 	for _, s := range subs {
 		s.offer(u)
 	}

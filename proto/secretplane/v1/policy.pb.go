@@ -32,9 +32,11 @@ type Policy struct {
 	// a path ("spiffe://example.org/ns/payments/*"), or a whole trust domain
 	// ("spiffe://example.org/*").
 	Subject string `protobuf:"bytes,3,opt,name=subject,proto3" json:"subject,omitempty"`
-	// read, watch, rotate, admin.
+	// read, watch, rotate, admin, bind.
 	Verbs []string `protobuf:"bytes,4,rep,name=verbs,proto3" json:"verbs,omitempty"`
-	// Secret or configuration names, name prefixes ("payments/*"), or "*".
+	// Secret or configuration names, name prefixes ("payments/*"), or "*";
+	// for bind, ref patterns: "vault://secret/payments/*" (every ref under a
+	// path), "local://payments/db" (one location), "vault://*" (a scheme).
 	Objects       []string               `protobuf:"bytes,5,rep,name=objects,proto3" json:"objects,omitempty"`
 	Etag          string                 `protobuf:"bytes,6,opt,name=etag,proto3" json:"etag,omitempty"`
 	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
@@ -133,8 +135,8 @@ type PutPolicyRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Policy     *Policy                `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
 	CreateOnly bool                   `protobuf:"varint,2,opt,name=create_only,json=createOnly,proto3" json:"create_only,omitempty"`
-	// Accept a grant broader than usual: admin to more than one identity, or
-	// every object to a whole trust domain.
+	// Accept a grant broader than usual: admin or bind to more than one
+	// identity, or every object to a whole trust domain.
 	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -490,7 +492,7 @@ func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
 type ExplainRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	// Secret or configuration name.
+	// Secret or configuration name; for the verb bind, a SecretRef.
 	Object string `protobuf:"bytes,2,opt,name=object,proto3" json:"object,omitempty"`
 	// Default "read".
 	Verb          string `protobuf:"bytes,3,opt,name=verb,proto3" json:"verb,omitempty"`
@@ -602,6 +604,174 @@ func (x *ExplainResponse) GetPolicy() string {
 	return ""
 }
 
+type AuditBindingsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditBindingsRequest) Reset() {
+	*x = AuditBindingsRequest{}
+	mi := &file_secretplane_v1_policy_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditBindingsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditBindingsRequest) ProtoMessage() {}
+
+func (x *AuditBindingsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_secretplane_v1_policy_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditBindingsRequest.ProtoReflect.Descriptor instead.
+func (*AuditBindingsRequest) Descriptor() ([]byte, []int) {
+	return file_secretplane_v1_policy_proto_rawDescGZIP(), []int{10}
+}
+
+type AuditBindingsResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Findings []*BindingFinding      `protobuf:"bytes,1,rep,name=findings,proto3" json:"findings,omitempty"`
+	// Findings in all (at most 1000 are listed).
+	Total int32 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
+	// Secrets checked.
+	Secrets       int32 `protobuf:"varint,3,opt,name=secrets,proto3" json:"secrets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditBindingsResponse) Reset() {
+	*x = AuditBindingsResponse{}
+	mi := &file_secretplane_v1_policy_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditBindingsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditBindingsResponse) ProtoMessage() {}
+
+func (x *AuditBindingsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_secretplane_v1_policy_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditBindingsResponse.ProtoReflect.Descriptor instead.
+func (*AuditBindingsResponse) Descriptor() ([]byte, []int) {
+	return file_secretplane_v1_policy_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *AuditBindingsResponse) GetFindings() []*BindingFinding {
+	if x != nil {
+		return x.Findings
+	}
+	return nil
+}
+
+func (x *AuditBindingsResponse) GetTotal() int32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *AuditBindingsResponse) GetSecrets() int32 {
+	if x != nil {
+		return x.Secrets
+	}
+	return 0
+}
+
+// BindingFinding: the holders of a grant of admin on a secret lack bind on
+// its ref, so they could not bind it again (grant bind, or rebind it).
+type BindingFinding struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Secret        string                 `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	Ref           string                 `protobuf:"bytes,2,opt,name=ref,proto3" json:"ref,omitempty"`
+	Policy        string                 `protobuf:"bytes,3,opt,name=policy,proto3" json:"policy,omitempty"`
+	Subject       string                 `protobuf:"bytes,4,opt,name=subject,proto3" json:"subject,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BindingFinding) Reset() {
+	*x = BindingFinding{}
+	mi := &file_secretplane_v1_policy_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BindingFinding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BindingFinding) ProtoMessage() {}
+
+func (x *BindingFinding) ProtoReflect() protoreflect.Message {
+	mi := &file_secretplane_v1_policy_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BindingFinding.ProtoReflect.Descriptor instead.
+func (*BindingFinding) Descriptor() ([]byte, []int) {
+	return file_secretplane_v1_policy_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *BindingFinding) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *BindingFinding) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *BindingFinding) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *BindingFinding) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
 var File_secretplane_v1_policy_proto protoreflect.FileDescriptor
 
 const file_secretplane_v1_policy_proto_rawDesc = "" +
@@ -646,13 +816,24 @@ const file_secretplane_v1_policy_proto_rawDesc = "" +
 	"\x04verb\x18\x03 \x01(\tR\x04verb\"C\n" +
 	"\x0fExplainResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x16\n" +
-	"\x06policy\x18\x02 \x01(\tR\x06policy2\xaa\x03\n" +
+	"\x06policy\x18\x02 \x01(\tR\x06policy\"\x16\n" +
+	"\x14AuditBindingsRequest\"\x83\x01\n" +
+	"\x15AuditBindingsResponse\x12:\n" +
+	"\bfindings\x18\x01 \x03(\v2\x1e.secretplane.v1.BindingFindingR\bfindings\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\x05R\x05total\x12\x18\n" +
+	"\asecrets\x18\x03 \x01(\x05R\asecrets\"l\n" +
+	"\x0eBindingFinding\x12\x16\n" +
+	"\x06secret\x18\x01 \x01(\tR\x06secret\x12\x10\n" +
+	"\x03ref\x18\x02 \x01(\tR\x03ref\x12\x16\n" +
+	"\x06policy\x18\x03 \x01(\tR\x06policy\x12\x18\n" +
+	"\asubject\x18\x04 \x01(\tR\asubject2\x88\x04\n" +
 	"\rPolicyService\x12P\n" +
 	"\tPutPolicy\x12 .secretplane.v1.PutPolicyRequest\x1a!.secretplane.v1.PutPolicyResponse\x12E\n" +
 	"\tGetPolicy\x12 .secretplane.v1.GetPolicyRequest\x1a\x16.secretplane.v1.Policy\x12Y\n" +
 	"\fListPolicies\x12#.secretplane.v1.ListPoliciesRequest\x1a$.secretplane.v1.ListPoliciesResponse\x12Y\n" +
 	"\fDeletePolicy\x12#.secretplane.v1.DeletePolicyRequest\x1a$.secretplane.v1.DeletePolicyResponse\x12J\n" +
-	"\aExplain\x12\x1e.secretplane.v1.ExplainRequest\x1a\x1f.secretplane.v1.ExplainResponseBGZEgithub.com/secretplane/secretplane/proto/secretplane/v1;secretplanev1b\x06proto3"
+	"\aExplain\x12\x1e.secretplane.v1.ExplainRequest\x1a\x1f.secretplane.v1.ExplainResponse\x12\\\n" +
+	"\rAuditBindings\x12$.secretplane.v1.AuditBindingsRequest\x1a%.secretplane.v1.AuditBindingsResponseBGZEgithub.com/secretplane/secretplane/proto/secretplane/v1;secretplanev1b\x06proto3"
 
 var (
 	file_secretplane_v1_policy_proto_rawDescOnce sync.Once
@@ -666,7 +847,7 @@ func file_secretplane_v1_policy_proto_rawDescGZIP() []byte {
 	return file_secretplane_v1_policy_proto_rawDescData
 }
 
-var file_secretplane_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_secretplane_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_secretplane_v1_policy_proto_goTypes = []any{
 	(*Policy)(nil),                // 0: secretplane.v1.Policy
 	(*PutPolicyRequest)(nil),      // 1: secretplane.v1.PutPolicyRequest
@@ -678,29 +859,35 @@ var file_secretplane_v1_policy_proto_goTypes = []any{
 	(*DeletePolicyResponse)(nil),  // 7: secretplane.v1.DeletePolicyResponse
 	(*ExplainRequest)(nil),        // 8: secretplane.v1.ExplainRequest
 	(*ExplainResponse)(nil),       // 9: secretplane.v1.ExplainResponse
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*AuditBindingsRequest)(nil),  // 10: secretplane.v1.AuditBindingsRequest
+	(*AuditBindingsResponse)(nil), // 11: secretplane.v1.AuditBindingsResponse
+	(*BindingFinding)(nil),        // 12: secretplane.v1.BindingFinding
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
 }
 var file_secretplane_v1_policy_proto_depIdxs = []int32{
-	10, // 0: secretplane.v1.Policy.create_time:type_name -> google.protobuf.Timestamp
-	10, // 1: secretplane.v1.Policy.update_time:type_name -> google.protobuf.Timestamp
+	13, // 0: secretplane.v1.Policy.create_time:type_name -> google.protobuf.Timestamp
+	13, // 1: secretplane.v1.Policy.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: secretplane.v1.PutPolicyRequest.policy:type_name -> secretplane.v1.Policy
 	0,  // 3: secretplane.v1.PutPolicyResponse.policy:type_name -> secretplane.v1.Policy
 	0,  // 4: secretplane.v1.ListPoliciesResponse.policies:type_name -> secretplane.v1.Policy
-	1,  // 5: secretplane.v1.PolicyService.PutPolicy:input_type -> secretplane.v1.PutPolicyRequest
-	3,  // 6: secretplane.v1.PolicyService.GetPolicy:input_type -> secretplane.v1.GetPolicyRequest
-	4,  // 7: secretplane.v1.PolicyService.ListPolicies:input_type -> secretplane.v1.ListPoliciesRequest
-	6,  // 8: secretplane.v1.PolicyService.DeletePolicy:input_type -> secretplane.v1.DeletePolicyRequest
-	8,  // 9: secretplane.v1.PolicyService.Explain:input_type -> secretplane.v1.ExplainRequest
-	2,  // 10: secretplane.v1.PolicyService.PutPolicy:output_type -> secretplane.v1.PutPolicyResponse
-	0,  // 11: secretplane.v1.PolicyService.GetPolicy:output_type -> secretplane.v1.Policy
-	5,  // 12: secretplane.v1.PolicyService.ListPolicies:output_type -> secretplane.v1.ListPoliciesResponse
-	7,  // 13: secretplane.v1.PolicyService.DeletePolicy:output_type -> secretplane.v1.DeletePolicyResponse
-	9,  // 14: secretplane.v1.PolicyService.Explain:output_type -> secretplane.v1.ExplainResponse
-	10, // [10:15] is the sub-list for method output_type
-	5,  // [5:10] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	12, // 5: secretplane.v1.AuditBindingsResponse.findings:type_name -> secretplane.v1.BindingFinding
+	1,  // 6: secretplane.v1.PolicyService.PutPolicy:input_type -> secretplane.v1.PutPolicyRequest
+	3,  // 7: secretplane.v1.PolicyService.GetPolicy:input_type -> secretplane.v1.GetPolicyRequest
+	4,  // 8: secretplane.v1.PolicyService.ListPolicies:input_type -> secretplane.v1.ListPoliciesRequest
+	6,  // 9: secretplane.v1.PolicyService.DeletePolicy:input_type -> secretplane.v1.DeletePolicyRequest
+	8,  // 10: secretplane.v1.PolicyService.Explain:input_type -> secretplane.v1.ExplainRequest
+	10, // 11: secretplane.v1.PolicyService.AuditBindings:input_type -> secretplane.v1.AuditBindingsRequest
+	2,  // 12: secretplane.v1.PolicyService.PutPolicy:output_type -> secretplane.v1.PutPolicyResponse
+	0,  // 13: secretplane.v1.PolicyService.GetPolicy:output_type -> secretplane.v1.Policy
+	5,  // 14: secretplane.v1.PolicyService.ListPolicies:output_type -> secretplane.v1.ListPoliciesResponse
+	7,  // 15: secretplane.v1.PolicyService.DeletePolicy:output_type -> secretplane.v1.DeletePolicyResponse
+	9,  // 16: secretplane.v1.PolicyService.Explain:output_type -> secretplane.v1.ExplainResponse
+	11, // 17: secretplane.v1.PolicyService.AuditBindings:output_type -> secretplane.v1.AuditBindingsResponse
+	12, // [12:18] is the sub-list for method output_type
+	6,  // [6:12] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_secretplane_v1_policy_proto_init() }
@@ -714,7 +901,7 @@ func file_secretplane_v1_policy_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_secretplane_v1_policy_proto_rawDesc), len(file_secretplane_v1_policy_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

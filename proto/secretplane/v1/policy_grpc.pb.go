@@ -19,11 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	PolicyService_PutPolicy_FullMethodName    = "/secretplane.v1.PolicyService/PutPolicy"
-	PolicyService_GetPolicy_FullMethodName    = "/secretplane.v1.PolicyService/GetPolicy"
-	PolicyService_ListPolicies_FullMethodName = "/secretplane.v1.PolicyService/ListPolicies"
-	PolicyService_DeletePolicy_FullMethodName = "/secretplane.v1.PolicyService/DeletePolicy"
-	PolicyService_Explain_FullMethodName      = "/secretplane.v1.PolicyService/Explain"
+	PolicyService_PutPolicy_FullMethodName     = "/secretplane.v1.PolicyService/PutPolicy"
+	PolicyService_GetPolicy_FullMethodName     = "/secretplane.v1.PolicyService/GetPolicy"
+	PolicyService_ListPolicies_FullMethodName  = "/secretplane.v1.PolicyService/ListPolicies"
+	PolicyService_DeletePolicy_FullMethodName  = "/secretplane.v1.PolicyService/DeletePolicy"
+	PolicyService_Explain_FullMethodName       = "/secretplane.v1.PolicyService/Explain"
+	PolicyService_AuditBindings_FullMethodName = "/secretplane.v1.PolicyService/AuditBindings"
 )
 
 // PolicyServiceClient is the client API for PolicyService service.
@@ -39,6 +40,10 @@ type PolicyServiceClient interface {
 	DeletePolicy(ctx context.Context, in *DeletePolicyRequest, opts ...grpc.CallOption) (*DeletePolicyResponse, error)
 	// Explain says which policy allows an identity a verb on an object, if any.
 	Explain(ctx context.Context, in *ExplainRequest, opts ...grpc.CallOption) (*ExplainResponse, error)
+	// AuditBindings lists the existing secrets whose bindings the bind rule
+	// would refuse to their admins: each grant of admin on a secret whose
+	// holders lack bind on its ref. What an operator fixes after upgrading.
+	AuditBindings(ctx context.Context, in *AuditBindingsRequest, opts ...grpc.CallOption) (*AuditBindingsResponse, error)
 }
 
 type policyServiceClient struct {
@@ -99,6 +104,16 @@ func (c *policyServiceClient) Explain(ctx context.Context, in *ExplainRequest, o
 	return out, nil
 }
 
+func (c *policyServiceClient) AuditBindings(ctx context.Context, in *AuditBindingsRequest, opts ...grpc.CallOption) (*AuditBindingsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuditBindingsResponse)
+	err := c.cc.Invoke(ctx, PolicyService_AuditBindings_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PolicyServiceServer is the server API for PolicyService service.
 // All implementations must embed UnimplementedPolicyServiceServer
 // for forward compatibility.
@@ -112,6 +127,10 @@ type PolicyServiceServer interface {
 	DeletePolicy(context.Context, *DeletePolicyRequest) (*DeletePolicyResponse, error)
 	// Explain says which policy allows an identity a verb on an object, if any.
 	Explain(context.Context, *ExplainRequest) (*ExplainResponse, error)
+	// AuditBindings lists the existing secrets whose bindings the bind rule
+	// would refuse to their admins: each grant of admin on a secret whose
+	// holders lack bind on its ref. What an operator fixes after upgrading.
+	AuditBindings(context.Context, *AuditBindingsRequest) (*AuditBindingsResponse, error)
 	mustEmbedUnimplementedPolicyServiceServer()
 }
 
@@ -136,6 +155,9 @@ func (UnimplementedPolicyServiceServer) DeletePolicy(context.Context, *DeletePol
 }
 func (UnimplementedPolicyServiceServer) Explain(context.Context, *ExplainRequest) (*ExplainResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Explain not implemented")
+}
+func (UnimplementedPolicyServiceServer) AuditBindings(context.Context, *AuditBindingsRequest) (*AuditBindingsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AuditBindings not implemented")
 }
 func (UnimplementedPolicyServiceServer) mustEmbedUnimplementedPolicyServiceServer() {}
 func (UnimplementedPolicyServiceServer) testEmbeddedByValue()                       {}
@@ -248,6 +270,24 @@ func _PolicyService_Explain_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PolicyService_AuditBindings_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuditBindingsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PolicyServiceServer).AuditBindings(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PolicyService_AuditBindings_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PolicyServiceServer).AuditBindings(ctx, req.(*AuditBindingsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PolicyService_ServiceDesc is the grpc.ServiceDesc for PolicyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -274,6 +314,10 @@ var PolicyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Explain",
 			Handler:    _PolicyService_Explain_Handler,
+		},
+		{
+			MethodName: "AuditBindings",
+			Handler:    _PolicyService_AuditBindings_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
