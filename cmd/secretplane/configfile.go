@@ -41,7 +41,7 @@ func parseConfigDocument(raw []byte) (*spv1.ConfigDocument, error) {
 	for i := 0; i+1 < len(top.Content); i += 2 {
 		k, v := top.Content[i], top.Content[i+1]
 		if seen[k.Value] {
-			return nil, fmt.Errorf("line %d: %q given twice", k.Line, k.Value)
+			return nil, fmt.Errorf("line %d: %s given twice", k.Line, shown(k.Value))
 		}
 		seen[k.Value] = true
 		switch k.Value {
@@ -72,7 +72,7 @@ func parseConfigDocument(raw []byte) (*spv1.ConfigDocument, error) {
 		case "createTime", "updateTime", "create_time", "update_time":
 			// Printed by `config get -o json`; server-owned, ignored on input.
 		default:
-			return nil, fmt.Errorf("line %d: unknown field %q (want name, identity, labels, entries, etag)", k.Line, k.Value)
+			return nil, fmt.Errorf("line %d: unknown field %s (want name, identity, labels, entries, etag)", k.Line, shown(k.Value))
 		}
 	}
 	return doc, nil
@@ -86,7 +86,7 @@ func parseEntries(n *yaml.Node) ([]*spv1.ConfigEntry, error) {
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			if line, dup := seen[k.Value]; dup {
-				return nil, fmt.Errorf("line %d: entry %q duplicates line %d", k.Line, k.Value, line)
+				return nil, fmt.Errorf("line %d: entry %s duplicates line %d", k.Line, shown(k.Value), line)
 			}
 			seen[k.Value] = k.Line
 			e, err := entryValue(k.Value, v)
@@ -108,7 +108,7 @@ func parseEntries(n *yaml.Node) ([]*spv1.ConfigEntry, error) {
 					key = item.Content[i+1].Value
 				}
 				if fieldsSeen[item.Content[i].Value] {
-					return nil, fmt.Errorf("line %d: %q given twice", item.Content[i].Line, item.Content[i].Value)
+					return nil, fmt.Errorf("line %d: %s given twice", item.Content[i].Line, shown(item.Content[i].Value))
 				}
 				fieldsSeen[item.Content[i].Value] = true
 			}
@@ -116,7 +116,7 @@ func parseEntries(n *yaml.Node) ([]*spv1.ConfigEntry, error) {
 				return nil, fmt.Errorf("line %d: entry has no key", item.Line)
 			}
 			if line, dup := keys[key]; dup {
-				return nil, fmt.Errorf("line %d: entry %q duplicates line %d", item.Line, key, line)
+				return nil, fmt.Errorf("line %d: entry %s duplicates line %d", item.Line, shown(key), line)
 			}
 			keys[key] = item.Line
 			e, err := explicitEntry(key, item, "key")
@@ -142,7 +142,7 @@ func entryValue(key string, v *yaml.Node) (*spv1.ConfigEntry, error) {
 	case yaml.MappingNode:
 		return explicitEntry(key, v)
 	default:
-		return nil, fmt.Errorf("line %d: entry %q must be a string, {ref: ...} or {literal: ...}", v.Line, key)
+		return nil, fmt.Errorf("line %d: entry %s must be a string, {ref: ...} or {literal: ...}", v.Line, shown(key))
 	}
 }
 
@@ -153,27 +153,27 @@ func explicitEntry(key string, m *yaml.Node, extra ...string) (*spv1.ConfigEntry
 	for i := 0; i+1 < len(m.Content); i += 2 {
 		k, v := m.Content[i], m.Content[i+1]
 		if v.Kind != yaml.ScalarNode {
-			return nil, fmt.Errorf("line %d: %s of entry %q must be a string", v.Line, k.Value, key)
+			return nil, fmt.Errorf("line %d: %s of entry %s must be a string", v.Line, shown(k.Value), shown(key))
 		}
 		switch k.Value {
 		case "ref":
 			if e.Value != nil {
-				return nil, fmt.Errorf("line %d: entry %q sets both ref and literal", k.Line, key)
+				return nil, fmt.Errorf("line %d: entry %s sets both ref and literal", k.Line, shown(key))
 			}
 			e.Value = &spv1.ConfigEntry_Ref{Ref: v.Value}
 		case "literal":
 			if e.Value != nil {
-				return nil, fmt.Errorf("line %d: entry %q sets both ref and literal", k.Line, key)
+				return nil, fmt.Errorf("line %d: entry %s sets both ref and literal", k.Line, shown(key))
 			}
 			e.Value = &spv1.ConfigEntry_Literal{Literal: v.Value}
 		default:
 			if !contains(extra, k.Value) {
-				return nil, fmt.Errorf("line %d: entry %q has unknown field %q (want ref or literal)", k.Line, key, k.Value)
+				return nil, fmt.Errorf("line %d: entry %s has unknown field %s (want ref or literal)", k.Line, shown(key), shown(k.Value))
 			}
 		}
 	}
 	if e.Value == nil {
-		return nil, fmt.Errorf("line %d: entry %q has neither ref nor literal", m.Line, key)
+		return nil, fmt.Errorf("line %d: entry %s has neither ref nor literal", m.Line, shown(key))
 	}
 	return e, nil
 }
@@ -186,10 +186,10 @@ func stringMap(n *yaml.Node) (map[string]string, error) {
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		if v.Kind != yaml.ScalarNode {
-			return nil, fmt.Errorf("line %d: label %q must be a string", v.Line, k.Value)
+			return nil, fmt.Errorf("line %d: label %s must be a string", v.Line, shown(k.Value))
 		}
 		if _, dup := out[k.Value]; dup {
-			return nil, fmt.Errorf("line %d: label %q given twice", k.Line, k.Value)
+			return nil, fmt.Errorf("line %d: label %s given twice", k.Line, shown(k.Value))
 		}
 		out[k.Value] = v.Value
 	}
@@ -211,13 +211,15 @@ func looksLikeSecretRef(s string) bool {
 }
 
 // yamlErrorWithoutValue keeps the position of a YAML syntax error and drops
-// any quoted input the parser put in its message.
+// any quoted input the parser put in its message, and any unquoted word
+// of input that looks like a secret (a strict decoder names unknown
+// fields bare: "field X not found").
 func yamlErrorWithoutValue(err error) string {
 	msg := err.Error()
 	if i := strings.IndexAny(msg, "`\"'"); i > 0 {
 		msg = strings.TrimRight(msg[:i], " :")
 	}
-	return msg
+	return scrub(msg)
 }
 
 func contains(xs []string, s string) bool {

@@ -81,6 +81,46 @@ func TestParseConfigDocumentErrorsOmitValues(t *testing.T) {
 	}
 }
 
+// Keys are input too: a secret given as a key, a field name or a label is
+// named by its length in the error, in every lower-case token shape.
+func TestParseErrorsMaskSecretKeys(t *testing.T) {
+	for _, secret := range []string{
+		"canary-3f9a0c2be41d7785a6c0d2e1",
+		"token-5d41402abc4b2a76b9719d911017c592",
+		"api-key-2fd4e1c67a2d28fced849ee1bb76e7391b93eb12",
+		"k3j9x0q2m7w1z8c4v6b5n2l0p9r3t7y1",
+	} {
+		for _, in := range []string{
+			"name: a\n" + secret + ": x\n",
+			"name: a\nentries:\n  " + secret + ": 1\n  " + secret + ": 2\n",
+			"name: a\nentries:\n  A: {" + secret + ": x}\n",
+			"name: a\nentries:\n  " + secret + ": {}\n",
+			"name: a\nentries:\n  " + secret + ": [1]\n",
+			"name: a\nlabels: {" + secret + ": [x]}\n",
+			"name: a\nentries:\n  - {key: " + secret + ", literal: x}\n  - {key: " + secret + ", literal: y}\n",
+		} {
+			_, err := parseConfigDocument([]byte(in))
+			if err == nil {
+				t.Fatalf("parsed %q", in)
+			}
+			if msg := describeError(err); strings.Contains(msg, secret) || !strings.Contains(msg, "bytes, not shown") {
+				t.Fatalf("error %q: want the key masked", msg)
+			}
+		}
+		raw := "policies:\n  - name: x\n    subject: spiffe://a.test/b\n    verbs: [read]\n    objects: [a]\n    " + secret + ": 1\n"
+		if _, err := parsePolicies([]byte(raw)); err == nil || strings.Contains(describeError(err), secret) {
+			t.Fatalf("policy file error: %v", err)
+		}
+		raw = "policies:\n  - {name: " + secret + ", subject: s}\n  - {name: " + secret + ", subject: s}\n"
+		if _, err := parsePolicies([]byte(raw)); err == nil || strings.Contains(describeError(err), secret) {
+			t.Fatalf("policy file error: %v", err)
+		}
+	}
+	if got := shown("DB_HOST"); got != `"DB_HOST"` {
+		t.Fatalf("an ordinary key is shown as %s", got)
+	}
+}
+
 func FuzzParseConfigDocument(f *testing.F) {
 	for _, s := range []string{
 		"name: payments/api\nentries:\n  A: 1\n  B: vault://secret/a#b\n",

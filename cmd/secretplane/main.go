@@ -32,13 +32,13 @@ func main() {
 func describeError(err error) string {
 	var silent silentError
 	if errors.As(err, &silent) {
-		return silent.msg
+		return scrub(silent.msg)
 	}
 	st, ok := status.FromError(err)
 	if !ok {
-		return err.Error()
+		return scrub(err.Error())
 	}
-	return formatStatus(st)
+	return scrub(formatStatus(st))
 }
 
 type silentError struct{ msg string }

@@ -6,15 +6,20 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/secretplane/secretplane/controlplane/secretref"
 )
 
 func checkOutput(format string) error {
@@ -93,4 +98,33 @@ func formatStatus(st *status.Status) string {
 	}
 	fmt.Fprintf(&b, "%s: %s", st.Code(), st.Message())
 	return b.String()
+}
+
+// shown renders a piece of the user's input for a message: quoted when it
+// is short, printable and does not look like a secret, else by its length
+// only. Input is where secrets get pasted by mistake, and a message ends up
+// in terminals, CI logs and tickets.
+func shown(s string) string {
+	if s != "" && len(s) <= 128 && utf8.ValidString(s) && !strings.ContainsFunc(s, unicode.IsControl) {
+		if _, secret := secretref.DetectLiteral(s); !secret {
+			return strconv.Quote(s)
+		}
+	}
+	return fmt.Sprintf("[%d bytes, not shown]", len(s))
+}
+
+// scrub replaces each word of a message that looks like a secret: the
+// last line of defence for messages that quote input (a parser's, a
+// server's).
+func scrub(msg string) string {
+	if _, secret := secretref.DetectLiteral(msg); !secret {
+		return msg
+	}
+	words := strings.Fields(msg)
+	for i, w := range words {
+		if _, secret := secretref.DetectLiteral(w); secret {
+			words[i] = fmt.Sprintf("[%d bytes, not shown]", len(w))
+		}
+	}
+	return strings.Join(words, " ")
 }

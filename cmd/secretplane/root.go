@@ -16,6 +16,7 @@ const (
 	envKey      = "SECRETPLANE_KEY"
 	envBundle   = "SECRETPLANE_BUNDLE"
 	envServerID = "SECRETPLANE_SERVER_ID"
+	envRequest  = "SECRETPLANE_REQUEST_ID"
 )
 
 // globalFlags are shared by every client command.
@@ -28,6 +29,10 @@ type globalFlags struct {
 	serverID string
 	output   string
 	timeout  time.Duration
+	// requestID is sent as every call's x-request-id, to find the calls in
+	// the server's log and audit (the server keeps it when it is short and
+	// plain, and answers with the id it used).
+	requestID string
 }
 
 func newRootCommand() *cobra.Command {
@@ -47,6 +52,7 @@ func newRootCommand() *cobra.Command {
 	pf.StringVar(&g.serverID, "server-id", os.Getenv(envServerID), "SPIFFE ID the server must present (env "+envServerID+")")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	pf.DurationVar(&g.timeout, "timeout", 10*time.Second, "deadline for each call")
+	pf.StringVar(&g.requestID, "request-id", os.Getenv(envRequest), "request id to send with each call, as found in the server's log and audit (env "+envRequest+")")
 
 	root.AddCommand(
 		newServerCommand(g),

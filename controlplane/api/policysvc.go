@@ -90,6 +90,9 @@ func (s *PolicyServer) Explain(ctx context.Context, req *spv1.ExplainRequest) (*
 	if err != nil {
 		return nil, toStatus(ctx, s.log, fieldError("spiffe_id", "is not a SPIFFE ID: "+err.Error()))
 	}
+	if err := validate.Identifier(id.String()); err != nil {
+		return nil, toStatus(ctx, s.log, fieldError("spiffe_id", err.Error()))
+	}
 	verb := policy.Read
 	if req.GetVerb() != "" {
 		v, ok := policy.ParseVerb(req.GetVerb())
