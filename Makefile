@@ -32,8 +32,18 @@ lint:
 	$(GO) vet ./...
 
 FUZZTIME ?= 60s
+# Every fuzz target in turn (go test -fuzz takes one target at a time).
+FUZZ_TARGETS := \
+	./controlplane/secretref:FuzzParse ./controlplane/secretref:FuzzParsePattern \
+	./controlplane/secretref:FuzzDetectLiteral ./controlplane/paging:FuzzPageToken \
+	./controlplane/audit:FuzzAppendEvent ./controlplane/audit:FuzzDecodeSegment \
+	./cmd/secretplane:FuzzParseConfigDocument
 fuzz:
-	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./controlplane/secretref
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "== $$name ($$pkg)"; \
+		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg || exit 1; \
+	done
 
 clean:
 	rm -rf bin

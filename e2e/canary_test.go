@@ -15,22 +15,46 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/secretplane/secretplane/client"
+	"github.com/secretplane/secretplane/controlplane/secretref"
 )
 
 // newCanary returns a unique secret-looking value: a GitHub-token-shaped
 // string with 36 random characters, so that a hit can only be a leak.
 func newCanary(t *testing.T) string {
-	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+	return "ghp_" + randomString(t, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", 36)
+}
+
+func randomString(t *testing.T, alphabet string, n int) string {
 	var b strings.Builder
-	b.WriteString("ghp_")
-	for i := 0; i < 36; i++ {
-		n, err := rand.Int(rand.Reader, big.NewInt(int64(len(alphabet))))
+	for i := 0; i < n; i++ {
+		k, err := rand.Int(rand.Reader, big.NewInt(int64(len(alphabet))))
 		if err != nil {
 			t.Fatal(err)
 		}
-		b.WriteByte(alphabet[n.Int64()])
+		b.WriteByte(alphabet[k.Int64()])
 	}
 	return b.String()
+}
+
+// lowerCanaries returns unique secrets in the lower-case shapes generated
+// credentials take without a known format: a word prefix and a hex body,
+// and 32 random lower-case alphanumerics. The last is drawn until the
+// literal detector flags it: its rule is statistical (it flags about 98%
+// of such strings, measured in secretref's TestRandomLowerAlnumRates), and
+// this test is about where a flagged value can go, not about the rate.
+func lowerCanaries(t *testing.T) []string {
+	const hex, alnum = "0123456789abcdef", "abcdefghijklmnopqrstuvwxyz0123456789"
+	out := []string{
+		"canary-" + randomString(t, hex, 24),
+		"token-" + randomString(t, hex, 32),
+		"api-key-" + randomString(t, hex, 40),
+	}
+	for {
+		s := randomString(t, alnum, 32)
+		if _, ok := secretref.DetectLiteral(s); ok {
+			return append(out, s)
+		}
+	}
 }
 
 // The canary test plants a unique secret in every input an admin could get
@@ -43,14 +67,22 @@ func TestCanaryNeverLeaks(t *testing.T) {
 	dataDir := filepath.Join(t.TempDir(), "data")
 	// A short TTL so that a new version is seen within seconds by the
 	// watching client below.
-	srv := startDevServer(t, dataDir, "--cache-ttl", "2s")
+	mirror := filepath.Join(dataDir, "audit-mirror.jsonl")
+	srv := startDevServer(t, dataDir, "--cache-ttl", "2s", "--audit-file", mirror)
 	canary, rotated := newCanary(t), newCanary(t)
 	lower := strings.ToLower(canary)
+	shapes := lowerCanaries(t)
 
 	var transcript strings.Builder
 	leaks := func(text string) bool {
-		for _, c := range []string{canary, lower, canary[4:], rotated, rotated[4:]} {
+		for _, c := range append([]string{canary, lower, canary[4:], rotated, rotated[4:]}, shapes...) {
 			if strings.Contains(text, c) {
+				return true
+			}
+		}
+		// The hex bodies alone, too: a prefix dropped is still a leak.
+		for _, c := range shapes[:3] {
+			if strings.Contains(text, c[strings.LastIndexByte(c, '-')+1:]) {
 				return true
 			}
 		}
@@ -111,6 +143,28 @@ func TestCanaryNeverLeaks(t *testing.T) {
 	}
 	for _, d := range docs {
 		run(d, "config", "put", "-f", "-")
+	}
+	// The lower-case shapes, everywhere a user could put one: a config
+	// literal, a request id, a policy's name, a field name the parsers
+	// report, explain's arguments, a secret name and a ref's locator.
+	for _, s := range shapes {
+		run("name: payments/api\nentries:\n  TOKEN: "+s+"\n", "config", "put", "-f", "-")
+		run("name: payments/api\nentries:\n  TOKEN: {literal: \""+s+"\"}\n", "config", "put", "-f", "-", "--dry-run")
+		run("name: payments/api\nentries:\n  A: {"+s+": x}\n", "config", "put", "-f", "-")
+		run("name: payments/api\n"+s+": x\n", "config", "put", "-f", "-")
+		run("name: payments/api\nlabels: {"+s+": [x]}\n", "config", "put", "-f", "-")
+		run("", "--request-id", s, "secret", "list")
+		run("", "--request-id", s, "secret", "get", "payments/nope")
+		run("policies:\n  - name: "+s+"\n    subject: spiffe://secretplane.test/workload/x\n    verbs: [read]\n    objects: [\"payments/*\"]\n", "policy", "apply", "-f", "-")
+		run("policies:\n  - name: p\n    subject: spiffe://secretplane.test/workload/x\n    verbs: [read]\n    objects: [\"payments/*\"]\n    "+s+": 1\n", "policy", "apply", "-f", "-")
+		run("", "policy", "get", s)
+		run("", "policy", "delete", s)
+		run("", "policy", "explain", "spiffe://secretplane.test/workload/"+s, "payments/db")
+		run("", "policy", "explain", "spiffe://secretplane.test/workload/x", "payments/"+s)
+		run("", "policy", "explain", "spiffe://secretplane.test/workload/x", "local://payments/"+s+"#k", "--verb", "bind")
+		run("", "secret", "put", "payments/"+s, "--ref", "local://payments/db#password")
+		run("", "secret", "put", "payments/x", "--ref", "local://"+s+"/db#password")
+		run("", "secret", "put", "payments/x", "--ref", "local://payments/db#password", "--description", s)
 	}
 	// The canary as a real secret value: stored in the local backend,
 	// registered by reference, granted to one workload and resolved by it.
@@ -197,7 +251,7 @@ func TestCanaryNeverLeaks(t *testing.T) {
 			return err
 		}
 		rel, _ := filepath.Rel(dataDir, path)
-		if !strings.HasPrefix(rel, "secretplane.db") && !strings.HasPrefix(rel, "local-secrets") {
+		if !strings.HasPrefix(rel, "secretplane.db") && !strings.HasPrefix(rel, "local-secrets") && path != mirror {
 			return nil
 		}
 		raw, err := os.ReadFile(path)
@@ -209,6 +263,9 @@ func TestCanaryNeverLeaks(t *testing.T) {
 	}
 	if _, ok := places["database file secretplane.db"]; !ok {
 		t.Fatal("no database file found to scan")
+	}
+	if m := places["database file audit-mirror.jsonl"]; !strings.Contains(m, "SecretsService.Resolve") || !strings.Contains(m, "PolicyService.PutPolicy") {
+		t.Fatal("the audit mirror file has no Resolve or policy events to scan")
 	}
 	journaled := false
 	for where, text := range places {

@@ -17,7 +17,7 @@ func TestPoliciesAndAuditThroughTheCLI(t *testing.T) {
 	srv := startDevServer(t, dataDir)
 	root := filepath.Join("..", "docs", "examples", "policies.yaml")
 	out := mustCLI(t, dataDir, "policy", "apply", "-f", root)
-	if strings.Count(out, "created") != 3 {
+	if strings.Count(out, "created") != 4 {
 		t.Fatalf("apply: %s", out)
 	}
 	out = mustCLI(t, dataDir, "policy", "list")
