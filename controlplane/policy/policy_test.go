@@ -123,16 +123,23 @@ func TestCompileRefusesBadAndBroadGrants(t *testing.T) {
 	}
 }
 
-func TestEngineDecides(t *testing.T) {
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
+// newPolicies returns an engine and a manager over a fresh SQLite store,
+// with root as the bootstrap admin.
+func newPolicies(t *testing.T, root spiffeid.ID) (*sqlite.Store, *policy.Engine, *policy.Manager) {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
-	root := spiffeid.RequireFromString("spiffe://example.org/ops/root")
+	t.Cleanup(func() { st.Close() })
 	e := policy.NewEngine(st, []spiffeid.ID{root}, slog.New(slog.DiscardHandler))
-	m := policy.NewManager(st, e)
+	return st, e, policy.NewManager(st, e)
+}
+
+func TestEngineDecides(t *testing.T) {
+	ctx := context.Background()
+	root := spiffeid.RequireFromString("spiffe://example.org/ops/root")
+	st, e, m := newPolicies(t, root)
 	for _, p := range []store.Policy{
 		{Name: "payments-read", Subject: "spiffe://example.org/payments/*", Verbs: []string{"read", "watch"}, Objects: []string{"payments/*"}},
 		{Name: "payments-admin", Subject: "spiffe://example.org/payments/lead", Verbs: []string{"admin"}, Objects: []string{"payments/*"}},
@@ -194,14 +201,8 @@ func TestEngineDecides(t *testing.T) {
 
 func TestBind(t *testing.T) {
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
 	root := spiffeid.RequireFromString("spiffe://example.org/ops/root")
-	e := policy.NewEngine(st, []spiffeid.ID{root}, slog.New(slog.DiscardHandler))
-	m := policy.NewManager(st, e)
+	st, e, m := newPolicies(t, root)
 	for _, p := range []store.Policy{
 		{Name: "payments-admin", Subject: "spiffe://example.org/payments/lead", Verbs: []string{"admin", "bind"},
 			Objects: []string{"payments/*", "local://payments/*", "vault://secret/payments/*", "aws-sm://prod/payments/*"}},
