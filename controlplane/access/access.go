@@ -137,6 +137,7 @@ type Call struct {
 	ev     audit.Event
 	writes bool
 	noted  []string
+	one    [1]string // noted's room for the usual single ref
 }
 
 type callKey struct{}
@@ -176,7 +177,8 @@ func (g *Guard) Authorize(ctx context.Context, req Request) (*Call, error) {
 	var (
 		missing []Missing
 		invalid error
-		grants  []string
+		room    [2]string
+		grants  = room[:0]
 	)
 	switch {
 	case req.NoRule:
@@ -242,6 +244,7 @@ func (g *Guard) Authorize(ctx context.Context, req Request) (*Call, error) {
 	}
 	ev.Decision, ev.Grant = audit.Allow, strings.Join(grants, ",")
 	c := &Call{g: g, ev: ev, writes: req.Writes}
+	c.noted = c.one[:0]
 	if req.Writes {
 		ev.Outcome = audit.Authorized
 		if err := g.record(ctx, ev); err != nil {
@@ -259,9 +262,15 @@ func (g *Guard) Authorize(ctx context.Context, req Request) (*Call, error) {
 func (c *Call) Finish(ctx context.Context, outcome string) error {
 	ev := c.ev
 	ev.Outcome = outcome
-	for _, r := range c.noted {
-		if !slices.Contains(strings.Split(ev.Ref, ","), r) {
-			ev.Ref = joinNonEmpty(ev.Ref, r)
+	switch {
+	case len(c.noted) == 0:
+	case ev.Ref == "" && len(c.noted) == 1:
+		ev.Ref = c.noted[0] // a read of one name: no string built
+	default:
+		for _, r := range c.noted {
+			if !slices.Contains(strings.Split(ev.Ref, ","), r) {
+				ev.Ref = joinNonEmpty(ev.Ref, r)
+			}
 		}
 	}
 	if c.writes {
@@ -299,11 +308,15 @@ func checkNames(names []string, field string, limit int) error {
 	}
 	var c validate.Collector
 	for i, n := range names {
+		err := validate.Name(n)
+		if err == nil {
+			continue // the common case, on every call: nothing built
+		}
 		f := field
 		if len(names) > 1 || strings.HasSuffix(field, "s") {
 			f = fmt.Sprintf("%s[%d]", field, i)
 		}
-		c.Add(f, validate.Name(n))
+		c.Add(f, err)
 	}
 	return c.Err()
 }

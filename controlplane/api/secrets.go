@@ -251,14 +251,14 @@ func (w *watcher) send(v *spv1.SecretValue) error {
 // resolveOne resolves a name for call, noting in its audit event the ref
 // the name is bound to.
 func (s *SecretsServer) resolveOne(ctx context.Context, call *access.Call, name string) (*spv1.SecretValue, error) {
-	ref, err := s.catalog.LookupRef(ctx, name)
+	ref, canonical, err := s.catalog.LookupBinding(ctx, name)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, status.Errorf(codes.NotFound, "secret %s is not registered", name)
 		}
 		return nil, toStatus(ctx, s.log, err)
 	}
-	call.NoteRef(ref.String())
+	call.NoteRef(canonical)
 	res, err := s.resolver.Get(ctx, ref)
 	if err != nil {
 		return nil, backendStatus(ctx, s.log, name, err)

@@ -29,32 +29,33 @@ type refCache struct {
 }
 
 type refCacheEntry struct {
-	ref   secretref.Ref
-	until time.Time
+	ref       secretref.Ref
+	canonical string // ref.String(), as stored
+	until     time.Time
 }
 
 func newRefCache() *refCache {
 	return &refCache{entries: map[string]refCacheEntry{}, max: refCacheMax, now: time.Now}
 }
 
-func (c *refCache) get(name string) (secretref.Ref, bool) {
+func (c *refCache) get(name string) (refCacheEntry, bool) {
 	c.mu.RLock()
 	e, ok := c.entries[name]
 	c.mu.RUnlock()
 	if !ok || !c.now().Before(e.until) {
-		return secretref.Ref{}, false
+		return refCacheEntry{}, false
 	}
-	return e.ref, true
+	return e, true
 }
 
-func (c *refCache) put(name string, ref secretref.Ref) {
+func (c *refCache) put(name string, ref secretref.Ref, canonical string) {
 	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.entries[name]; !ok && len(c.entries) >= c.max {
 		c.sweepLocked(now)
 	}
-	c.entries[name] = refCacheEntry{ref: ref, until: now.Add(refCacheTTL)}
+	c.entries[name] = refCacheEntry{ref: ref, canonical: canonical, until: now.Add(refCacheTTL)}
 }
 
 // sweepLocked makes room: expired bindings go first; if the hot set is
@@ -91,17 +92,25 @@ func (c *refCache) drop(name string) {
 // else from the store (parsed once per load, not per call). Admin reads use
 // GetSecret, which always reads the store.
 func (c *Catalog) LookupRef(ctx context.Context, name string) (secretref.Ref, error) {
-	if ref, ok := c.refs.get(name); ok {
-		return ref, nil
+	ref, _, err := c.LookupBinding(ctx, name)
+	return ref, err
+}
+
+// LookupBinding is LookupRef with the ref's canonical form too (what the
+// audit records), without building it on every call.
+func (c *Catalog) LookupBinding(ctx context.Context, name string) (secretref.Ref, string, error) {
+	if e, ok := c.refs.get(name); ok {
+		return e.ref, e.canonical, nil
 	}
 	s, err := c.GetSecret(ctx, name)
 	if err != nil {
-		return secretref.Ref{}, err
+		return secretref.Ref{}, "", err
 	}
 	ref, err := secretref.Parse(s.Ref)
 	if err != nil {
-		return secretref.Ref{}, fmt.Errorf("secret %s has an unparseable stored ref: %w", name, err)
+		return secretref.Ref{}, "", fmt.Errorf("secret %s has an unparseable stored ref: %w", name, err)
 	}
-	c.refs.put(name, ref)
-	return ref, nil
+	canonical := ref.String() // the stored form is canonical; this keeps it so if it was not
+	c.refs.put(name, ref, canonical)
+	return ref, canonical, nil
 }

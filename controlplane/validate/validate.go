@@ -99,13 +99,15 @@ func Name(name string) error {
 	case !utf8.ValidString(name):
 		return fmt.Errorf("is not valid UTF-8")
 	}
-	segs := strings.Split(name, "/")
-	if len(segs) > MaxNameSegments {
-		return fmt.Errorf("has %d segments; the limit is %d", len(segs), MaxNameSegments)
+	// Every resolve validates its names: no allocation on the way.
+	if n := strings.Count(name, "/") + 1; n > MaxNameSegments {
+		return fmt.Errorf("has %d segments; the limit is %d", n, MaxNameSegments)
 	}
-	for i, s := range segs {
+	i := 0
+	for s := range strings.SplitSeq(name, "/") {
+		i++
 		if err := segment(s); err != nil {
-			return fmt.Errorf("segment %d %w", i+1, err)
+			return fmt.Errorf("segment %d %w", i, err)
 		}
 	}
 	return notSecret(name)
