@@ -186,7 +186,7 @@ func auditEvents(n int) []store.AuditEvent {
 		h := fmt.Sprintf("%064x", i+1)
 		events[i] = store.AuditEvent{Seq: int64(i + 1), Time: now, Actor: "spiffe://example.org/payments/api",
 			Action: "SecretsService.Resolve", Target: "payments/db", Decision: "allow", Policy: "api-read",
-			Outcome: "OK", RequestID: fmt.Sprintf("%024x", i+1), PrevHash: prev, Hash: h}
+			Outcome: "ok", RequestID: fmt.Sprintf("%024x", i+1), Ref: "local://payments/db#password", PrevHash: prev, Hash: h}
 		prev = h
 	}
 	return events
