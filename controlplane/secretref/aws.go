@@ -78,7 +78,8 @@ func parseARN(s string) (arn, error) {
 	return a, nil
 }
 
-// awsVersionID: AWS version ids are UUIDs; accept 32-64 of [A-Za-z0-9-].
+// awsVersionID: AWS version ids are UUIDs; accept 32-64 of [A-Za-z0-9-],
+// and of those not in the UUID shape, nothing that looks like a secret.
 func awsVersionID(v string) error {
 	if len(v) < 32 || len(v) > 64 {
 		return errors.New("must be an AWS version id (32 to 64 characters, usually a UUID)")
@@ -89,7 +90,27 @@ func awsVersionID(v string) error {
 			return errors.New("must hold only letters, digits and \"-\"")
 		}
 	}
+	if uuidShaped(v) {
+		return nil
+	}
+	if f, secret := DetectLiteral(v); secret {
+		return errors.New("looks like a secret value (" + f.Kind + "), not a version id")
+	}
 	return nil
+}
+
+// uuidShaped: 8-4-4-4-12 letters and digits, as AWS writes version ids
+// (its documentation's examples included).
+func uuidShaped(v string) bool {
+	if len(v) != 36 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if dash := i == 8 || i == 13 || i == 18 || i == 23; dash != (v[i] == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // awsStage: AWSCURRENT, AWSPENDING, AWSPREVIOUS or a custom label (1-256

@@ -91,11 +91,11 @@ func detectToken(tok string) (Finding, bool) {
 // randomBody flags a token made of a word prefix and a random body after
 // its last separator, the shape of most generated credentials that are not
 // of a known format: "canary-<24 hex>", "token_<32 hex>", "api-key-<40
-// hex>", "session.<random lower-case>". Ordinary values end in words,
+// hex>", "session.<random lower-case>", "prod/x+<random>". Ordinary values end in words,
 // versions, short hashes (a Kubernetes pod's "7d9f8b6c5d-x2k4p", a short
 // commit) or numbers, which stay below the lengths asked here.
 func randomBody(t string) bool {
-	i := strings.LastIndexAny(t, "-_.")
+	i := strings.LastIndexAny(t, "-_.+/")
 	if i <= 0 || i == len(t)-1 {
 		return false
 	}

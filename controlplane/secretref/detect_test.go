@@ -42,6 +42,8 @@ func TestDetectLiteral(t *testing.T) {
 		{"api-key-2fd4e1c67a2d28fced849ee1bb76e7391b93eb12", "prefixed random token"},
 		{"API_KEY_2FD4E1C67A2D28FCED849EE1", "prefixed random token"},
 		{"session.k3j9x0q2m7w1z8c4v6b5", "prefixed random token"},
+		{"prod/x+k3j9x0q2m7w1z8c4v6b5n2l0p9r3t7y1", "prefixed random token"},
+		{"secret/k3j9x0q2m7w1z8c4v6b5n2l0p9r3t7y1", "prefixed random token"},
 		{"k3j9x0q2m7w1z8c4v6b5n2l0p9r3t7y1", "random lower-case token"},
 		{"q8w2e7r4t1y6u3i9o0p5a2s8d7f4g1h6", "random lower-case token"},
 		{"DB_PASSWORD=k3j9x0q2m7w1z8c4v6b5n2l0", "random lower-case token"},
