@@ -76,9 +76,6 @@ type Options struct {
 	MaxBatch int           // events per batch; default 512
 	MaxDelay time.Duration // without a journal, how long a batch waits for company; default 1ms
 	Log      *slog.Logger
-	// OutcomeWait bounds how long RecordOutcome waits for its event before
-	// queueing it as a follow-up; default 5s.
-	OutcomeWait time.Duration
 
 	// With a journal (OpenJournaled):
 	SegmentBytes int64         // a journal segment's size before the next starts; default 8 MiB
@@ -147,9 +144,7 @@ func New(s Store, opts Options) *Log {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	if opts.OutcomeWait <= 0 {
-		opts.OutcomeWait = 5 * time.Second
-	}
+
 	l := &Log{store: s, opts: opts, queue: make(chan *pending, 4*opts.MaxBatch),
 		stopped: make(chan struct{}), done: make(chan struct{}), kick: make(chan struct{}, 1),
 		followUps: make(chan Event, maxFollowUps)}
@@ -328,15 +323,21 @@ const maxFollowUps = 4096
 
 // RecordOutcome records what a call did once it has done it: a write whose
 // decision was recorded before it ran. It never fails the call, which has
-// happened: it waits for the event as Record does (without the caller's
-// cancellation, for a bounded time), and when the event cannot be made
-// durable it is queued and recorded later, in order, as a follow-up.
-func (l *Log) RecordOutcome(ctx context.Context, e Event) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.opts.OutcomeWait)
-	err := l.record(rctx, e)
-	cancel()
+// happened: it waits for the writer's answer about the event (not for the
+// caller, who may have gone: an event queued is written whatever the
+// caller does, so giving up on the answer could only record it twice),
+// and when the writer could not make it durable it is queued and recorded
+// later, in order, as a follow-up.
+func (l *Log) RecordOutcome(_ context.Context, e Event) {
+	err := l.record(context.Background(), e)
 	if err == nil {
 		return
+	}
+	select {
+	case <-l.stopped:
+		l.opts.Log.Error("a call's outcome was not audited: the audit log has stopped", "action", e.Action, "request_id", e.RequestID, "outcome", e.Outcome)
+		return
+	default:
 	}
 	select {
 	case l.followUps <- e:
@@ -347,7 +348,8 @@ func (l *Log) RecordOutcome(ctx context.Context, e Event) {
 }
 
 // recordFollowUps records queued outcomes, retrying each with backoff,
-// until ctx ends; what is left then is logged as lost.
+// until ctx ends; then it records what is queued, with a bound (the
+// writer keeps running until it returns), and logs what it could not.
 func (l *Log) recordFollowUps(ctx context.Context) {
 	wait := 100 * time.Millisecond
 	for {
@@ -355,21 +357,36 @@ func (l *Log) recordFollowUps(ctx context.Context) {
 		select {
 		case e = <-l.followUps:
 		case <-ctx.Done():
-			if n := len(l.followUps); n > 0 {
-				l.opts.Log.Error("the audit log stopped with call outcomes not recorded", "events", n)
-			}
+			l.drainFollowUps()
 			return
 		}
-		for l.record(ctx, e) != nil {
+		for l.record(context.Background(), e) != nil {
 			select {
 			case <-time.After(wait):
 				wait = min(2*wait, 5*time.Second)
 			case <-ctx.Done():
-				l.opts.Log.Error("the audit log stopped with call outcomes not recorded", "events", len(l.followUps)+1)
+				l.followUps <- e // room: it was taken from there
+				l.drainFollowUps()
 				return
 			}
 		}
 		wait = 100 * time.Millisecond
+	}
+}
+
+// drainFollowUps records the queued outcomes at shutdown while the writer
+// still runs, stopping at the first the writer cannot take.
+func (l *Log) drainFollowUps() {
+	for {
+		select {
+		case e := <-l.followUps:
+			if err := l.record(context.Background(), e); err != nil {
+				l.opts.Log.Error("the audit log stopped with call outcomes not recorded", "events", len(l.followUps)+1, "error", err)
+				return
+			}
+		default:
+			return
+		}
 	}
 }
 
@@ -378,19 +395,18 @@ func (l *Log) recordFollowUps(ctx context.Context) {
 // left (the journal keeps what the store refuses).
 func (l *Log) Run(ctx context.Context) {
 	defer close(l.done)
-	fctx, stopFollowUps := context.WithCancel(ctx)
-	followed := make(chan struct{})
-	go func() { l.recordFollowUps(fctx); close(followed) }()
-	defer func() { stopFollowUps(); <-followed }()
+	// The writer stops once the follow-ups are in, after ctx ends.
+	wctx, stopWriter := context.WithCancel(context.WithoutCancel(ctx))
+	go func() { l.recordFollowUps(ctx); stopWriter() }()
 	if l.journal == nil {
-		l.writeDirect(ctx)
+		l.writeDirect(wctx)
 		close(l.stopped)
 		return
 	}
 	ictx, stopIngest := context.WithCancel(context.WithoutCancel(ctx))
 	ingested := make(chan struct{})
 	go func() { l.ingestLoop(ictx); close(ingested) }()
-	l.writeJournal(ctx)
+	l.writeJournal(wctx)
 	close(l.stopped)
 	stopIngest()
 	<-ingested

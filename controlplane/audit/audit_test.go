@@ -197,7 +197,7 @@ func TestFailClosedAndFailOpen(t *testing.T) {
 func TestRecordOutcomeFollowsUp(t *testing.T) {
 	st, _ := openStore(t)
 	down := &outageStore{Store: st}
-	l := audit.New(down, audit.Options{OutcomeWait: 50 * time.Millisecond})
+	l := audit.New(down, audit.Options{})
 	run(t, l)
 	ctx := context.Background()
 	l.RecordOutcome(ctx, audit.Event{Action: "AdminService.PutSecret", Target: "a/1", Decision: audit.Allow, Outcome: audit.OK})
@@ -234,6 +234,30 @@ func TestRecordOutcomeFollowsUp(t *testing.T) {
 	}
 	if rep, err := audit.Verify(ctx, l); err != nil || !rep.OK() {
 		t.Fatalf("verify: %+v %v", rep, err)
+	}
+}
+
+// An outcome queued when the log stops is recorded before the writer
+// stops; one offered after it stopped is refused at once.
+func TestFollowUpsDrainAtStop(t *testing.T) {
+	st, _ := openStore(t)
+	down := &outageStore{Store: st}
+	l := audit.New(down, audit.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	go l.Run(ctx)
+	down.down.Store(true)
+	l.RecordOutcome(context.Background(), audit.Event{Action: "AdminService.DeleteSecret", Target: "a/1", Decision: audit.Allow, Outcome: audit.OK})
+	down.down.Store(false)
+	cancel()
+	<-l.Done()
+	evs, err := st.QueryAudit(context.Background(), store.AuditQuery{Limit: 10})
+	if err != nil || len(evs) != 1 || evs[0].Target != "a/1" {
+		t.Fatalf("after stop: %+v %v", evs, err)
+	}
+	start := time.Now()
+	l.RecordOutcome(context.Background(), audit.Event{Action: "x"})
+	if time.Since(start) > time.Second {
+		t.Fatal("RecordOutcome on a stopped log waited")
 	}
 }
 
