@@ -211,14 +211,15 @@ func newPolicyExplainCommand(g *globalFlags) *cobra.Command {
 func newPolicyAuditBindingsCommand(g *globalFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "audit-bindings",
-		Short: "List existing secrets whose admins could not bind them again (admin on the name, no bind on its ref)",
-		Long: `List existing secrets whose admins could not bind them again.
+		Short: "List existing bindings whose admins could not make them again (admin on the name, no bind on the ref)",
+		Long: `List existing bindings whose admins could not make them again.
 
-Binding a ref to a secret's name needs admin on the name and bind on the ref.
-Bindings made before the bind verb existed may not satisfy it: each line is a
-grant of admin on a secret whose holders lack bind on the secret's ref. Grant
-bind on a ref pattern covering it (policy apply), or rebind the secret to a
-ref its team owns. Exits 1 when there is anything to fix.`,
+Binding a ref to a secret's name, or putting a configuration document with
+refs, needs admin on the name and bind on each ref. Bindings made before the
+bind verb existed may not satisfy it: each line is a grant of admin on a
+secret or document whose holders lack bind on its ref. Grant bind on a ref
+pattern covering it (policy apply), or bind a ref the team owns. Exits 1 when
+there is anything to fix.`,
 		Example: `  secretplane policy audit-bindings
   secretplane policy audit-bindings -o json`,
 		Args: cobra.NoArgs,
@@ -238,15 +239,15 @@ ref its team owns. Exits 1 when there is anything to fix.`,
 				} else if len(r.GetFindings()) > 0 {
 					rows := make([][]string, len(r.GetFindings()))
 					for i, f := range r.GetFindings() {
-						rows[i] = []string{f.GetSecret(), f.GetRef(), f.GetPolicy(), f.GetSubject()}
+						rows[i] = []string{f.GetKind(), f.GetObject(), f.GetRef(), f.GetPolicy(), f.GetSubject()}
 					}
-					if err := table(cmd.OutOrStdout(), []string{"SECRET", "REF", "POLICY", "SUBJECT (admin, no bind)"}, rows); err != nil {
+					if err := table(cmd.OutOrStdout(), []string{"KIND", "NAME", "REF", "POLICY", "SUBJECT (admin, no bind)"}, rows); err != nil {
 						return err
 					}
 				}
 				if r.GetTotal() == 0 {
 					if g.output != "json" {
-						fmt.Fprintf(cmd.OutOrStdout(), "every binding of the %d secrets checked is covered by its admins' bind grants\n", r.GetSecrets())
+						fmt.Fprintf(cmd.OutOrStdout(), "every binding of the %d secrets and %d configuration documents checked is covered by its admins' bind grants\n", r.GetSecrets(), r.GetConfigs())
 					}
 					return nil
 				}
@@ -254,7 +255,7 @@ ref its team owns. Exits 1 when there is anything to fix.`,
 				if int(r.GetTotal()) > len(r.GetFindings()) {
 					more = fmt.Sprintf(" (the first %d shown)", len(r.GetFindings()))
 				}
-				return silentError{msg: fmt.Sprintf("%d grants of admin lack bind on the refs of the secrets they cover%s: grant bind on the refs, or rebind the secrets", r.GetTotal(), more)}
+				return silentError{msg: fmt.Sprintf("%d grants of admin lack bind on refs the objects they cover bind%s: grant bind on the refs, or bind others", r.GetTotal(), more)}
 			})
 		},
 	}

@@ -126,9 +126,9 @@ func (s *PolicyServer) AuditBindings(ctx context.Context, _ *spv1.AuditBindingsR
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	resp := &spv1.AuditBindingsResponse{Total: int32(rep.Total), Secrets: int32(rep.Secrets)}
+	resp := &spv1.AuditBindingsResponse{Total: int32(rep.Total), Secrets: int32(rep.Secrets), Configs: int32(rep.Configs)}
 	for _, f := range rep.Findings {
-		resp.Findings = append(resp.Findings, &spv1.BindingFinding{Secret: f.Secret, Ref: f.Ref, Policy: f.Policy, Subject: f.Subject})
+		resp.Findings = append(resp.Findings, &spv1.BindingFinding{Kind: f.Kind, Object: f.Object, Ref: f.Ref, Policy: f.Policy, Subject: f.Subject})
 	}
 	return resp, nil
 }

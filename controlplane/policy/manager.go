@@ -16,6 +16,7 @@ import (
 type Store interface {
 	Lister
 	ListSecrets(ctx context.Context, q store.ListQuery) ([]store.Secret, error)
+	ListConfigs(ctx context.Context, q store.ListQuery) ([]store.ConfigDocument, error)
 	PutPolicy(ctx context.Context, p store.Policy, pre store.Precondition) (store.Policy, error)
 	GetPolicy(ctx context.Context, name string) (store.Policy, error)
 	DeletePolicy(ctx context.Context, name string, pre store.Precondition) error
@@ -106,9 +107,11 @@ func (m *Manager) ExplainBind(id spiffeid.ID, ref secretref.Ref) Decision {
 }
 
 // BindingFinding is an existing binding that a grant's holders could not
-// make again: the grant gives admin on the secret but not bind on its ref.
+// make again: the grant gives admin on the object (a secret, or a
+// configuration document) but not bind on its ref.
 type BindingFinding struct {
-	Secret  string
+	Kind    string // "secret" or "config"
+	Object  string
 	Ref     string
 	Policy  string
 	Subject string
@@ -120,40 +123,64 @@ const MaxBindingFindings = 1000
 
 // BindingAudit is the result of AuditBindings.
 type BindingAudit struct {
-	Findings []BindingFinding // at most MaxBindingFindings, by secret then policy
+	Findings []BindingFinding // at most MaxBindingFindings: secrets by name, then documents
 	Total    int              // findings in all
 	Secrets  int              // secrets checked
+	Configs  int              // configuration documents checked
 }
 
-// AuditBindings walks every registered secret and lists the grants giving
-// admin on it whose holders lack bind on its ref: what an operator fixes
-// after upgrading to the bind rule (grant bind on the ref, or rebind).
+// AuditBindings walks every registered secret and configuration document
+// and lists the grants giving admin on one whose holders lack bind on a ref
+// it binds: what an operator fixes after upgrading to the bind rule (grant
+// bind on the ref, or bind another).
 func (m *Manager) AuditBindings(ctx context.Context) (BindingAudit, error) {
-	var (
-		out   BindingAudit
-		after string
-	)
-	for {
-		page, err := m.store.ListSecrets(ctx, store.ListQuery{After: after, Limit: 500})
+	var out BindingAudit
+	check := func(kind, name, raw string) {
+		ref, err := secretref.Parse(raw)
 		if err != nil {
-			return BindingAudit{}, fmt.Errorf("audit bindings: %w", err)
+			return // stored refs are canonical; an unparseable one binds nothing
 		}
-		for _, s := range page {
-			out.Secrets++
-			ref, err := secretref.Parse(s.Ref)
-			if err != nil {
-				continue // stored refs are canonical; an unparseable one binds nothing
+		for _, g := range m.engine.AdminsWithoutBind(name, ref) {
+			out.Total++
+			if len(out.Findings) < MaxBindingFindings {
+				out.Findings = append(out.Findings, BindingFinding{Kind: kind, Object: name, Ref: raw, Policy: g.Name, Subject: g.Subject.String()})
 			}
-			for _, g := range m.engine.AdminsWithoutBind(s.Name, ref) {
-				out.Total++
-				if len(out.Findings) < MaxBindingFindings {
-					out.Findings = append(out.Findings, BindingFinding{Secret: s.Name, Ref: s.Ref, Policy: g.Name, Subject: g.Subject.String()})
+		}
+	}
+	err := eachPage(ctx, m.store.ListSecrets, func(s store.Secret) string { return s.Name }, func(s store.Secret) {
+		out.Secrets++
+		check("secret", s.Name, s.Ref)
+	})
+	if err == nil {
+		err = eachPage(ctx, m.store.ListConfigs, func(d store.ConfigDocument) string { return d.Name }, func(d store.ConfigDocument) {
+			out.Configs++
+			for _, e := range d.Entries {
+				if e.Ref != "" {
+					check("config", d.Name, e.Ref)
 				}
 			}
+		})
+	}
+	if err != nil {
+		return BindingAudit{}, fmt.Errorf("audit bindings: %w", err)
+	}
+	return out, nil
+}
+
+// eachPage calls fn on every object list returns, a page at a time.
+func eachPage[T any](ctx context.Context, list func(context.Context, store.ListQuery) ([]T, error), name func(T) string, fn func(T)) error {
+	after := ""
+	for {
+		page, err := list(ctx, store.ListQuery{After: after, Limit: 500})
+		if err != nil {
+			return err
+		}
+		for _, o := range page {
+			fn(o)
 		}
 		if len(page) < 500 {
-			return out, nil
+			return nil
 		}
-		after = page[len(page)-1].Name
+		after = name(page[len(page)-1])
 	}
 }

@@ -266,15 +266,23 @@ func TestBind(t *testing.T) {
 		}
 	}
 	got, err := m.AuditBindings(ctx)
+	if err != nil || got.Total != 3 {
+		t.Fatal(got, err)
+	}
+	if _, err := st.PutConfig(ctx, store.ConfigDocument{Name: "payments/api", Entries: []store.ConfigEntry{
+		{Key: "A", Ref: "local://payments/db#password"}, {Key: "B", Ref: "local://canary/value#k"}, {Key: "C", Literal: "x"}}}, store.Precondition{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err = m.AuditBindings(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var lines []string
 	for _, f := range got.Findings {
-		lines = append(lines, f.Secret+" "+f.Policy)
+		lines = append(lines, f.Kind+" "+f.Object+" "+f.Policy)
 	}
-	want := []string{"billing/api billing-admin", "ops/local ops-admin", "payments/steal payments-admin"}
-	if strings.Join(lines, ";") != strings.Join(want, ";") || got.Total != 3 || got.Secrets != 6 {
+	want := []string{"secret billing/api billing-admin", "secret ops/local ops-admin", "secret payments/steal payments-admin", "config payments/api payments-admin"}
+	if strings.Join(lines, ";") != strings.Join(want, ";") || got.Total != 4 || got.Secrets != 6 || got.Configs != 1 {
 		t.Fatalf("AuditBindings = %+v; want %v", got, want)
 	}
 }

@@ -646,7 +646,9 @@ type AuditBindingsResponse struct {
 	// Findings in all (at most 1000 are listed).
 	Total int32 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
 	// Secrets checked.
-	Secrets       int32 `protobuf:"varint,3,opt,name=secrets,proto3" json:"secrets,omitempty"`
+	Secrets int32 `protobuf:"varint,3,opt,name=secrets,proto3" json:"secrets,omitempty"`
+	// Configuration documents checked.
+	Configs       int32 `protobuf:"varint,4,opt,name=configs,proto3" json:"configs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -702,14 +704,25 @@ func (x *AuditBindingsResponse) GetSecrets() int32 {
 	return 0
 }
 
-// BindingFinding: the holders of a grant of admin on a secret lack bind on
-// its ref, so they could not bind it again (grant bind, or rebind it).
+func (x *AuditBindingsResponse) GetConfigs() int32 {
+	if x != nil {
+		return x.Configs
+	}
+	return 0
+}
+
+// BindingFinding: the holders of a grant of admin on an object lack bind
+// on a ref it binds, so they could not put it again (grant bind, or bind
+// it to another ref).
 type BindingFinding struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Secret        string                 `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
-	Ref           string                 `protobuf:"bytes,2,opt,name=ref,proto3" json:"ref,omitempty"`
-	Policy        string                 `protobuf:"bytes,3,opt,name=policy,proto3" json:"policy,omitempty"`
-	Subject       string                 `protobuf:"bytes,4,opt,name=subject,proto3" json:"subject,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "secret" or "config".
+	Kind string `protobuf:"bytes,5,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The secret's or configuration document's name.
+	Object        string `protobuf:"bytes,1,opt,name=object,proto3" json:"object,omitempty"`
+	Ref           string `protobuf:"bytes,2,opt,name=ref,proto3" json:"ref,omitempty"`
+	Policy        string `protobuf:"bytes,3,opt,name=policy,proto3" json:"policy,omitempty"`
+	Subject       string `protobuf:"bytes,4,opt,name=subject,proto3" json:"subject,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -744,9 +757,16 @@ func (*BindingFinding) Descriptor() ([]byte, []int) {
 	return file_secretplane_v1_policy_proto_rawDescGZIP(), []int{12}
 }
 
-func (x *BindingFinding) GetSecret() string {
+func (x *BindingFinding) GetKind() string {
 	if x != nil {
-		return x.Secret
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *BindingFinding) GetObject() string {
+	if x != nil {
+		return x.Object
 	}
 	return ""
 }
@@ -817,13 +837,15 @@ const file_secretplane_v1_policy_proto_rawDesc = "" +
 	"\x0fExplainResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x16\n" +
 	"\x06policy\x18\x02 \x01(\tR\x06policy\"\x16\n" +
-	"\x14AuditBindingsRequest\"\x83\x01\n" +
+	"\x14AuditBindingsRequest\"\x9d\x01\n" +
 	"\x15AuditBindingsResponse\x12:\n" +
 	"\bfindings\x18\x01 \x03(\v2\x1e.secretplane.v1.BindingFindingR\bfindings\x12\x14\n" +
 	"\x05total\x18\x02 \x01(\x05R\x05total\x12\x18\n" +
-	"\asecrets\x18\x03 \x01(\x05R\asecrets\"l\n" +
-	"\x0eBindingFinding\x12\x16\n" +
-	"\x06secret\x18\x01 \x01(\tR\x06secret\x12\x10\n" +
+	"\asecrets\x18\x03 \x01(\x05R\asecrets\x12\x18\n" +
+	"\aconfigs\x18\x04 \x01(\x05R\aconfigs\"\x80\x01\n" +
+	"\x0eBindingFinding\x12\x12\n" +
+	"\x04kind\x18\x05 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06object\x18\x01 \x01(\tR\x06object\x12\x10\n" +
 	"\x03ref\x18\x02 \x01(\tR\x03ref\x12\x16\n" +
 	"\x06policy\x18\x03 \x01(\tR\x06policy\x12\x18\n" +
 	"\asubject\x18\x04 \x01(\tR\asubject2\x88\x04\n" +

@@ -40,9 +40,10 @@ type PolicyServiceClient interface {
 	DeletePolicy(ctx context.Context, in *DeletePolicyRequest, opts ...grpc.CallOption) (*DeletePolicyResponse, error)
 	// Explain says which policy allows an identity a verb on an object, if any.
 	Explain(ctx context.Context, in *ExplainRequest, opts ...grpc.CallOption) (*ExplainResponse, error)
-	// AuditBindings lists the existing secrets whose bindings the bind rule
-	// would refuse to their admins: each grant of admin on a secret whose
-	// holders lack bind on its ref. What an operator fixes after upgrading.
+	// AuditBindings lists the existing bindings the bind rule would refuse to
+	// their admins: each grant of admin on a secret (or a configuration
+	// document) whose holders lack bind on its ref (or one of its refs). What
+	// an operator fixes after upgrading.
 	AuditBindings(ctx context.Context, in *AuditBindingsRequest, opts ...grpc.CallOption) (*AuditBindingsResponse, error)
 }
 
@@ -127,9 +128,10 @@ type PolicyServiceServer interface {
 	DeletePolicy(context.Context, *DeletePolicyRequest) (*DeletePolicyResponse, error)
 	// Explain says which policy allows an identity a verb on an object, if any.
 	Explain(context.Context, *ExplainRequest) (*ExplainResponse, error)
-	// AuditBindings lists the existing secrets whose bindings the bind rule
-	// would refuse to their admins: each grant of admin on a secret whose
-	// holders lack bind on its ref. What an operator fixes after upgrading.
+	// AuditBindings lists the existing bindings the bind rule would refuse to
+	// their admins: each grant of admin on a secret (or a configuration
+	// document) whose holders lack bind on its ref (or one of its refs). What
+	// an operator fixes after upgrading.
 	AuditBindings(context.Context, *AuditBindingsRequest) (*AuditBindingsResponse, error)
 	mustEmbedUnimplementedPolicyServiceServer()
 }
