@@ -120,11 +120,10 @@ func scrub(msg string) string {
 	if _, secret := secretref.DetectLiteral(msg); !secret {
 		return msg
 	}
-	words := strings.Fields(msg)
-	for i, w := range words {
+	for w := range strings.FieldsSeq(msg) {
 		if _, secret := secretref.DetectLiteral(w); secret {
-			words[i] = fmt.Sprintf("[%d bytes, not shown]", len(w))
+			msg = strings.ReplaceAll(msg, w, fmt.Sprintf("[%d bytes, not shown]", len(w)))
 		}
 	}
-	return strings.Join(words, " ")
+	return msg
 }

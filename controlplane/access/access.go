@@ -78,8 +78,14 @@ type Request struct {
 	// parse binds nothing; the call refuses it with its own message.
 	Binds []string
 
+	// Object is a name the call acts on whose authorisation is Prefix's
+	// (a policy: managing policies needs admin on everything). It is
+	// validated as names are, in Field, and is the audit target.
+	Object    string
+	HasObject bool
+
 	// Target names what the call acts on in the audit log when it is not
-	// Names or Prefix (a policy's name).
+	// Names, Object or Prefix.
 	Target string
 	// Writes says the call changes state: its decision is recorded before
 	// it runs.
@@ -186,6 +192,16 @@ func (g *Guard) Authorize(ctx context.Context, req Request) (*Call, error) {
 		return nil, g.refuse(ctx, ev, &DeniedError{Action: req.Action}, "PermissionDenied", req.Action)
 	case req.Anyone:
 		grants = append(grants, AnyAuthenticated)
+	case req.Listing && req.HasObject:
+		ev.Target = orDefault(ev.Target, Mask(req.Object))
+		if invalid = checkNames([]string{req.Object}, orDefault(req.Field, "name"), 0); invalid != nil {
+			break
+		}
+		if d := g.policy.DecidePrefix(req.Actor, req.Verb, req.Prefix); d.Allowed {
+			grants = append(grants, d.Grant)
+		} else {
+			missing = append(missing, Missing{Verb: req.Verb, Objects: []string{Mask(req.Prefix) + "*"}})
+		}
 	case req.Listing:
 		ev.Target = orDefault(ev.Target, Mask(req.Prefix)+"*")
 		if err := validate.NamePrefix(req.Prefix); err != nil {

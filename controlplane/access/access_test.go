@@ -55,7 +55,7 @@ func newEnv(t *testing.T) *env {
 		Verbs: []string{"admin", "bind"}, Objects: []string{"payments/*", "local://payments/*"}}, policy.Write{}); err != nil {
 		t.Fatal(err)
 	}
-	l := audit.New(st, audit.Options{OutcomeWait: 50 * time.Millisecond})
+	l := audit.New(st, audit.Options{})
 	lctx, cancel := context.WithCancel(ctx)
 	go l.Run(lctx)
 	t.Cleanup(func() { cancel(); <-l.Done() })

@@ -36,6 +36,7 @@ type rule struct {
 	anyone   bool                   // any authenticated identity
 	binds    func(req any) []string // refs the call binds names to
 	target   func(req any) string   // what the audit calls the object, when not the names
+	object   func(req any) string   // a name authorised through prefix (a policy's): validated, the audit target
 	writes   func(req any) bool     // the call changes state (default: no)
 	maxNames int                    // more names than this is InvalidArgument
 	action   string                 // what the audit log calls the call
@@ -50,11 +51,6 @@ func named(name func(req any) string) func(any) []string {
 func everything(any) string { return "" }
 
 func always(any) bool { return true }
-
-// policyName is the target of a call on one policy: its name, masked.
-func policyName(name func(req any) string) func(any) string {
-	return func(req any) string { return access.Mask(name(req)) }
-}
 
 // rules maps every RPC to its requirement. A method without a rule is
 // refused: a new RPC must say what it needs before anyone can call it.
@@ -79,13 +75,13 @@ func rules() map[string]rule {
 		spv1.AdminService_ListConfigs_FullMethodName: {verb: admin, field: "prefix", prefix: func(r any) string { return r.(*spv1.ListConfigsRequest).GetPrefix() }},
 		spv1.AdminService_CheckRef_FullMethodName:    {anyone: true},
 
-		spv1.PolicyService_PutPolicy_FullMethodName: {verb: admin, prefix: everything, writes: always,
-			target: policyName(func(r any) string { return r.(*spv1.PutPolicyRequest).GetPolicy().GetName() })},
-		spv1.PolicyService_GetPolicy_FullMethodName: {verb: admin, prefix: everything,
-			target: policyName(func(r any) string { return r.(*spv1.GetPolicyRequest).GetName() })},
+		spv1.PolicyService_PutPolicy_FullMethodName: {verb: admin, prefix: everything, writes: always, field: "policy.name",
+			object: func(r any) string { return r.(*spv1.PutPolicyRequest).GetPolicy().GetName() }},
+		spv1.PolicyService_GetPolicy_FullMethodName: {verb: admin, prefix: everything, field: "name",
+			object: func(r any) string { return r.(*spv1.GetPolicyRequest).GetName() }},
 		spv1.PolicyService_ListPolicies_FullMethodName: {verb: admin, prefix: everything},
-		spv1.PolicyService_DeletePolicy_FullMethodName: {verb: admin, prefix: everything, writes: always,
-			target: policyName(func(r any) string { return r.(*spv1.DeletePolicyRequest).GetName() })},
+		spv1.PolicyService_DeletePolicy_FullMethodName: {verb: admin, prefix: everything, writes: always, field: "name",
+			object: func(r any) string { return r.(*spv1.DeletePolicyRequest).GetName() }},
 		spv1.PolicyService_Explain_FullMethodName: {verb: admin, prefix: everything,
 			target: func(r any) string { return explainTarget(r.(*spv1.ExplainRequest)) }},
 		spv1.PolicyService_AuditBindings_FullMethodName: {verb: admin, prefix: everything},
@@ -142,7 +138,14 @@ func (a *authorizer) unary(ctx context.Context, req any, info *grpc.UnaryServerI
 	if err != nil {
 		return nil, err
 	}
+	finished := false
+	defer func() {
+		if !finished { // the handler panicked: its write's outcome is Internal
+			_ = call.Finish(ctx, codes.Internal.String())
+		}
+	}()
 	resp, herr := handler(access.WithCall(ctx, call), req)
+	finished = true
 	if err := call.Finish(ctx, outcome(herr)); err != nil {
 		return nil, accessStatus(ctx, err)
 	}
@@ -192,6 +195,9 @@ func (a *authorizer) authorize(ctx context.Context, method string, req any) (*ac
 		}
 		if r.target != nil {
 			ar.Target = r.target(req)
+		}
+		if r.object != nil {
+			ar.Object, ar.HasObject = r.object(req), true
 		}
 		ar.Writes = r.writes != nil && r.writes(req)
 	}

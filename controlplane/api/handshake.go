@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -32,6 +33,7 @@ func auditRefusedHandshakes(cfg *tls.Config, a Auditor, log *slog.Logger) *tls.C
 	if out.ClientAuth == tls.RequireAnyClientCert {
 		out.ClientAuth = tls.RequestClientCert
 	}
+	lines := &everySecond{}
 	out.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
 		var err error
 		reason := "client certificate refused"
@@ -41,7 +43,11 @@ func auditRefusedHandshakes(cfg *tls.Config, a Auditor, log *slog.Logger) *tls.C
 			return nil
 		}
 		actor := claimedID(raw)
-		log.Warn("TLS handshake refused", "peer", actor, "reason", reason)
+		// Every refusal is audited; the log gets at most a line a second,
+		// so that a flood of bad clients cannot flood it.
+		if ok, skipped := lines.allow(time.Now()); ok {
+			log.Warn("TLS handshake refused", "peer", actor, "reason", reason, "refused_since_last_line", skipped)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if rerr := a.Record(ctx, audit.Event{
@@ -56,6 +62,27 @@ func auditRefusedHandshakes(cfg *tls.Config, a Auditor, log *slog.Logger) *tls.C
 }
 
 var errNoClientCert = errors.New("tls: client didn't provide a certificate")
+
+// everySecond lets one event a second through and counts the others.
+type everySecond struct {
+	mu      sync.Mutex
+	last    time.Time
+	skipped int
+}
+
+// allow reports whether the event at now may go through, and how many
+// were held back since the last that did.
+func (e *everySecond) allow(now time.Time) (bool, int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if now.Sub(e.last) < time.Second {
+		e.skipped++
+		return false, 0
+	}
+	skipped := e.skipped
+	e.last, e.skipped = now, 0
+	return true, skipped
+}
 
 // claimedID renders the SPIFFE ID a refused certificate claims, marked as
 // unverified; anything that is not a clean SPIFFE ID is not repeated.

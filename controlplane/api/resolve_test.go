@@ -86,6 +86,9 @@ func TestResolve(t *testing.T) {
 			if tc.code == codes.PermissionDenied || tc.code == codes.InvalidArgument {
 				wantDecision = "deny"
 			}
+			if strings.Contains(ev[0].Target, "3f9a0c2be41d7785a6c0d2e1") || strings.Contains(ev[0].Target, "Payments") {
+				t.Fatalf("the audit target repeats a malformed name: %+v", ev[0])
+			}
 			if ev[0].Decision != wantDecision || ev[0].Refused != tc.refused {
 				t.Fatalf("audit %+v; want decision %s, refused %q", ev[0], wantDecision, tc.refused)
 			}

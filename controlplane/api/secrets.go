@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"slices"
@@ -139,9 +138,12 @@ func (w *watcher) handle(ctx context.Context, req *spv1.WatchRequest) error {
 	s := w.s
 	switch m := req.GetRequest().(type) {
 	case *spv1.WatchRequest_Subscribe:
+		// The guard validates the names and their number, decides, and
+		// audits a refusal; what follows is audited with its outcome.
 		names := m.Subscribe.GetNames()
-		if len(names) > MaxResolveNames {
-			return toStatus(ctx, s.log, fieldError("subscribe.names", fmt.Sprintf("has %d names; the limit is %d", len(names), MaxResolveNames)))
+		call, err := s.authz.authorizeNames(ctx, watchSubscribe, policy.Watch, "subscribe.names", names)
+		if err != nil {
+			return err
 		}
 		var fresh []string
 		for _, n := range names {
@@ -150,10 +152,10 @@ func (w *watcher) handle(ctx context.Context, req *spv1.WatchRequest) error {
 			}
 		}
 		if w.sub.Len()+len(fresh) > MaxWatchNames {
-			return status.Errorf(codes.ResourceExhausted, "a watch stream holds at most %d secrets; open another stream", MaxWatchNames)
-		}
-		call, err := s.authz.authorizeNames(ctx, watchSubscribe, policy.Watch, "subscribe.names", names)
-		if err != nil {
+			err := status.Errorf(codes.ResourceExhausted, "a watch stream holds at most %d secrets; open another stream", MaxWatchNames)
+			if ferr := call.Finish(ctx, outcome(err)); ferr != nil {
+				return accessStatus(ctx, ferr)
+			}
 			return err
 		}
 		// Every value is resolved, and the subscription audited with its

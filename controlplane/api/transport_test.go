@@ -80,10 +80,9 @@ func TestTransportRefusesUnauthenticatedClients(t *testing.T) {
 	if outcomes["no client certificate"] != "unverified:none" || outcomes["client certificate refused"] == "" {
 		t.Fatalf("refused handshakes: %v", outcomes)
 	}
-	for _, want := range []string{`"peer":"unverified:none","reason":"no client certificate"`, `"reason":"client certificate refused"`} {
-		if !strings.Contains(e.logs.String(), want) {
-			t.Fatalf("server log lacks %s:\n%s", want, e.logs.String())
-		}
+	// The log has a line for them, at most one a second.
+	if !strings.Contains(e.logs.String(), `"msg":"TLS handshake refused","peer":"unverified:`) {
+		t.Fatalf("server log has no refused handshake:\n%s", e.logs.String())
 	}
 	t.Run("valid admin SVID", func(t *testing.T) {
 		if _, err := e.adminClient(t).ListSecrets(ctxT(t), &spv1.ListSecretsRequest{}); err != nil {
