@@ -204,8 +204,16 @@ func TestWatchRotationHook(t *testing.T) {
 	}
 	took := h.wait(t, 5*time.Second)
 	t.Logf("new version reached the hook after %v (TTL %v; refresh at 0.75 x TTL +- 10%%)", took.Round(time.Millisecond), ttl)
-	if cur, _ := w.Get("payments/db"); string(cur.Value) != "v2-Zq8vW3xR" {
-		t.Fatalf("after rotation: %+v", cur)
+	// The watcher makes the new value current once the hook has returned,
+	// a moment after the hook signalled.
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		cur, _ := w.Get("payments/db")
+		if string(cur.Value) == "v2-Zq8vW3xR" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after rotation: %+v", cur)
+		}
 	}
 	if got, _ := c.Get(context.Background(), "payments/db"); string(got.Value) != "v2-Zq8vW3xR" {
 		t.Fatalf("Get after rotation: %+v", got)
