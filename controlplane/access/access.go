@@ -146,19 +146,6 @@ type Call struct {
 	one    [1]string // noted's room for the usual single ref
 }
 
-type callKey struct{}
-
-// WithCall returns ctx carrying c, for the call's handler (NoteRef).
-func WithCall(ctx context.Context, c *Call) context.Context {
-	return context.WithValue(ctx, callKey{}, c)
-}
-
-// FromContext returns the call ctx carries, or nil.
-func FromContext(ctx context.Context) *Call {
-	c, _ := ctx.Value(callKey{}).(*Call)
-	return c
-}
-
 // NoteRef adds the canonical ref of a secret the call acted on (a read's
 // resolved ref, a delete's former binding) to its audit event. A nil call
 // (none in the context) notes nothing.

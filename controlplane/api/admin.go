@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 
-	"github.com/secretplane/secretplane/controlplane/access"
 	"github.com/secretplane/secretplane/controlplane/catalog"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/controlplane/validate"
@@ -68,7 +67,7 @@ func (s *AdminServer) GetSecret(ctx context.Context, req *spv1.GetSecretRequest)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	access.FromContext(ctx).NoteRef(out.Ref)
+	callOf(ctx).NoteRef(out.Ref)
 	return secretToProto(out), nil
 }
 
@@ -95,7 +94,7 @@ func (s *AdminServer) DeleteSecret(ctx context.Context, req *spv1.DeleteSecretRe
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	access.FromContext(ctx).NoteRef(gone.Ref)
+	callOf(ctx).NoteRef(gone.Ref)
 	return &spv1.DeleteSecretResponse{}, nil
 }
 

@@ -12,13 +12,13 @@ import (
 	"github.com/secretplane/secretplane/identity"
 )
 
-type peerIDKey struct{}
-
 // PeerID returns the caller's SPIFFE ID, set by the authentication
 // interceptor from the verified mTLS handshake.
 func PeerID(ctx context.Context) (spiffeid.ID, bool) {
-	id, ok := ctx.Value(peerIDKey{}).(spiffeid.ID)
-	return id, ok
+	if s := stateOf(ctx); s != nil && s.hasPeer {
+		return s.peer, true
+	}
+	return spiffeid.ID{}, false
 }
 
 // authenticate puts the caller's SPIFFE ID, taken from the verified client
@@ -30,7 +30,13 @@ func authenticate(ctx context.Context) (context.Context, error) {
 	if err != nil {
 		return nil, err
 	}
-	return context.WithValue(ctx, peerIDKey{}, id), nil
+	s := stateOf(ctx)
+	if s == nil { // the request id interceptor runs first; this is for its absence
+		s = &callState{}
+		ctx = context.WithValue(ctx, callStateKey{}, s)
+	}
+	s.peer, s.hasPeer = id, true
+	return ctx, nil
 }
 
 // connPeerID reads the SPIFFE ID of the connection's verified client

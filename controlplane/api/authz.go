@@ -144,7 +144,10 @@ func (a *authorizer) unary(ctx context.Context, req any, info *grpc.UnaryServerI
 			_ = call.Finish(ctx, codes.Internal.String())
 		}
 	}()
-	resp, herr := handler(access.WithCall(ctx, call), req)
+	if s := stateOf(ctx); s != nil {
+		s.call = call
+	}
+	resp, herr := handler(ctx, req)
 	finished = true
 	if err := call.Finish(ctx, outcome(herr)); err != nil {
 		return nil, accessStatus(ctx, err)

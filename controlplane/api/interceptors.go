@@ -11,11 +11,13 @@ import (
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/secretplane/secretplane/controlplane/access"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 )
 
@@ -28,12 +30,38 @@ import (
 // always get it in their header.
 const RequestIDHeader = "x-request-id"
 
-type requestIDKey struct{}
+// callState is what the interceptors learn of a call, in one context
+// value (one allocation and one lookup per call rather than one each):
+// its request id, then the caller's SPIFFE ID, then its access decision.
+type callState struct {
+	requestID string
+	peer      spiffeid.ID
+	hasPeer   bool
+	call      *access.Call
+}
+
+type callStateKey struct{}
+
+func stateOf(ctx context.Context) *callState {
+	s, _ := ctx.Value(callStateKey{}).(*callState)
+	return s
+}
 
 // RequestID returns the id of the request being served, or "".
 func RequestID(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey{}).(string)
-	return id
+	if s := stateOf(ctx); s != nil {
+		return s.requestID
+	}
+	return ""
+}
+
+// callOf returns the access decision of the call being served, or nil
+// (whose NoteRef notes nothing).
+func callOf(ctx context.Context) *access.Call {
+	if s := stateOf(ctx); s != nil {
+		return s.call
+	}
+	return nil
 }
 
 // withRequestID gives ctx the caller's request id, or a new one, and
@@ -54,7 +82,7 @@ func withRequestID(ctx context.Context, header bool) (context.Context, bool) {
 	if header = header || len(sent) > 0; header {
 		_ = grpc.SetHeader(ctx, metadata.Pairs(RequestIDHeader, id))
 	}
-	return context.WithValue(ctx, requestIDKey{}, id), header
+	return context.WithValue(ctx, callStateKey{}, &callState{requestID: id}), header
 }
 
 // validRequestID accepts short ids of safe characters only, and nothing

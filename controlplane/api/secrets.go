@@ -58,7 +58,7 @@ type SecretsServer struct {
 func (s *SecretsServer) Resolve(ctx context.Context, req *spv1.ResolveRequest) (*spv1.ResolveResponse, error) {
 	names := req.GetNames()
 	id, _ := PeerID(ctx)
-	call := access.FromContext(ctx)
+	call := callOf(ctx)
 	resp := &spv1.ResolveResponse{Values: make([]*spv1.SecretValue, 0, len(names))}
 	for _, name := range names {
 		v, err := s.resolveOne(ctx, call, name)
