@@ -57,7 +57,21 @@ type Backend interface {
 	Describe(ctx context.Context, ref secretref.Ref) (Metadata, error)
 	// Write stores data as a new version at ref's locator (field, when set,
 	// names the key inside a key/value secret) and returns the new version.
+	// A ref naming a version or a stage is refused (CheckWrite).
 	Write(ctx context.Context, ref secretref.Ref, data []byte) (string, error)
+}
+
+// CheckWrite refuses a write to a ref that names a version or a stage: a
+// write makes the next version, and a version given would be silently
+// ignored.
+func CheckWrite(ref secretref.Ref) error {
+	switch {
+	case ref.Version != "":
+		return fmt.Errorf("%s: a write makes the next version; drop ?version= from the ref: %w", ref, ErrInvalidValue)
+	case ref.Stage != "":
+		return fmt.Errorf("%s: a write makes the next version; drop ?stage= from the ref: %w", ref, ErrInvalidValue)
+	}
+	return nil
 }
 
 // Registry routes refs to backends by scheme.

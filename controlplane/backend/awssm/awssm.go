@@ -136,6 +136,9 @@ func (b *Backend) Describe(ctx context.Context, ref secretref.Ref) (backend.Meta
 // version (AWS moves AWSPREVIOUS). With a field, the other JSON keys of the
 // current version are kept.
 func (b *Backend) Write(ctx context.Context, ref secretref.Ref, data []byte) (string, error) {
+	if err := backend.CheckWrite(ref); err != nil {
+		return "", err
+	}
 	value := string(data)
 	if ref.Field != "" {
 		if strings.HasPrefix(ref.Field, "/") {

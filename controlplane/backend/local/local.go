@@ -161,6 +161,9 @@ func (b *Backend) Describe(ctx context.Context, ref secretref.Ref) (backend.Meta
 // Write implements backend.Backend: a new version; with a field, the other
 // keys of the latest version are kept.
 func (b *Backend) Write(ctx context.Context, ref secretref.Ref, data []byte) (string, error) {
+	if err := backend.CheckWrite(ref); err != nil {
+		return "", err
+	}
 	if len(data) > backend.MaxValueBytes {
 		return "", fmt.Errorf("%s: value over %d bytes: %w", ref, backend.MaxValueBytes, backend.ErrInvalidValue)
 	}

@@ -90,3 +90,23 @@ func TestLocalBackend(t *testing.T) {
 		t.Fatal("world-readable key accepted")
 	}
 }
+
+// A write makes the next version: a ref naming a version is refused, not
+// quietly written as the next one.
+func TestWriteRefusesAVersion(t *testing.T) {
+	b, err := local.New(filepath.Join(t.TempDir(), "s.json"), bytes.Repeat([]byte{3}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	_, err = b.Write(ctx, secretref.MustParse("local://x/v?version=3#k"), []byte("v"))
+	if !errors.Is(err, backend.ErrInvalidValue) || !strings.Contains(err.Error(), "drop ?version=") {
+		t.Fatalf("write with a version: %v", err)
+	}
+	if _, err := b.Read(ctx, secretref.MustParse("local://x/v#k")); !errors.Is(err, backend.ErrNotFound) {
+		t.Fatalf("the refused write stored something: %v", err)
+	}
+	if v, err := b.Write(ctx, secretref.MustParse("local://x/v#k"), []byte("v")); err != nil || v != "1" {
+		t.Fatalf("write: %q %v", v, err)
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/vault/api"
 
@@ -71,11 +72,12 @@ type Backend struct {
 	log    *slog.Logger
 	login  func(ctx context.Context) (*api.Secret, error) // nil for a static token
 	mu     sync.Mutex
+	lease  *api.Secret // the token to keep renewed; nil when it need not be
 }
 
 var _ backend.Backend = (*Backend)(nil)
 
-// New connects, authenticates and starts renewing the token until ctx ends.
+// New connects and authenticates; Run keeps the token renewed.
 func New(ctx context.Context, cfg Config, log *slog.Logger) (*Backend, error) {
 	u, err := url.Parse(cfg.Address)
 	if err != nil || u.Host == "" {
@@ -141,8 +143,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Backend, error) {
 	return b, nil
 }
 
-// authenticate logs in (AppRole, cert) or checks the token, and keeps the
-// token renewed (re-logging in when it can no longer be renewed).
+// authenticate logs in (AppRole, cert, JWT-SVID) or checks the token, and
+// notes the token for Run to renew.
 func (b *Backend) authenticate(ctx context.Context) error {
 	var secret *api.Secret
 	if b.login != nil {
@@ -164,14 +166,50 @@ func (b *Backend) authenticate(ctx context.Context) error {
 			secret.Auth.LeaseDuration = int(ttl.Seconds())
 		}
 	}
+	b.mu.Lock()
+	b.lease = nil
 	if secret != nil && secret.Auth != nil && secret.Auth.Renewable {
-		go b.renew(ctx, secret)
+		b.lease = secret
 	}
+	b.mu.Unlock()
 	return nil
 }
 
-func (b *Backend) renew(ctx context.Context, secret *api.Secret) {
-	w, err := b.client.NewLifetimeWatcher(&api.LifetimeWatcherInput{Secret: secret})
+// Run keeps the token renewed until ctx ends, logging in again when it can
+// no longer be renewed (a token of a login method), retrying a failed
+// login with backoff. The server runs it as one of its tasks.
+func (b *Backend) Run(ctx context.Context) {
+	wait := time.Second
+	for ctx.Err() == nil {
+		b.mu.Lock()
+		lease := b.lease
+		b.mu.Unlock()
+		if lease == nil {
+			return // a root or non-renewable token: nothing to renew
+		}
+		b.renew(ctx, lease)
+		if ctx.Err() != nil || b.login == nil {
+			return
+		}
+		for ctx.Err() == nil {
+			err := b.authenticate(ctx)
+			if err == nil {
+				wait = time.Second
+				break
+			}
+			b.log.Error("vault re-login failed; retrying", "error", err, "in", wait)
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, time.Minute)
+		}
+	}
+}
+
+// renew renews lease until ctx ends or it can be renewed no more.
+func (b *Backend) renew(ctx context.Context, lease *api.Secret) {
+	w, err := b.client.NewLifetimeWatcher(&api.LifetimeWatcherInput{Secret: lease})
 	if err != nil {
 		b.log.Error("vault token renewal not started", "error", err)
 		return
@@ -185,12 +223,6 @@ func (b *Backend) renew(ctx context.Context, secret *api.Secret) {
 		case err := <-w.DoneCh():
 			if err != nil {
 				b.log.Warn("vault token renewal stopped", "error", err)
-			}
-			if b.login == nil {
-				return
-			}
-			if err := b.authenticate(ctx); err != nil {
-				b.log.Error("vault re-login failed", "error", err)
 			}
 			return
 		case <-w.RenewCh():
@@ -314,6 +346,9 @@ func (b *Backend) Describe(ctx context.Context, ref secretref.Ref) (backend.Meta
 // the version read so that concurrent writers cannot lose each other's
 // fields. With a field, the other keys of the secret are kept.
 func (b *Backend) Write(ctx context.Context, ref secretref.Ref, data []byte) (string, error) {
+	if err := backend.CheckWrite(ref); err != nil {
+		return "", err
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	kv := b.clientFor(ref).KVv2(ref.VaultMount())

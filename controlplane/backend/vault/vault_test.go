@@ -214,3 +214,40 @@ func TestBadAnswers(t *testing.T) {
 		})
 	}
 }
+
+// Run keeps a login's token alive: renewed while it may be, logged in
+// again when it reaches its max TTL. Without Run the token expires and
+// reads are refused.
+func TestRunRenewsAndLogsInAgain(t *testing.T) {
+	v := testenv.StartVault(t)
+	root := v.RootClient(t)
+	seed(t, root)
+	ctx := context.Background()
+	if err := root.Sys().PutPolicyWithContext(ctx, "payments-read", `path "secret/data/payments/*" { capabilities = ["read"] }`); err != nil {
+		t.Fatal(err)
+	}
+	roleID, secretIDFile := v.AppRole(t, "short-lived", "payments-read", "2s")
+	if _, err := root.Logical().WriteWithContext(ctx, "auth/approle/role/short-lived", map[string]any{"token_policies": "payments-read", "token_ttl": "2s", "token_max_ttl": "4s"}); err != nil {
+		t.Fatal(err)
+	}
+	open := func() *vault.Backend {
+		b, err := vault.New(ctx, vault.Config{Address: v.Addr, AllowInsecure: true, AppRole: &vault.AppRoleAuth{RoleID: roleID, SecretIDFile: secretIDFile}}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	ref := secretref.MustParse("vault://secret/payments/db#password")
+	running, idle := open(), open()
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { running.Run(rctx); close(done) }()
+	defer func() { stop(); <-done }()
+	time.Sleep(6 * time.Second) // past the token's max TTL
+	if _, err := running.Read(ctx, ref); err != nil {
+		t.Fatalf("read with Run: %v", err)
+	}
+	if _, err := idle.Read(ctx, ref); !errors.Is(err, backend.ErrPermissionDenied) {
+		t.Fatalf("read without Run: %v (the token should have expired)", err)
+	}
+}
