@@ -11,33 +11,28 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/secretplane/secretplane/controlplane/api"
-	"github.com/secretplane/secretplane/controlplane/audit"
 	"github.com/secretplane/secretplane/controlplane/backend"
 	"github.com/secretplane/secretplane/controlplane/backend/local"
-	"github.com/secretplane/secretplane/controlplane/catalog"
-	"github.com/secretplane/secretplane/controlplane/consumers"
 	"github.com/secretplane/secretplane/controlplane/logging"
 	"github.com/secretplane/secretplane/controlplane/policy"
-	"github.com/secretplane/secretplane/controlplane/resolve"
 	"github.com/secretplane/secretplane/controlplane/secretref"
-	"github.com/secretplane/secretplane/controlplane/watch"
 	"github.com/secretplane/secretplane/identity"
+	spserver "github.com/secretplane/secretplane/internal/server"
 	"github.com/secretplane/secretplane/store"
-	"github.com/secretplane/secretplane/store/sqlite"
 )
 
-// server is a real secretplane server in-process (SQLite store, local
-// backend, dev CA) for the library's tests and runnable examples. It can be
-// stopped and started again on the same address.
+// server is a real secretplane server in-process, built by the one
+// assembly (internal/server): SQLite store, local backend, dev CA. For the
+// library's tests and runnable examples. It can be stopped and started
+// again on the same address.
 type server struct {
 	dir      string
 	ca       *identity.CA
 	serverID spiffeid.ID
 	addr     string
 	local    *local.Backend
-	store    *sqlite.Store
-	engine   *policy.Engine
+	store    store.Store    // of the running server
+	engine   *policy.Engine // of the running server
 
 	stop func()
 }
@@ -54,10 +49,10 @@ func newServer(ttl time.Duration) (*server, error) {
 		return nil, err
 	}
 	s := &server{dir: dir, ca: ca, serverID: spiffeid.RequireFromString("spiffe://" + td + "/secretplane/server")}
-	if s.store, err = sqlite.Open(context.Background(), filepath.Join(dir, "store.db")); err != nil {
+	if s.local, err = local.New(filepath.Join(dir, "local.json"), []byte("0123456789abcdef0123456789abcdef")); err != nil {
 		return nil, err
 	}
-	if s.local, err = local.New(filepath.Join(dir, "local.json"), []byte("0123456789abcdef0123456789abcdef")); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "fingerprint.key"), []byte("fingerprint-key-for-tests-only!!"), 0o600); err != nil {
 		return nil, err
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -69,43 +64,29 @@ func newServer(ttl time.Duration) (*server, error) {
 }
 
 func (s *server) start(lis net.Listener, ttl time.Duration) error {
-	ctx, cancel := context.WithCancel(context.Background())
-	log := slog.New(logging.NewHandler(slog.NewTextHandler(io.Discard, nil)))
 	svid, err := s.ca.IssueSVID(s.serverID, time.Hour)
 	if err != nil {
-		cancel()
+		lis.Close()
 		return err
 	}
-	tlsCfg, err := identity.ServerTLSConfig(identity.NewStaticSource(svid, s.ca.Bundle()), s.ca.TrustDomain())
+	cfg := spserver.Defaults()
+	cfg.Store = "sqlite:" + filepath.Join(s.dir, "store.db")
+	cfg.Admins = []string{"spiffe://" + td + "/ops/admin"}
+	cfg.Identity.Source = identity.NewStaticSource(svid, s.ca.Bundle())
+	cfg.Backends.Extra = []backend.Backend{s.local}
+	cfg.Cache.TTL, cfg.Cache.FingerprintKeyFile = ttl, filepath.Join(s.dir, "fingerprint.key")
+	cfg.Listener = lis
+	cfg.Logger = slog.New(logging.NewHandler(slog.NewTextHandler(io.Discard, nil)))
+	srv, err := spserver.New(context.Background(), cfg)
 	if err != nil {
-		cancel()
+		lis.Close()
 		return err
 	}
-	engine := policy.NewEngine(s.store, nil, log)
-	s.engine = engine
-	if err := engine.Load(ctx); err != nil {
-		cancel()
-		return err
-	}
-	auditLog := audit.New(s.store, audit.Options{Log: log})
-	go auditLog.Run(ctx)
-	registry := backend.NewRegistry(s.local)
-	var hub *watch.Hub
-	resolver, err := resolve.New(registry, resolve.Options{TTL: ttl, FingerprintKey: []byte("fingerprint-key-for-tests-only!!"),
-		OnChange: func(ref secretref.Ref, _, _ string) { hub.Changed(ref) }})
-	if err != nil {
-		cancel()
-		return err
-	}
-	cat := catalog.New(s.store, catalog.WithAccessCheck(registry, engine))
-	hub = watch.NewHub(cat, resolver, watch.Options{Log: log})
-	go hub.Run(ctx)
-	deps := consumers.New(s.store, consumers.Options{Log: log})
-	go deps.Run(ctx)
-	srv := api.NewServer(api.Config{TLS: tlsCfg, Log: log, Catalog: cat, Policies: policy.NewManager(s.store, engine),
-		Policy: engine, Audit: auditLog, AuditLog: auditLog, Resolver: resolver, Watch: hub, Consumer: deps})
-	go func() { _ = srv.Serve(lis) }()
-	s.stop = func() { srv.Stop(); cancel() }
+	s.store, s.engine = srv.Store(), srv.Policy()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = srv.Run(ctx); close(done) }()
+	s.stop = func() { cancel(); <-done }
 	return nil
 }
 
@@ -121,7 +102,6 @@ func (s *server) restart(ttl time.Duration) error {
 
 func (s *server) close() {
 	s.stop()
-	s.store.Close()
 	os.RemoveAll(s.dir)
 }
 

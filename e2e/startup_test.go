@@ -40,7 +40,7 @@ func TestStartupFailsClosed(t *testing.T) {
 		{"JWT-SVID auth without the Workload API", []string{"server", "--dev", "--data-dir", filepath.Join(dir, "d5"), "--vault-addr", "http://127.0.0.1:1", "--vault-jwt-role", "secretplane"},
 			[]string{"needs the SPIFFE Workload API"}, ""},
 		{"unknown config key", []string{"server", "--config", writeFile(t, dir, "bad.yaml", "listen: 127.0.0.1:1\npasword: x\n")},
-			[]string{"field pasword not found"}, ""},
+			[]string{`unknown keys "pasword"`}, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

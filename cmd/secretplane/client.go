@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/secretplane/secretplane/identity"
+	"github.com/secretplane/secretplane/internal/server"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 )
 
@@ -32,7 +33,7 @@ type connection struct {
 // then environment, then the dev server's data directory, the way the vault
 // CLI finds its token: a dev user needs none of them.
 func dial(g *globalFlags) (*connection, error) {
-	var ep devEndpoint
+	var ep server.DevEndpoint
 	epErr := readDevEndpoint(g.dataDir, &ep)
 
 	addr := g.addr
@@ -75,7 +76,7 @@ func dial(g *globalFlags) (*connection, error) {
 	return &connection{conn: conn, admin: spv1.NewAdminServiceClient(conn), g: g}, nil
 }
 
-func resolveServerID(flag string, ep devEndpoint, epErr error, td spiffeid.TrustDomain) (spiffeid.ID, error) {
+func resolveServerID(flag string, ep server.DevEndpoint, epErr error, td spiffeid.TrustDomain) (spiffeid.ID, error) {
 	switch {
 	case flag != "":
 		id, err := spiffeid.FromString(flag)
@@ -94,8 +95,8 @@ func resolveServerID(flag string, ep devEndpoint, epErr error, td spiffeid.Trust
 	}
 }
 
-func readDevEndpoint(dataDir string, ep *devEndpoint) error {
-	raw, err := os.ReadFile(filepath.Join(dataDir, devEndpointFile))
+func readDevEndpoint(dataDir string, ep *server.DevEndpoint) error {
+	raw, err := os.ReadFile(filepath.Join(dataDir, server.DevEndpointFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("no dev server has run with data directory %s", dataDir)
 	}
@@ -103,7 +104,7 @@ func readDevEndpoint(dataDir string, ep *devEndpoint) error {
 		return fmt.Errorf("read dev endpoint: %w", err)
 	}
 	if err := json.Unmarshal(raw, ep); err != nil {
-		return fmt.Errorf("parse %s: %w", devEndpointFile, err)
+		return fmt.Errorf("parse %s: %w", server.DevEndpointFile, err)
 	}
 	return nil
 }

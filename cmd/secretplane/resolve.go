@@ -10,6 +10,7 @@ import (
 
 	"github.com/secretplane/secretplane/controlplane/backend/local"
 	"github.com/secretplane/secretplane/controlplane/secretref"
+	"github.com/secretplane/secretplane/internal/server"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 )
 
@@ -73,11 +74,11 @@ func newDevLocalPutCommand(g *globalFlags) *cobra.Command {
 			if ref.Scheme != secretref.SchemeLocal {
 				return fmt.Errorf("REF must be a local:// ref")
 			}
-			key, err := local.LoadKey(filepath.Join(g.dataDir, devLocalKeyFile))
+			key, err := local.LoadKey(filepath.Join(g.dataDir, server.DevLocalKeyFile))
 			if err != nil {
 				return fmt.Errorf("%w (run `secretplane server --dev` once to create it)", err)
 			}
-			b, err := local.New(filepath.Join(g.dataDir, devLocalSecrets), key)
+			b, err := local.New(filepath.Join(g.dataDir, server.DevLocalSecrets), key)
 			if err != nil {
 				return err
 			}

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -15,24 +16,21 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
-	"github.com/secretplane/secretplane/controlplane/api"
 	"github.com/secretplane/secretplane/controlplane/audit"
 	"github.com/secretplane/secretplane/controlplane/backend"
 	"github.com/secretplane/secretplane/controlplane/backend/local"
-	"github.com/secretplane/secretplane/controlplane/catalog"
 	"github.com/secretplane/secretplane/controlplane/consumers"
 	"github.com/secretplane/secretplane/controlplane/logging"
 	"github.com/secretplane/secretplane/controlplane/policy"
-	"github.com/secretplane/secretplane/controlplane/resolve"
-	"github.com/secretplane/secretplane/controlplane/secretref"
-	"github.com/secretplane/secretplane/controlplane/watch"
 	"github.com/secretplane/secretplane/identity"
+	"github.com/secretplane/secretplane/internal/server"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
-	"github.com/secretplane/secretplane/store/sqlite"
+	"github.com/secretplane/secretplane/store"
 )
 
-// env is a running API server over a SQLite store, with identities from a
-// dev CA: an admin, a workload and one from a foreign CA.
+// env is a running server, built by the one assembly (internal/server)
+// over a SQLite store, with identities from a dev CA: an admin, a workload
+// and one from a foreign CA.
 type env struct {
 	addr     string
 	ca       *identity.CA
@@ -43,8 +41,9 @@ type env struct {
 	logs     *syncBuffer
 	dbPath   string
 
-	serverTLS *tls.Config
-	store     *sqlite.Store
+	serverTLS *tls.Config // the server's, for the bare baseline of the benchmarks
+	srv       *server.Server
+	store     store.Store
 	audit     *audit.Log // reads through it see every recorded event
 	engine    *policy.Engine
 	local     *local.Backend
@@ -71,7 +70,11 @@ func (s *syncBuffer) String() string {
 func newEnv(t testing.TB) *env { return newEnvLevel(t, slog.LevelDebug) }
 
 // newEnvLevel starts the environment with the server logging at level.
-func newEnvLevel(t testing.TB, level slog.Level) *env {
+func newEnvLevel(t testing.TB, level slog.Level) *env { return newEnvWith(t, level, nil) }
+
+// newEnvWith starts the environment, with tune (when set) changing the
+// server's configuration last.
+func newEnvWith(t testing.TB, level slog.Level, tune func(*server.Config)) *env {
 	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString("test.example")
 	ca, err := identity.NewCA(td, time.Hour)
@@ -89,6 +92,7 @@ func newEnvLevel(t testing.TB, level slog.Level) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	dir := t.TempDir()
 	e := &env{
 		ca:       ca,
 		serverID: spiffeid.RequireFromPath(td, "/secretplane/server"),
@@ -96,77 +100,50 @@ func newEnvLevel(t testing.TB, level slog.Level) *env {
 		workload: issue(ca, "/workload/payments-api"),
 		foreign:  issue(other, "/secretplane/admin"),
 		logs:     &syncBuffer{},
-		dbPath:   filepath.Join(t.TempDir(), "store.db"),
+		dbPath:   filepath.Join(dir, "store.db"),
 	}
-	server := issue(ca, "/secretplane/server")
-
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, e.dbPath)
-	if err != nil {
+	serverID := issue(ca, "/secretplane/server")
+	if e.serverTLS, err = identity.ServerTLSConfig(serverID, td); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
-	log := slog.New(logging.NewHandler(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: level})))
-	tlsCfg, err := identity.ServerTLSConfig(server, td)
-	if err != nil {
+	if e.local, err = local.New(filepath.Join(dir, "local-secrets.json"), []byte("0123456789abcdef0123456789abcdef")); err != nil {
 		t.Fatal(err)
 	}
-	e.store = st
-	e.engine = policy.NewEngine(st, []spiffeid.ID{e.admin.ID()}, log)
-	if err := e.engine.Load(ctx); err != nil {
+	fpKey := filepath.Join(dir, "fingerprint.key")
+	if err := os.WriteFile(fpKey, []byte("fingerprint-key-for-tests-only!!"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// Journaled, as the server runs it on an embedded store.
-	auditLog, err := audit.OpenJournaled(ctx, st, e.dbPath+"-audit", audit.Options{Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.audit = auditLog
-	// Everything that runs in the background stops, and has stopped,
-	// before the store closes: the consumer registry writes its last
-	// sightings as it stops.
-	actx, stopBackground := context.WithCancel(context.Background())
-	var background sync.WaitGroup
-	go auditLog.Run(actx)
-	t.Cleanup(func() {
-		stopBackground()
-		background.Wait()
-		<-auditLog.Done()
-		if err := auditLog.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	e.local, err = local.New(filepath.Join(t.TempDir(), "local-secrets.json"), []byte("0123456789abcdef0123456789abcdef"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	registry := backend.NewRegistry(e.local)
-	var hub *watch.Hub
-	resolver, err := resolve.New(registry, resolve.Options{
-		TTL: time.Second, FingerprintKey: []byte("fingerprint-key-for-tests-only!!"),
-		OnChange: func(ref secretref.Ref, _, _ string) { hub.Changed(ref) },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cat := catalog.New(st, catalog.WithAccessCheck(registry, e.engine))
-	hub = watch.NewHub(cat, resolver, watch.Options{Log: log, RetryInterval: 200 * time.Millisecond})
-	e.consumers = consumers.New(st, consumers.Options{Log: log})
-	background.Go(func() { hub.Run(actx) })
-	background.Go(func() { e.consumers.Run(actx) })
-	srv := api.NewServer(api.Config{
-		TLS: tlsCfg, Log: log, Catalog: cat,
-		Policies: policy.NewManager(st, e.engine), Policy: e.engine, Audit: auditLog, AuditLog: auditLog,
-		Resolver: resolver, Watch: hub, Consumer: e.consumers,
-	})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-	e.addr = lis.Addr().String()
-	e.serverTLS = tlsCfg
+	cfg := server.Defaults()
+	cfg.Store = "sqlite:" + e.dbPath // journaled audit, as the server runs it on an embedded store
+	cfg.Admins = []string{e.admin.ID().String()}
+	cfg.Identity.Source = serverID
+	cfg.Backends.Extra = []backend.Backend{e.local}
+	cfg.Cache.TTL, cfg.Cache.FingerprintKeyFile = time.Second, fpKey
+	cfg.WatchRetry = 200 * time.Millisecond // Watch tests see a failed refresh retried within their patience
+	cfg.Listener = lis
+	cfg.Logger = slog.New(logging.NewHandler(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: level})))
+	if tune != nil {
+		tune(&cfg)
+	}
+	srv, err := server.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	e.srv, e.addr = srv, srv.Addr()
+	e.store, e.audit, e.engine, e.consumers = srv.Store(), srv.Audit(), srv.Policy(), srv.Consumers()
 	return e
 }
 

@@ -6,8 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	"strings"
-	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -20,7 +18,6 @@ import (
 	"github.com/secretplane/secretplane/controlplane/consumers"
 	"github.com/secretplane/secretplane/controlplane/policy"
 	"github.com/secretplane/secretplane/controlplane/resolve"
-	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/controlplane/validate"
 	"github.com/secretplane/secretplane/controlplane/watch"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
@@ -50,6 +47,7 @@ type SecretsServer struct {
 	consumers Consumers
 	authz     *authorizer
 	log       *slog.Logger
+	drain     <-chan struct{} // closed: the server is shutting down
 }
 
 // Resolve implements SecretsService.Resolve. The names were validated and
@@ -99,6 +97,8 @@ func (s *SecretsServer) Watch(stream spv1.SecretsService_WatchServer) error {
 		select {
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
+		case <-s.drain:
+			return status.Error(codes.Unavailable, "the server is shutting down; reconnect")
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
 				return nil
@@ -197,34 +197,20 @@ func (w *watcher) handle(ctx context.Context, req *spv1.WatchRequest) error {
 }
 
 // ackError keeps a client's failure text for the consumer registry unless
-// it could hold a secret: the value sent or the one it replaced, or
-// anything that looks like a secret.
+// it could hold a secret (consumers.AckText): the value sent or the one it
+// replaced among them.
 func (w *watcher) ackError(name, text string) string {
-	if text == "" {
-		return ""
-	}
-	const limit = 512
-	for _, v := range [][]byte{w.sent[name], w.prev[name]} {
-		if len(v) > 0 && strings.Contains(text, string(v)) {
-			return "[error text withheld: it contains the secret's value]"
-		}
-	}
-	if f, ok := secretref.DetectLiteral(text); ok {
-		return "[error text withheld: it looks like a " + f.Kind + "]"
-	}
-	if validate.HasControl(text) || !utf8.ValidString(text) {
-		return "[error text withheld: it has control characters]"
-	}
-	if len(text) > limit {
-		text = strings.ToValidUTF8(text[:limit], "") + "..."
-	}
-	return text
+	return consumers.AckText(text, w.sent[name], w.prev[name])
 }
 
 // push sends the pending updates, checking the grant again for each: a
 // revoked grant ends the stream before a new value leaves.
 func (w *watcher) push(ctx context.Context) error {
 	for _, u := range w.sub.Take() {
+		if u.Gone {
+			// Deleted: the stream ends as a subscription naming it would.
+			return status.Errorf(codes.NotFound, "secret %s was deleted", u.Name)
+		}
 		call, err := w.s.authz.authorizeNames(ctx, watchPush, policy.Watch, "name", []string{u.Name})
 		if err != nil {
 			return err

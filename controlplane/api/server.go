@@ -41,6 +41,13 @@ type Config struct {
 	Resolver *resolve.Resolver
 	Watch    *watch.Hub          // keeps watched secrets fresh
 	Consumer *consumers.Registry // the dependents list
+	// Health is the health service to register (one is made when nil):
+	// the assembly sets it NOT_SERVING when it starts draining.
+	Health *health.Server
+	// Drain, when closed, ends every Watch stream (Unavailable: the
+	// client reconnects, to another replica), so that a graceful stop does
+	// not wait for clients to leave.
+	Drain <-chan struct{}
 }
 
 // NewServer returns a gRPC server with every service registered and the
@@ -81,8 +88,11 @@ func NewServer(cfg Config) *grpc.Server {
 	spv1.RegisterAdminServiceServer(srv, NewAdminServer(cfg.Catalog, cfg.Consumer, cfg.Log))
 	spv1.RegisterPolicyServiceServer(srv, NewPolicyServer(cfg.Policies, cfg.Log))
 	spv1.RegisterAuditServiceServer(srv, NewAuditServer(cfg.AuditLog, cfg.Log))
-	spv1.RegisterSecretsServiceServer(srv, &SecretsServer{catalog: cfg.Catalog, resolver: cfg.Resolver, hub: cfg.Watch, consumers: cfg.Consumer, authz: authz, log: cfg.Log})
-	hs := health.NewServer()
+	spv1.RegisterSecretsServiceServer(srv, &SecretsServer{catalog: cfg.Catalog, resolver: cfg.Resolver, hub: cfg.Watch, consumers: cfg.Consumer, authz: authz, log: cfg.Log, drain: cfg.Drain})
+	hs := cfg.Health
+	if hs == nil {
+		hs = health.NewServer()
+	}
 	healthpb.RegisterHealthServer(srv, hs)
 	return srv
 }

@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/secretplane/secretplane/controlplane/api"
 	"github.com/secretplane/secretplane/controlplane/secretref"
+	"github.com/secretplane/secretplane/internal/server"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 	"github.com/secretplane/secretplane/store"
 )
@@ -246,4 +248,58 @@ func TestWatchStreamLimit(t *testing.T) {
 	if _, err := recv(t, st, 10*time.Second); status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("name %d: got %v, want ResourceExhausted", api.MaxWatchNames+1, err)
 	}
+}
+
+// Watchers follow the catalog's changes as they happen, not at the next
+// refresh (the cache TTL here is an hour, so only the change events can
+// explain a push): a rebind pushes the new ref's value, a delete ends the
+// stream with NotFound.
+func TestWatchFollowsCatalogChanges(t *testing.T) {
+	e := newEnvWith(t, slog.LevelInfo, func(c *server.Config) { c.Cache.TTL = time.Hour })
+	ctx := ctxT(t)
+	td := e.admin.ID().TrustDomain().IDString()
+	admin := e.adminClient(t)
+	for ref, v := range map[string]string{"local://payments/db#password": "old-Zq8vW3xR", "local://payments/db2#password": "new-Zq8vW3xR"} {
+		if _, err := e.local.Write(ctx, secretref.MustParse(ref), []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := admin.PutSecret(ctx, &spv1.PutSecretRequest{Secret: &spv1.Secret{Name: "payments/db", Ref: "local://payments/db#password"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := spv1.NewPolicyServiceClient(e.dial(t, e.admin)).PutPolicy(ctx, &spv1.PutPolicyRequest{Policy: &spv1.Policy{
+		Name: "api", Subject: td + "/payments/api", Verbs: []string{"read", "watch"}, Objects: []string{"payments/*"}}}); err != nil {
+		t.Fatal(err)
+	}
+	api := spv1.NewSecretsServiceClient(e.dial(t, issueFor(t, e, "/payments/api")))
+	st, err := api.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(subscribe("payments/db")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := recv(t, st, 5*time.Second); err != nil || string(m.GetValue().GetValue()) != "old-Zq8vW3xR" {
+		t.Fatalf("initial: %v %v", m, err)
+	}
+
+	// Rebind: the new ref's value, at once.
+	start := time.Now()
+	if _, err := admin.PutSecret(ctx, &spv1.PutSecretRequest{Secret: &spv1.Secret{Name: "payments/db", Ref: "local://payments/db2#password"}}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := recv(t, st, 5*time.Second); err != nil || string(m.GetValue().GetValue()) != "new-Zq8vW3xR" {
+		t.Fatalf("after the rebind: %v %v", m, err)
+	}
+	t.Logf("rebind -> push: %v", time.Since(start).Round(time.Millisecond))
+
+	// Delete: the stream ends with NotFound, at once.
+	start = time.Now()
+	if _, err := admin.DeleteSecret(ctx, &spv1.DeleteSecretRequest{Name: "payments/db"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := recv(t, st, 5*time.Second); status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "payments/db was deleted") {
+		t.Fatalf("after the delete: %v", err)
+	}
+	t.Logf("delete -> stream end: %v", time.Since(start).Round(time.Millisecond))
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"sort"
 
+	"github.com/secretplane/secretplane/controlplane/events"
 	"github.com/secretplane/secretplane/controlplane/paging"
 	"github.com/secretplane/secretplane/controlplane/validate"
 	"github.com/secretplane/secretplane/store"
@@ -34,7 +35,12 @@ type Catalog struct {
 	store  Store
 	access *accessCheck // nil: refs are checked for syntax only
 	refs   *refCache
+	events *events.Bus // secrets put, rebound, deleted; nil drops them
 }
+
+// WithEvents makes the catalog publish events.SecretPut, SecretRebound and
+// SecretDeleted once each change is in the store.
+func WithEvents(b *events.Bus) Option { return func(c *Catalog) { c.events = b } }
 
 // Option configures a Catalog.
 type Option func(*Catalog)
@@ -72,12 +78,26 @@ func (c *Catalog) PutSecret(ctx context.Context, s store.Secret, w Write) (store
 	if err := checkWrite(w); err != nil {
 		return store.Secret{}, false, err
 	}
-	c.refs.drop(s.Name)
+	var before string // the ref it had, to tell a rebind
+	if c.events != nil && !w.CreateOnly {
+		if prev, err := c.store.GetSecret(ctx, s.Name); err == nil {
+			before = prev.Ref
+		}
+	}
 	out, err := c.store.PutSecret(ctx, s, w.precondition())
 	if err != nil {
 		return store.Secret{}, false, err
 	}
-	return out, out.CreateTime.Equal(out.UpdateTime), nil
+	// After the store has it: a lookup racing the put cannot cache the
+	// binding it replaced (see refCache.drop).
+	c.refs.drop(s.Name)
+	created := out.CreateTime.Equal(out.UpdateTime)
+	if before != "" && before != out.Ref {
+		c.events.Publish(events.SecretRebound{Name: out.Name, OldRef: before, NewRef: out.Ref})
+	} else {
+		c.events.Publish(events.SecretPut{Name: out.Name, Ref: out.Ref, Created: created})
+	}
+	return out, created, nil
 }
 
 // GetSecret returns the named secret.
@@ -137,6 +157,7 @@ func (c *Catalog) DeleteSecret(ctx context.Context, name string, ifRevision int6
 			return store.Secret{}, err
 		}
 		c.refs.drop(name)
+		c.events.Publish(events.SecretDeleted{Name: name, Ref: cur.Ref})
 		return cur, nil
 	}
 }

@@ -3,11 +3,14 @@ package catalog_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/secretplane/secretplane/controlplane/catalog"
+	"github.com/secretplane/secretplane/controlplane/events"
 	"github.com/secretplane/secretplane/controlplane/validate"
 	"github.com/secretplane/secretplane/store"
 	"github.com/secretplane/secretplane/store/sqlite"
@@ -155,5 +158,96 @@ func TestLookupRefCachesAndInvalidates(t *testing.T) {
 	}
 	if _, err := c.LookupRef(ctx, "a/b"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("deleted secret still resolvable: %v", err)
+	}
+}
+
+// A lookup racing a put never keeps the binding the put replaced: after
+// each put returns, the next lookup on this replica sees its ref, however
+// many lookups ran meanwhile.
+func TestPutRacingLookupsNeverCachesTheOldRef(t *testing.T) {
+	c := newCatalog(t)
+	ctx := context.Background()
+	if _, _, err := c.PutSecret(ctx, store.Secret{Name: "payments/db", Ref: "local://payments/v0#k"}, catalog.Write{}); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					_, _ = c.LookupRef(ctx, "payments/db")
+				}
+			}
+		})
+	}
+	defer func() { close(stop); wg.Wait() }()
+	for i := 1; i <= 200; i++ {
+		want := fmt.Sprintf("local://payments/v%d#k", i)
+		if _, _, err := c.PutSecret(ctx, store.Secret{Name: "payments/db", Ref: want}, catalog.Write{}); err != nil {
+			t.Fatal(err)
+		}
+		ref, err := c.LookupRef(ctx, "payments/db")
+		if err != nil || ref.String() != want {
+			t.Fatalf("put %d: lookup returned %s (%v), want %s", i, ref, err, want)
+		}
+	}
+}
+
+// The catalog tells the bus what changed, once the store has it.
+func TestCatalogPublishesChanges(t *testing.T) {
+	s, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	bus := events.New()
+	sub := bus.Subscribe("test", 16)
+	c := catalog.New(s, catalog.WithEvents(bus))
+	ctx := context.Background()
+	steps := []func() error{
+		func() error {
+			_, _, err := c.PutSecret(ctx, store.Secret{Name: "a/b", Ref: "local://a/b#k"}, catalog.Write{})
+			return err
+		},
+		func() error {
+			_, _, err := c.PutSecret(ctx, store.Secret{Name: "a/b", Ref: "local://a/b#k", Owner: "team"}, catalog.Write{})
+			return err
+		},
+		func() error {
+			_, _, err := c.PutSecret(ctx, store.Secret{Name: "a/b", Ref: "local://a/c#k"}, catalog.Write{})
+			return err
+		},
+		func() error { _, err := c.DeleteSecret(ctx, "a/b", 0); return err },
+		func() error { _, err := c.DeleteSecret(ctx, "a/b", 0); return err }, // not found: no event
+	}
+	for i, step := range steps {
+		if err := step(); err != nil && i != 4 {
+			t.Fatal(err)
+		}
+	}
+	want := []events.Event{
+		events.SecretPut{Name: "a/b", Ref: "local://a/b#k", Created: true},
+		events.SecretPut{Name: "a/b", Ref: "local://a/b#k"},
+		events.SecretRebound{Name: "a/b", OldRef: "local://a/b#k", NewRef: "local://a/c#k"},
+		events.SecretDeleted{Name: "a/b", Ref: "local://a/c#k"},
+	}
+	for i, w := range want {
+		select {
+		case got := <-sub.C():
+			if got != w {
+				t.Fatalf("event %d: %+v, want %+v", i, got, w)
+			}
+		default:
+			t.Fatalf("event %d missing; want %+v", i, w)
+		}
+	}
+	select {
+	case got := <-sub.C():
+		t.Fatalf("extra event %+v", got)
+	default:
 	}
 }

@@ -26,6 +26,9 @@ type refCache struct {
 	entries map[string]refCacheEntry
 	max     int
 	now     func() time.Time
+	// gen counts drops: a lookup that read the store before a drop must
+	// not cache what it read, which the write behind the drop replaced.
+	gen uint64
 }
 
 type refCacheEntry struct {
@@ -48,10 +51,22 @@ func (c *refCache) get(name string) (refCacheEntry, bool) {
 	return e, true
 }
 
-func (c *refCache) put(name string, ref secretref.Ref, canonical string) {
+// generation returns the drop count, to pass to put.
+func (c *refCache) generation() uint64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.gen
+}
+
+// put caches a binding read from the store when no drop happened since
+// gen was taken (before the read).
+func (c *refCache) put(name string, ref secretref.Ref, canonical string, gen uint64) {
 	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.gen != gen {
+		return
+	}
 	if _, ok := c.entries[name]; !ok && len(c.entries) >= c.max {
 		c.sweepLocked(now)
 	}
@@ -81,9 +96,12 @@ func (c *refCache) len() int {
 	return len(c.entries)
 }
 
+// drop forgets name's binding. Call it after the store has the write that
+// changed it, so no lookup can cache the old one again.
 func (c *refCache) drop(name string) {
 	c.mu.Lock()
 	delete(c.entries, name)
+	c.gen++
 	c.mu.Unlock()
 }
 
@@ -102,6 +120,7 @@ func (c *Catalog) LookupBinding(ctx context.Context, name string) (secretref.Ref
 	if e, ok := c.refs.get(name); ok {
 		return e.ref, e.canonical, nil
 	}
+	gen := c.refs.generation()
 	s, err := c.GetSecret(ctx, name)
 	if err != nil {
 		return secretref.Ref{}, "", err
@@ -111,6 +130,6 @@ func (c *Catalog) LookupBinding(ctx context.Context, name string) (secretref.Ref
 		return secretref.Ref{}, "", fmt.Errorf("secret %s has an unparseable stored ref: %w", name, err)
 	}
 	canonical := ref.String() // the stored form is canonical; this keeps it so if it was not
-	c.refs.put(name, ref, canonical)
+	c.refs.put(name, ref, canonical, gen)
 	return ref, canonical, nil
 }

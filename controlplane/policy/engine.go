@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sort"
 	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/secretplane/secretplane/controlplane/events"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/store"
 )
@@ -37,12 +39,24 @@ type Engine struct {
 	bootstrap map[spiffeid.ID]bool
 	grants    atomic.Pointer[[]Grant]
 	log       *slog.Logger
+	events    *events.Bus
 }
+
+// EngineOption configures an Engine.
+type EngineOption func(*Engine)
+
+// WithEvents makes the engine publish an events.PolicyChanged when a
+// refresh finds the stored policies changed (by another replica), and the
+// manager one for each put and delete.
+func WithEvents(b *events.Bus) EngineOption { return func(e *Engine) { e.events = b } }
 
 // NewEngine returns an engine with no grants but the bootstrap admins; call
 // Load before serving.
-func NewEngine(s Lister, bootstrapAdmins []spiffeid.ID, log *slog.Logger) *Engine {
+func NewEngine(s Lister, bootstrapAdmins []spiffeid.ID, log *slog.Logger, opts ...EngineOption) *Engine {
 	e := &Engine{store: s, bootstrap: map[spiffeid.ID]bool{}, log: log}
+	for _, o := range opts {
+		o(e)
+	}
 	for _, id := range bootstrapAdmins {
 		e.bootstrap[id] = true
 	}
@@ -55,6 +69,12 @@ func NewEngine(s Lister, bootstrapAdmins []spiffeid.ID, log *slog.Logger) *Engin
 // no longer compiles (written by a newer server, say) is skipped and logged:
 // skipping can only deny more.
 func (e *Engine) Load(ctx context.Context) error {
+	_, err := e.load(ctx)
+	return err
+}
+
+// load is Load, reporting whether the snapshot changed.
+func (e *Engine) load(ctx context.Context) (bool, error) {
 	var (
 		grants []Grant
 		after  string
@@ -62,7 +82,7 @@ func (e *Engine) Load(ctx context.Context) error {
 	for {
 		page, err := e.store.ListPolicies(ctx, store.ListQuery{After: after, Limit: 500})
 		if err != nil {
-			return fmt.Errorf("load policies: %w", err)
+			return false, fmt.Errorf("load policies: %w", err)
 		}
 		for _, p := range page {
 			g, err := Compile(p, true)
@@ -78,8 +98,8 @@ func (e *Engine) Load(ctx context.Context) error {
 		after = page[len(page)-1].Name
 	}
 	sort.Slice(grants, func(i, j int) bool { return grants[i].Name < grants[j].Name })
-	e.grants.Store(&grants)
-	return nil
+	old := e.grants.Swap(&grants)
+	return old == nil || !reflect.DeepEqual(*old, grants), nil
 }
 
 // Refresh reloads every interval until ctx ends, so that changes made
@@ -93,8 +113,12 @@ func (e *Engine) Refresh(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := e.Load(ctx); err != nil && ctx.Err() == nil {
+			changed, err := e.load(ctx)
+			switch {
+			case err != nil && ctx.Err() == nil:
 				e.log.Warn("policy refresh failed; keeping the last snapshot", "error", err)
+			case err == nil && changed:
+				e.events.Publish(events.PolicyChanged{})
 			}
 		}
 	}

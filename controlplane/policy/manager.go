@@ -6,6 +6,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/secretplane/secretplane/controlplane/events"
 	"github.com/secretplane/secretplane/controlplane/paging"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/controlplane/validate"
@@ -53,6 +54,7 @@ func (m *Manager) Put(ctx context.Context, p store.Policy, w Write) (store.Polic
 	if err := m.engine.Load(ctx); err != nil {
 		return store.Policy{}, false, err
 	}
+	m.engine.events.Publish(events.PolicyChanged{Name: out.Name})
 	return out, out.CreateTime.Equal(out.UpdateTime), nil
 }
 
@@ -93,7 +95,11 @@ func (m *Manager) Delete(ctx context.Context, name string, ifRevision int64) err
 	if err := m.store.DeletePolicy(ctx, name, store.Precondition{IfRevision: ifRevision}); err != nil {
 		return err
 	}
-	return m.engine.Load(ctx)
+	if err := m.engine.Load(ctx); err != nil {
+		return err
+	}
+	m.engine.events.Publish(events.PolicyChanged{Name: name, Deleted: true})
+	return nil
 }
 
 // Explain says which grant allows id to use verb on object, if any.

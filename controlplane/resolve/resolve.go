@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/secretplane/secretplane/controlplane/backend"
+	"github.com/secretplane/secretplane/controlplane/events"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 )
 
@@ -41,10 +42,11 @@ type Options struct {
 	FetchTimeout time.Duration // bound on one backend read; default 10s
 	// FingerprintKey keys the HMAC that fingerprints values; required.
 	FingerprintKey []byte
-	// OnChange is called (outside locks) when a ref's fingerprint changes
-	// from one it had before.
-	OnChange func(ref secretref.Ref, old, new string)
-	Now      func() time.Time
+	// Events receives an events.NewVersion (outside locks) whenever a
+	// ref's fingerprint changes from one the cache had before; nil drops
+	// them.
+	Events *events.Bus
+	Now    func() time.Time
 }
 
 // Result is a resolved value.
@@ -158,22 +160,45 @@ func (r *Resolver) Get(ctx context.Context, ref secretref.Ref) (Result, error) {
 	}
 	r.mu.Unlock()
 
-	return r.load(ctx, ref, key, false)
+	return r.load(ctx, ref, key, fetchMiss)
 }
 
 // Refresh returns ref's value, reading the backend first when the cached
 // value is due for refreshing (or absent). Watchers call it at each value's
 // RefreshAt, so a change in the backend is seen within the refresh
-// interval even when nobody resolves the ref; a change is reported through
-// OnChange like any other.
+// interval even when nobody resolves the ref; a change is published like
+// any other.
 func (r *Resolver) Refresh(ctx context.Context, ref secretref.Ref) (Result, error) {
-	return r.load(ctx, ref, ref.String(), true)
+	return r.load(ctx, ref, ref.String(), fetchDue)
 }
+
+// RefreshNow reads ref from its backend whatever the cache holds (a
+// rotation wrote a new version, a secret was rebound to it), and reports
+// a change like any refresh. Concurrent callers share one read; when the
+// backend fails, the last good value serves as for any read.
+func (r *Resolver) RefreshNow(ctx context.Context, ref secretref.Ref) (Result, error) {
+	return r.load(ctx, ref, ref.String(), fetchNow)
+}
+
+// How a fetch treats a cached value.
+type fetchMode int
+
+const (
+	fetchMiss fetchMode = iota // a Get that missed: a value fetched meanwhile serves
+	fetchDue                   // a refresh: a value not yet due for refreshing serves
+	fetchNow                   // read the backend whatever is cached
+)
 
 // load fetches through the flight and, when the backend fails, serves the
 // last good value until max-stale.
-func (r *Resolver) load(ctx context.Context, ref secretref.Ref, key string, refresh bool) (Result, error) {
-	v, err, _ := r.group.Do(key, func() (any, error) { return r.fetch(ctx, ref, key, refresh) })
+func (r *Resolver) load(ctx context.Context, ref secretref.Ref, key string, mode fetchMode) (Result, error) {
+	flight := key
+	if mode == fetchNow {
+		// Not the flight of a Get or a refresh already running: it may
+		// have started before what made the caller ask for a fresh read.
+		flight = "now:" + key
+	}
+	v, err, _ := r.group.Do(flight, func() (any, error) { return r.fetch(ctx, ref, key, mode) })
 	now := r.opts.Now()
 	if err == nil {
 		res := v.(Result)
@@ -203,7 +228,7 @@ func isDefinitive(err error) bool {
 
 func (r *Resolver) refreshAsync(ref secretref.Ref, key string) {
 	go func() {
-		_, _, _ = r.group.Do(key, func() (any, error) { return r.fetch(context.Background(), ref, key, true) })
+		_, _, _ = r.group.Do(key, func() (any, error) { return r.fetch(context.Background(), ref, key, fetchDue) })
 	}()
 }
 
@@ -215,17 +240,17 @@ func (r *Resolver) refreshAsync(ref secretref.Ref, key string) {
 // for the same key finished, so fetch first looks again: a value fetched in
 // the meantime is returned without a read (for a refresh, one that is not
 // yet due for refreshing).
-func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string, refresh bool) (Result, error) {
+func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string, mode fetchMode) (Result, error) {
 	r.mu.Lock()
-	if e := r.entries[key]; e != nil && e.err != nil && !refresh && r.opts.Now().Before(e.errUntil) {
+	if e := r.entries[key]; e != nil && e.err != nil && mode == fetchMiss && r.opts.Now().Before(e.errUntil) {
 		err := e.err
 		r.mu.Unlock()
 		return Result{}, err
 	}
-	if e := r.entries[key]; e != nil && e.res.Data != nil {
+	if e := r.entries[key]; e != nil && e.res.Data != nil && mode != fetchNow {
 		now := r.opts.Now()
 		due := e.res.FetchedAt.Add(r.opts.TTL)
-		if refresh {
+		if mode == fetchDue {
 			due = e.res.RefreshAt
 		}
 		if now.Before(due) {
@@ -269,8 +294,8 @@ func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string, ref
 	r.bytes += int64(len(res.Data))
 	r.evictLocked()
 	r.mu.Unlock()
-	if old != "" && old != res.Fingerprint && r.opts.OnChange != nil {
-		r.opts.OnChange(ref, old, res.Fingerprint)
+	if old != "" && old != res.Fingerprint {
+		r.opts.Events.Publish(events.NewVersion{Ref: key, Version: res.Version, Fingerprint: res.Fingerprint, OldFingerprint: old})
 	}
 	return res, nil
 }
@@ -317,14 +342,15 @@ func (r *Resolver) evictLocked() {
 	}
 }
 
-// Invalidate drops ref from the cache (after a rotation wrote a new version).
+// Invalidate drops ref's cached value, so that the next read goes to the
+// backend. The fingerprint is kept: that read reports a change like any
+// refresh (use RefreshNow to read at once).
 func (r *Resolver) Invalidate(ref secretref.Ref) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e := r.entries[ref.String()]; e != nil {
 		r.dropDataLocked(e)
-		r.lru.Remove(e.elem)
-		delete(r.entries, e.key)
+		e.err = nil
 	}
 }
 

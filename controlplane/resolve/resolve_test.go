@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/secretplane/secretplane/controlplane/backend"
+	"github.com/secretplane/secretplane/controlplane/events"
 	"github.com/secretplane/secretplane/controlplane/resolve"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 )
@@ -164,8 +165,9 @@ func TestNegativeCachingAndNoPoisoning(t *testing.T) {
 }
 
 func TestRefreshAheadDetectsChanges(t *testing.T) {
-	changes := make(chan [2]string, 4)
-	r, m, c := setup(t, resolve.Options{TTL: time.Minute, OnChange: func(ref secretref.Ref, old, new string) { changes <- [2]string{old, new} }})
+	bus := events.New()
+	changes := bus.Subscribe("test", 4)
+	r, m, c := setup(t, resolve.Options{TTL: time.Minute, Events: bus})
 	ref := secretref.MustParse("vault://secret/rot#x")
 	m.set(ref.String(), "v1")
 	ctx := context.Background()
@@ -179,15 +181,41 @@ func TestRefreshAheadDetectsChanges(t *testing.T) {
 		t.Fatalf("a hit in the refresh window must serve the cached value, got %q", res.Data)
 	}
 	select {
-	case ch := <-changes:
-		if ch[0] != first.Fingerprint || ch[1] == first.Fingerprint {
-			t.Fatalf("change %v", ch)
+	case e := <-changes.C():
+		ch := e.(events.NewVersion)
+		if ch.OldFingerprint != first.Fingerprint || ch.Fingerprint == first.Fingerprint || ch.Ref != ref.String() {
+			t.Fatalf("change %+v", ch)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("background refresh did not report the change")
 	}
 	if res, _ := r.Get(ctx, ref); string(res.Data) != "v2" {
 		t.Fatalf("after refresh: %q", res.Data)
+	}
+
+	// RefreshNow reads at once, whatever is cached, and reports the change;
+	// after Invalidate the next read reports it too.
+	m.set(ref.String(), "v3")
+	reads := m.reads.Load()
+	res, err := r.RefreshNow(ctx, ref)
+	if err != nil || string(res.Data) != "v3" || m.reads.Load() != reads+1 {
+		t.Fatalf("RefreshNow: %q %v, %d reads", res.Data, err, m.reads.Load()-reads)
+	}
+	if e := <-changes.C(); e.(events.NewVersion).Fingerprint != res.Fingerprint {
+		t.Fatalf("RefreshNow reported %+v", e)
+	}
+	m.set(ref.String(), "v4")
+	r.Invalidate(ref)
+	if res, err := r.Get(ctx, ref); err != nil || string(res.Data) != "v4" {
+		t.Fatalf("after Invalidate: %q %v", res.Data, err)
+	}
+	select {
+	case e := <-changes.C():
+		if e.(events.NewVersion).OldFingerprint != res.Fingerprint {
+			t.Fatalf("after Invalidate: %+v", e)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("the read after Invalidate reported no change")
 	}
 }
 

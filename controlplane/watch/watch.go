@@ -6,6 +6,12 @@
 // value for the subscribers that lack it. Delivery is level-triggered: a
 // subscriber that misses an edge still converges on the current value.
 //
+// The hub also follows the core's change events: a new version the cache
+// saw polls the names bound to that ref at once, a rebound secret is polled
+// at once (so its watchers get the new ref's value), and a deleted one ends
+// its watchers' subscriptions to it (as does a poll that finds the name no
+// longer registered, for changes the events did not carry).
+//
 // The hub knows nothing of transports: Watch streams (controlplane/api)
 // and, later, SDS streams are its subscribers.
 package watch
@@ -18,8 +24,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/secretplane/secretplane/controlplane/events"
 	"github.com/secretplane/secretplane/controlplane/resolve"
 	"github.com/secretplane/secretplane/controlplane/secretref"
+	"github.com/secretplane/secretplane/store"
 )
 
 // Catalog maps secret names to their refs (catalog.Catalog).
@@ -39,8 +47,10 @@ type Options struct {
 	RetryInterval time.Duration
 	// Workers bounds concurrent polls; default 16.
 	Workers int
-	Log     *slog.Logger
-	Now     func() time.Time
+	// Events is the core's change bus; nil: the hub only polls.
+	Events *events.Bus
+	Log    *slog.Logger
+	Now    func() time.Time
 }
 
 // Update is a value queued for a subscriber. Result.Data is shared between
@@ -49,6 +59,9 @@ type Update struct {
 	Name   string
 	Ref    string // canonical ref the value was resolved from
 	Result resolve.Result
+	// Gone: the secret was deleted; the subscription no longer holds the
+	// name, and the subscriber should tell its client (Result is empty).
+	Gone bool
 }
 
 // Hub tracks watched names and their subscribers. Safe for concurrent use.
@@ -204,6 +217,23 @@ func (s *Subscription) Close() {
 	}
 }
 
+// end removes name from the subscription and queues its Gone update.
+func (s *Subscription) end(name string) {
+	s.mu.Lock()
+	if s.closed || !s.names[name] {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.names, name)
+	delete(s.sent, name)
+	s.pending[name] = Update{Name: name, Gone: true}
+	s.mu.Unlock()
+	select {
+	case s.c <- struct{}{}:
+	default:
+	}
+}
+
 // offer queues u unless the subscriber already has that value.
 func (s *Subscription) offer(u Update) {
 	s.mu.Lock()
@@ -219,10 +249,9 @@ func (s *Subscription) offer(u Update) {
 	}
 }
 
-// Changed tells the hub that ref's value changed (resolve.Options.OnChange):
-// the names bound to it are polled now rather than at their refresh time.
-func (h *Hub) Changed(ref secretref.Ref) {
-	key := ref.String()
+// changed polls the names bound to ref (canonical) now rather than at
+// their refresh time: the cache saw a new value of it.
+func (h *Hub) changed(key string) {
 	now := h.opts.Now()
 	h.mu.Lock()
 	hit := false
@@ -234,6 +263,60 @@ func (h *Hub) Changed(ref secretref.Ref) {
 	h.mu.Unlock()
 	if hit {
 		h.poke()
+	}
+}
+
+// due polls name now: it was put or rebound.
+func (h *Hub) due(name string) {
+	h.mu.Lock()
+	w := h.names[name]
+	if w != nil {
+		w.next = h.opts.Now()
+	}
+	h.mu.Unlock()
+	if w != nil {
+		h.poke()
+	}
+}
+
+// ended ends every subscription to name: the secret is gone.
+func (h *Hub) ended(name string) {
+	h.mu.Lock()
+	w := h.names[name]
+	var subs []*Subscription
+	if w != nil {
+		for s := range w.subs {
+			subs = append(subs, s)
+		}
+		clear(w.subs)
+		if !w.polling {
+			delete(h.names, name)
+		}
+	}
+	h.mu.Unlock()
+	for _, s := range subs {
+		s.end(name)
+	}
+}
+
+// follow applies the core's change events until ctx ends.
+func (h *Hub) follow(ctx context.Context, sub *events.Subscription) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e := <-sub.C():
+			switch e := e.(type) {
+			case events.NewVersion:
+				h.changed(e.Ref)
+			case events.SecretPut:
+				h.due(e.Name)
+			case events.SecretRebound:
+				h.due(e.Name)
+			case events.SecretDeleted:
+				h.ended(e.Name)
+			}
+		}
 	}
 }
 
@@ -256,11 +339,16 @@ func (h *Hub) poke() {
 	}
 }
 
-// Run polls due names until ctx ends.
+// Run polls due names, and follows change events, until ctx ends.
 func (h *Hub) Run(ctx context.Context) {
 	sem := make(chan struct{}, h.opts.Workers)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	if h.opts.Events != nil {
+		sub := h.opts.Events.Subscribe("watch", 0)
+		defer sub.Close()
+		wg.Go(func() { h.follow(ctx, sub) })
+	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -320,6 +408,12 @@ func (h *Hub) poll(ctx context.Context, w *watched) {
 	if len(w.subs) == 0 {
 		delete(h.names, w.name)
 		h.mu.Unlock()
+		return
+	}
+	if err != nil && errors.Is(err, store.ErrNotFound) {
+		// No longer registered: deleted, maybe through another replica.
+		h.mu.Unlock()
+		h.ended(w.name)
 		return
 	}
 	if err != nil {

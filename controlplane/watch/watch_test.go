@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/secretplane/secretplane/controlplane/backend"
+	"github.com/secretplane/secretplane/controlplane/events"
 	"github.com/secretplane/secretplane/controlplane/resolve"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/controlplane/watch"
@@ -59,15 +60,14 @@ const (
 func start(t *testing.T, ttl time.Duration) (*watch.Hub, *manager, *resolve.Resolver) {
 	t.Helper()
 	m := &manager{values: map[string]string{dbRef: "v1", apiRef: "k1"}}
-	var hub *watch.Hub
+	bus := events.New()
 	r, err := resolve.New(m, resolve.Options{
-		TTL: ttl, FingerprintKey: []byte("0123456789abcdef0123456789abcdef"),
-		OnChange: func(ref secretref.Ref, _, _ string) { hub.Changed(ref) },
+		TTL: ttl, FingerprintKey: []byte("0123456789abcdef0123456789abcdef"), Events: bus,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	hub = watch.NewHub(catalog{"payments/db": dbRef, "payments/api": apiRef}, r, watch.Options{RetryInterval: 50 * time.Millisecond})
+	hub := watch.NewHub(catalog{"payments/db": dbRef, "payments/api": apiRef}, r, watch.Options{RetryInterval: 50 * time.Millisecond, Events: bus})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { hub.Run(ctx); close(done) }()
@@ -172,10 +172,17 @@ func TestUnwatchedNamesStopBeingPolled(t *testing.T) {
 	hub, m, _ := start(t, 100*time.Millisecond)
 	s := hub.Subscribe()
 	s.Add("payments/db", "payments/unknown")
-	if us := next(t, s, 2*time.Second); len(us) != 1 || us[0].Name != "payments/db" {
-		t.Fatalf("initial: %+v", us)
+	// A name that is not registered ends (Gone), as a deleted one does.
+	got := map[string]watch.Update{}
+	for deadline := time.Now().Add(2 * time.Second); len(got) < 2 && time.Now().Before(deadline); {
+		for _, u := range next(t, s, 100*time.Millisecond) {
+			got[u.Name] = u
+		}
 	}
-	if !s.Watching("payments/db") || s.Watching("payments/api") {
+	if len(got) != 2 || string(got["payments/db"].Result.Data) != "v1" || !got["payments/unknown"].Gone {
+		t.Fatalf("initial: %+v", got)
+	}
+	if !s.Watching("payments/db") || s.Watching("payments/api") || s.Watching("payments/unknown") {
 		t.Fatal("Watching")
 	}
 	s.Close()
@@ -217,5 +224,38 @@ func TestLateSubscriberConverges(t *testing.T) {
 	}
 	if m.reads.Load() != reads {
 		t.Fatal("a join read the backend while the value was fresh")
+	}
+}
+
+// A subscriber that never takes its updates delays nobody: every new
+// version reaches the others while its own queue holds just the latest.
+func TestStuckSubscriberDelaysNobody(t *testing.T) {
+	hub, m, r := start(t, time.Hour)
+	stuck, live := hub.Subscribe(), hub.Subscribe()
+	defer stuck.Close()
+	defer live.Close()
+	stuck.Add("payments/db")
+	live.Add("payments/db")
+	if us := next(t, live, 2*time.Second); len(us) != 1 {
+		t.Fatalf("initial: %+v", us)
+	} else {
+		live.Sent("payments/db", us[0].Result.Fingerprint)
+	}
+	ctx := context.Background()
+	for i := 2; i <= 50; i++ {
+		v := fmt.Sprintf("v%d", i)
+		m.set(dbRef, v)
+		if _, err := r.RefreshNow(ctx, secretref.MustParse(dbRef)); err != nil { // a new version seen by the cache
+			t.Fatal(err)
+		}
+		us := next(t, live, 2*time.Second)
+		if len(us) != 1 || string(us[0].Result.Data) != v {
+			t.Fatalf("version %d: %+v", i, us)
+		}
+		live.Sent("payments/db", us[0].Result.Fingerprint)
+	}
+	// The stuck one converges on the latest when it finally reads.
+	if us := stuck.Take(); len(us) != 1 || string(us[0].Result.Data) != "v50" {
+		t.Fatalf("stuck subscriber's queue: %+v", us)
 	}
 }

@@ -1,0 +1,276 @@
+package main
+
+import (
+	"fmt"
+	"reflect"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/knadh/koanf/parsers/yaml"
+	"github.com/knadh/koanf/providers/env/v2"
+	"github.com/knadh/koanf/providers/file"
+	"github.com/knadh/koanf/providers/posflag"
+	"github.com/knadh/koanf/providers/structs"
+	"github.com/knadh/koanf/v2"
+	"github.com/spf13/pflag"
+
+	"github.com/secretplane/secretplane/internal/server"
+)
+
+// setting is one server setting: its key in the configuration file (the
+// koanf tag path of server.Config), its flag, and its help. Its type and
+// default come from server.Config and server.Defaults; its environment
+// variable is SECRETPLANE_ and the flag in capitals (SECRETPLANE_CACHE_TTL).
+// The file, the environment and the flags are merged from this one table,
+// file < environment < flags, and a key absent from one never clears what
+// an earlier one (or the default) set.
+type setting struct {
+	key  string
+	flag string
+	help string
+}
+
+// settings are every server setting, in the order of --help.
+func settings() []setting {
+	return []setting{
+		{"dev", "dev", "dev mode: embedded store, built-in CA, admin identity for the CLI"},
+		{"data_dir", "data-dir", "data directory (dev mode's store, CA and identities; the CLI's --data-dir)"},
+		{"listen", "listen", "listen address (dev default " + server.DevListen + ")"},
+		{"store", "store", "store: sqlite:PATH or postgres://... (dev default: SQLite in the data directory)"},
+		{"trust_domain", "trust-domain", "trust domain (dev default " + server.DevTrustDomain + ")"},
+		{"admins", "admin", "SPIFFE ID holding admin and bind on everything, whatever the policies say (repeatable)"},
+		{"accept_trust_domains", "accept-trust-domain", "trust domain whose workloads may connect (repeatable; default the server's own)"},
+		{"federated_bundles", "federated-bundle", "TRUST_DOMAIN=bundle.pem of a federated trust domain (repeatable; file identity)"},
+		{"identity.workload_api", "workload-api", "SPIFFE Workload API address of a SPIRE agent (unix:///path/agent.sock): the server's SVID and bundles, rotated live"},
+		{"identity.workload_api_timeout", "workload-api-timeout", "how long startup waits for the first SVID from the Workload API"},
+		{"identity.cert", "svid-cert", "server SVID certificate PEM"},
+		{"identity.key", "svid-key", "server SVID private key PEM"},
+		{"identity.bundle", "bundle-file", "trust bundle PEM"},
+		{"backends.local.key_file", "local-key-file", "key of the embedded local backend (dev default: in the data directory; or env " + server.EnvLocalBackendKey + ")"},
+		{"backends.local.secrets_file", "local-secrets-file", "secrets file of the embedded local backend (dev default: in the data directory)"},
+		{"backends.aws_sm.region", "aws-region", "enable AWS Secrets Manager in this default region (credentials: the AWS SDK's default chain)"},
+		{"backends.aws_sm.endpoint", "aws-endpoint", "AWS Secrets Manager endpoint override (VPC endpoint)"},
+		{"backends.vault.address", "vault-addr", "HashiCorp Vault address (https://...)"},
+		{"backends.vault.ca_cert", "vault-ca-cert", "CA certificate that signs Vault's TLS certificate"},
+		{"backends.vault.token_file", "vault-token-file", "file holding a Vault token"},
+		{"backends.vault.approle_role_id", "vault-approle-role-id", "Vault AppRole role id"},
+		{"backends.vault.approle_secret_id_file", "vault-approle-secret-id-file", "file holding the Vault AppRole secret id"},
+		{"backends.vault.cert_file", "vault-cert-file", "client certificate for Vault's cert auth (needs a subject common name)"},
+		{"backends.vault.key_file", "vault-key-file", "private key of --vault-cert-file"},
+		{"backends.vault.cert_role", "vault-cert-role", "Vault cert auth role to log in as (optional)"},
+		{"backends.vault.jwt_role", "vault-jwt-role", "log in to Vault's JWT auth as this role with a JWT-SVID from the Workload API"},
+		{"backends.vault.jwt_audience", "vault-jwt-audience", "audience of the JWT-SVID for Vault"},
+		{"backends.vault.jwt_mount", "vault-jwt-mount", "mount path of Vault's JWT auth method"},
+		{"cache.ttl", "cache-ttl", "how long a resolved value is fresh"},
+		{"cache.max_stale", "max-stale", "how long past its TTL a value serves while its backend fails; then fail closed"},
+		{"cache.max_entries", "cache-max-entries", "bound on cached values (least recently used go first)"},
+		{"cache.max_bytes", "cache-max-bytes", "bound on the bytes of cached values"},
+		{"cache.fingerprint_key_file", "fingerprint-key-file", "key for value fingerprints (dev default: in the data directory)"},
+		{"audit.file", "audit-file", "also append every audit event to this JSON-lines file"},
+		{"audit.fail_open", "audit-fail-open", "dev mode only: serve requests even when the audit log cannot be written"},
+		{"log.format", "log-format", "log format: text or json"},
+		{"log.level", "log-level", "log level: debug, info, warn, error"},
+		{"policy_refresh", "policy-refresh", "how often policies are reloaded from the store (changes through other replicas)"},
+		{"watch_retry", "watch-retry", "how soon a watched secret whose refresh failed is tried again"},
+		{"shutdown.delay", "shutdown-delay", "on shutdown, how long health checks answer NOT_SERVING while calls are still served (for load balancers)"},
+		{"shutdown.timeout", "shutdown-timeout", "on shutdown, how long calls in flight may finish before they are cut off"},
+	}
+}
+
+// delim separates a key's parts inside koanf: not ".", which trust domain
+// names (federated_bundles' keys) hold.
+const delim = "/"
+
+// path is the setting's key as koanf spells it.
+func (s setting) path() string { return strings.ReplaceAll(s.key, ".", delim) }
+
+// envName is a setting's environment variable.
+func (s setting) envName() string {
+	return "SECRETPLANE_" + strings.ToUpper(strings.ReplaceAll(s.flag, "-", "_"))
+}
+
+// field finds the server.Config field of a dotted koanf key.
+func field(key string) (reflect.StructField, bool) {
+	t := reflect.TypeFor[server.Config]()
+	var f reflect.StructField
+	for _, part := range strings.Split(key, ".") {
+		found := false
+		for i := 0; i < t.NumField(); i++ {
+			if t.Field(i).Tag.Get("koanf") == part {
+				f, t, found = t.Field(i), t.Field(i).Type, true
+				break
+			}
+		}
+		if !found {
+			return reflect.StructField{}, false
+		}
+	}
+	return f, true
+}
+
+// registerSettings adds a flag for every setting to fs, typed and
+// defaulted from server.Config and server.Defaults. (The server's
+// --data-dir shadows every command's, with the same meaning, so that it
+// takes its place in the merge.)
+func registerSettings(fs *pflag.FlagSet) {
+	defaults := koanf.New(delim)
+	_ = defaults.Load(structs.Provider(server.Defaults(), "koanf"), nil)
+	for _, s := range settings() {
+		if fs.Lookup(s.flag) != nil {
+			continue
+		}
+		f, ok := field(s.key)
+		if !ok {
+			panic("setting " + s.key + " has no server.Config field") // caught by TestEverySettingHasAField
+		}
+		help := s.help + " (env " + s.envName() + ")"
+		switch f.Type {
+		case reflect.TypeFor[string]():
+			fs.String(s.flag, defaults.String(s.path()), help)
+		case reflect.TypeFor[bool]():
+			fs.Bool(s.flag, defaults.Bool(s.path()), help)
+		case reflect.TypeFor[time.Duration]():
+			fs.Duration(s.flag, defaults.Duration(s.path()), help)
+		case reflect.TypeFor[int]():
+			fs.Int(s.flag, defaults.Int(s.path()), help)
+		case reflect.TypeFor[int64]():
+			fs.Int64(s.flag, defaults.Int64(s.path()), help)
+		case reflect.TypeFor[[]string]():
+			fs.StringSlice(s.flag, defaults.Strings(s.path()), help)
+		case reflect.TypeFor[map[string]string]():
+			fs.StringToString(s.flag, defaults.StringMap(s.path()), help)
+		default:
+			panic("setting " + s.key + " has a type flags cannot take: " + f.Type.String())
+		}
+	}
+}
+
+// loadSettings merges, for every setting, its default < the file (when
+// path is set) < its environment variable < its flag when given on the
+// command line, into a server.Config. A file key that names no setting is
+// an error, as is a value of the wrong type.
+func loadSettings(path string, getenv func(string) string, fs *pflag.FlagSet) (server.Config, error) {
+	ko := koanf.New(delim)
+	if err := ko.Load(structs.Provider(server.Defaults(), "koanf"), nil); err != nil {
+		return server.Config{}, fmt.Errorf("defaults: %w", err)
+	}
+	byPath, byEnv, byFlag := map[string]setting{}, map[string]setting{}, map[string]setting{}
+	for _, s := range settings() {
+		byPath[s.path()], byEnv[s.envName()], byFlag[s.flag] = s, s, s
+	}
+	if path != "" {
+		fileKo := koanf.New(delim)
+		if err := fileKo.Load(file.Provider(path), yaml.Parser()); err != nil {
+			return server.Config{}, fmt.Errorf("read server config %s: %s", path, yamlErrorWithoutValue(err))
+		}
+		var unknown []string
+		for _, k := range fileKo.Keys() {
+			if _, ok := byPath[k]; !ok && !strings.HasPrefix(k, "federated_bundles"+delim) {
+				unknown = append(unknown, shown(strings.ReplaceAll(k, delim, ".")))
+			}
+		}
+		if len(unknown) > 0 {
+			sort.Strings(unknown)
+			return server.Config{}, fmt.Errorf("server config %s: unknown keys %s (see `secretplane server --help`)", path, strings.Join(unknown, ", "))
+		}
+		if err := ko.Merge(fileKo); err != nil {
+			return server.Config{}, fmt.Errorf("server config %s: %w", path, err)
+		}
+	}
+	// Only the variables of settings; SECRETPLANE_ADDR and the like are
+	// the CLI's.
+	envKo := koanf.New(delim)
+	err := envKo.Load(env.Provider(delim, env.Opt{
+		Prefix: "SECRETPLANE_",
+		TransformFunc: func(k, v string) (string, any) {
+			s, ok := byEnv[k]
+			if !ok || v == "" {
+				return "", nil
+			}
+			switch f, _ := field(s.key); f.Type {
+			case reflect.TypeFor[[]string]():
+				return s.path(), splitList(v)
+			case reflect.TypeFor[map[string]string]():
+				return s.path(), splitMap(v)
+			}
+			return s.path(), v
+		},
+		EnvironFunc: environ(getenv),
+	}), nil)
+	if err == nil {
+		err = override(ko, envKo)
+	}
+	if err != nil {
+		return server.Config{}, fmt.Errorf("environment: %w", err)
+	}
+	if fs != nil {
+		// Only flags given on the command line: an unset flag's default is
+		// the setting's default, which the file or environment may change.
+		flagKo := koanf.New(delim)
+		err := flagKo.Load(posflag.ProviderWithFlag(fs, delim, nil, func(f *pflag.Flag) (string, any) {
+			s, ok := byFlag[f.Name]
+			if !ok || !f.Changed {
+				return "", nil
+			}
+			return s.path(), posflag.FlagVal(fs, f)
+		}), nil)
+		if err == nil {
+			err = override(ko, flagKo)
+		}
+		if err != nil {
+			return server.Config{}, fmt.Errorf("flags: %w", err)
+		}
+	}
+	var cfg server.Config
+	if err := ko.UnmarshalWithConf("", &cfg, koanf.UnmarshalConf{Tag: "koanf"}); err != nil {
+		return server.Config{}, fmt.Errorf("server settings: %s", scrub(err.Error()))
+	}
+	return cfg, nil
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// override merges src over ko, a map setting src holds replacing ko's
+// whole (koanf would merge the two maps).
+func override(ko, src *koanf.Koanf) error {
+	for _, s := range settings() {
+		if f, _ := field(s.key); f.Type.Kind() == reflect.Map && src.Exists(s.path()) {
+			ko.Delete(s.path())
+		}
+	}
+	return ko.Merge(src)
+}
+
+// splitMap reads "k=v,k2=v2" (a map setting in the environment).
+func splitMap(v string) map[string]any {
+	out := map[string]any{}
+	for _, kv := range splitList(v) {
+		if k, val, ok := strings.Cut(kv, "="); ok {
+			out[k] = val
+		}
+	}
+	return out
+}
+
+// environ lists the variables getenv knows of the settings' names (the
+// tests' fake environments, or the process's).
+func environ(getenv func(string) string) func() []string {
+	return func() []string {
+		var out []string
+		for _, s := range settings() {
+			if v := getenv(s.envName()); v != "" {
+				out = append(out, s.envName()+"="+v)
+			}
+		}
+		return out
+	}
+}
