@@ -189,3 +189,33 @@ func recoveryHandler(log *slog.Logger) recovery.RecoveryHandlerFuncContext {
 		return status.Errorf(codes.Internal, "internal error (request id %s)", RequestID(ctx))
 	}
 }
+
+// draining refuses calls once its channel is closed: the server is
+// stopping, and a graceful stop then waits only for the calls in flight
+// rather than for clients to notice the connection going away.
+type draining <-chan struct{}
+
+var errDraining = status.Error(codes.Unavailable, "the server is shutting down; retry, elsewhere")
+
+func (d draining) closed() bool {
+	select {
+	case <-d:
+		return true
+	default:
+		return false
+	}
+}
+
+func (d draining) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if d.closed() {
+		return nil, errDraining
+	}
+	return handler(ctx, req)
+}
+
+func (d draining) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if d.closed() {
+		return errDraining
+	}
+	return handler(srv, ss)
+}

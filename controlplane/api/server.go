@@ -44,9 +44,9 @@ type Config struct {
 	// Health is the health service to register (one is made when nil):
 	// the assembly sets it NOT_SERVING when it starts draining.
 	Health *health.Server
-	// Drain, when closed, ends every Watch stream (Unavailable: the
-	// client reconnects, to another replica), so that a graceful stop does
-	// not wait for clients to leave.
+	// Drain, when closed, ends every Watch stream and refuses new calls
+	// (Unavailable: the client reconnects, to another replica), so that a
+	// graceful stop waits only for the calls in flight.
 	Drain <-chan struct{}
 }
 
@@ -56,6 +56,7 @@ type Config struct {
 // every call but health checks.
 func NewServer(cfg Config) *grpc.Server {
 	guard := newDecodeGuard()
+	drain := draining(cfg.Drain)
 	authz := &authorizer{rules: rules(), guard: access.NewGuard(cfg.Policy, cfg.Audit)}
 	notHealth := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
 		return c.Service != healthpb.Health_ServiceDesc.ServiceName
@@ -69,6 +70,7 @@ func NewServer(cfg Config) *grpc.Server {
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.NumStreamWorkers(streamWorkers()),
 		grpc.ChainUnaryInterceptor(
+			drain.unary,
 			guard.unary,
 			requestIDUnary,
 			calls.unary,
@@ -77,6 +79,7 @@ func NewServer(cfg Config) *grpc.Server {
 			selector.UnaryServerInterceptor(authz.unary, notHealth),
 		),
 		grpc.ChainStreamInterceptor(
+			drain.stream,
 			guard.stream,
 			requestIDStream,
 			calls.stream,

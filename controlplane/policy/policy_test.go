@@ -7,9 +7,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/secretplane/secretplane/controlplane/events"
 	"github.com/secretplane/secretplane/controlplane/policy"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/controlplane/validate"
@@ -312,5 +314,53 @@ func TestSubjectCovers(t *testing.T) {
 		if got := p(tc.a).Covers(p(tc.b)); got != tc.want {
 			t.Errorf("%s covers %s = %v, want %v", tc.a, tc.b, got, tc.want)
 		}
+	}
+}
+
+// Policy changes reach the bus: a put and a delete by name, and a change
+// another replica made when a refresh finds it (nothing when unchanged).
+func TestPolicyChangesArePublished(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	bus := events.New()
+	sub := bus.Subscribe("test", 16)
+	e := policy.NewEngine(st, nil, slog.New(slog.DiscardHandler), policy.WithEvents(bus))
+	m := policy.NewManager(st, e)
+	p := store.Policy{Name: "api-read", Subject: "spiffe://example.org/api", Verbs: []string{"read"}, Objects: []string{"a/*"}}
+	if _, _, err := m.Put(ctx, p, policy.Write{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Delete(ctx, "api-read", 0); err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { e.Refresh(rctx, 20*time.Millisecond); close(done) }()
+	defer func() { stop(); <-done }()
+	time.Sleep(100 * time.Millisecond)                                                       // refreshes that find nothing new
+	other := policy.NewManager(st, policy.NewEngine(st, nil, slog.New(slog.DiscardHandler))) // another replica
+	if _, _, err := other.Put(ctx, p, policy.Write{}); err != nil {
+		t.Fatal(err)
+	}
+	want := []events.PolicyChanged{{Name: "api-read"}, {Name: "api-read", Deleted: true}, {}}
+	for i, w := range want {
+		select {
+		case got := <-sub.C():
+			if got != w {
+				t.Fatalf("event %d: %+v, want %+v", i, got, w)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("event %d missing; want %+v", i, w)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case got := <-sub.C():
+		t.Fatalf("extra event %+v", got)
+	default:
 	}
 }

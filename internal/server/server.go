@@ -207,6 +207,7 @@ func (s *Server) Run(ctx context.Context) error {
 		time.Sleep(s.cfg.Shutdown.Delay)
 	}
 	close(s.drain) // Watch streams end; clients reconnect elsewhere
+	calls := time.Now()
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()
 	select {
@@ -216,11 +217,15 @@ func (s *Server) Run(ctx context.Context) error {
 		s.grpc.Stop()
 		<-stopped
 	}
+	background := time.Now()
 	stopBackground()
 	tasks.Wait()
+	auditing := time.Now()
 	stopAudit()
 	<-s.audit.Done()
-	s.log.Info("stopped", "drain", time.Since(start).Round(time.Millisecond))
+	s.log.Info("stopped", "drain", time.Since(start).Round(time.Millisecond),
+		"calls", background.Sub(calls).Round(time.Millisecond), "background", auditing.Sub(background).Round(time.Millisecond),
+		"audit", time.Since(auditing).Round(time.Millisecond))
 	return err
 }
 

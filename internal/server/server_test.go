@@ -164,6 +164,8 @@ func TestShutdownDrainsInOrder(t *testing.T) {
 				if err == nil {
 					answered.Store(id, true)
 					count.Add(1)
+				} else {
+					time.Sleep(20 * time.Millisecond) // clients back off; a tight retry loop would starve the server's stop
 				}
 			}
 		})
