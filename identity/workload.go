@@ -17,13 +17,15 @@ import (
 // on the next handshake, and open connections are left alone.
 type WorkloadSource struct {
 	*workloadapi.X509Source
-	id   spiffeid.ID
-	addr string
+	id     spiffeid.ID
+	addr   string
+	stop   context.CancelFunc // ends the update log
+	logged chan struct{}
 }
 
 // NewWorkloadSource connects to the Workload API at addr (for example
 // "unix:///run/spire/agent.sock") and waits up to timeout for the first
-// SVID. Updates are logged until ctx ends.
+// SVID. Updates are logged until Close.
 func NewWorkloadSource(ctx context.Context, addr string, timeout time.Duration, log *slog.Logger) (*WorkloadSource, error) {
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -36,9 +38,17 @@ func NewWorkloadSource(ctx context.Context, addr string, timeout time.Duration, 
 		src.Close()
 		return nil, fmt.Errorf("read X.509-SVID from the Workload API: %w", err)
 	}
-	w := &WorkloadSource{X509Source: src, id: svid.ID, addr: addr}
-	go w.logUpdates(ctx, log)
+	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	w := &WorkloadSource{X509Source: src, id: svid.ID, addr: addr, stop: stop, logged: make(chan struct{})}
+	go func() { w.logUpdates(lctx, log); close(w.logged) }()
 	return w, nil
+}
+
+// Close stops the source and its update log.
+func (w *WorkloadSource) Close() error {
+	w.stop()
+	<-w.logged
+	return w.X509Source.Close()
 }
 
 // ID is the SPIFFE ID of the SVID.

@@ -2,15 +2,17 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"reflect"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/go-viper/mapstructure/v2"
 	"github.com/knadh/koanf/parsers/yaml"
 	"github.com/knadh/koanf/providers/env/v2"
-	"github.com/knadh/koanf/providers/file"
 	"github.com/knadh/koanf/providers/posflag"
+	"github.com/knadh/koanf/providers/rawbytes"
 	"github.com/knadh/koanf/providers/structs"
 	"github.com/knadh/koanf/v2"
 	"github.com/spf13/pflag"
@@ -161,8 +163,19 @@ func loadSettings(path string, getenv func(string) string, fs *pflag.FlagSet) (s
 	}
 	if path != "" {
 		fileKo := koanf.New(delim)
-		if err := fileKo.Load(file.Provider(path), yaml.Parser()); err != nil {
-			return server.Config{}, fmt.Errorf("read server config %s: %s", path, yamlErrorWithoutValue(err))
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return server.Config{}, fmt.Errorf("read server config: %w", err)
+		}
+		if err := fileKo.Load(rawbytes.Provider(raw), yaml.Parser()); err != nil {
+			return server.Config{}, fmt.Errorf("parse server config %s: %s", path, yamlErrorWithoutValue(err))
+		}
+		// A key written but left empty (null, or a section whose keys are
+		// all commented out) is absent: it never clears a default.
+		for k, v := range fileKo.All() {
+			if v == nil {
+				fileKo.Delete(k)
+			}
 		}
 		var unknown []string
 		for _, k := range fileKo.Keys() {
@@ -223,10 +236,33 @@ func loadSettings(path string, getenv func(string) string, fs *pflag.FlagSet) (s
 		}
 	}
 	var cfg server.Config
-	if err := ko.UnmarshalWithConf("", &cfg, koanf.UnmarshalConf{Tag: "koanf"}); err != nil {
+	// Strictly typed: a file's "dev: 1" or "ttl: 300" (300 what?) is an
+	// error, not a guess; strings (the environment's) are parsed.
+	dec := &mapstructure.DecoderConfig{
+		TagName: "koanf",
+		Result:  &cfg,
+		DecodeHook: mapstructure.ComposeDecodeHookFunc(
+			durationsWithUnits,
+			mapstructure.StringToTimeDurationHookFunc(),
+			mapstructure.StringToBasicTypeHookFunc(),
+		),
+	}
+	if err := ko.UnmarshalWithConf("", &cfg, koanf.UnmarshalConf{Tag: "koanf", DecoderConfig: dec}); err != nil {
 		return server.Config{}, fmt.Errorf("server settings: %s", scrub(err.Error()))
 	}
 	return cfg, nil
+}
+
+// durationsWithUnits refuses a bare number where a duration belongs.
+func durationsWithUnits(from, to reflect.Type, data any) (any, error) {
+	if to != reflect.TypeFor[time.Duration]() || from == to {
+		return data, nil
+	}
+	switch from.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64, reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Float32, reflect.Float64:
+		return nil, fmt.Errorf("a duration needs a unit (30s, 5m, 1h), not a bare number")
+	}
+	return data, nil
 }
 
 func splitList(v string) []string {

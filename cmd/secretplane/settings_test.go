@@ -65,6 +65,28 @@ func TestSettingDefaults(t *testing.T) {
 	if want := server.Defaults(); !reflect.DeepEqual(normalised(got), normalised(want)) {
 		t.Fatalf("defaults:\n got %+v\nwant %+v", got, want)
 	}
+	// What the defaults are, written out: each setting's, independently
+	// of server.Defaults.
+	want := map[string]any{
+		"policy_refresh": 10 * time.Second, "watch_retry": 5 * time.Second,
+		"identity.workload_api_timeout": 30 * time.Second,
+		"log.format":                    "text", "log.level": "info",
+		"backends.vault.jwt_audience": "vault", "backends.vault.jwt_mount": "jwt",
+		"cache.ttl": 5 * time.Minute, "cache.max_stale": time.Hour,
+		"cache.max_entries": 100_000, "cache.max_bytes": int64(256 << 20),
+		"shutdown.timeout": 10 * time.Second, "shutdown.delay": time.Duration(0),
+		"dev": false, "audit.fail_open": false,
+	}
+	for _, st := range settings() {
+		v := fieldValue(got, st.key)
+		if w, ok := want[st.key]; ok {
+			if !reflect.DeepEqual(v, w) {
+				t.Errorf("default of %s = %#v, want %#v", st.key, v, w)
+			}
+		} else if !reflect.ValueOf(v).IsZero() {
+			t.Errorf("default of %s = %#v, want none", st.key, v)
+		}
+	}
 	for _, s := range settings() {
 		f, _ := field(s.key)
 		def := fieldValue(server.Defaults(), s.key)
@@ -135,6 +157,25 @@ func TestSettingsRefuseUnknownKeys(t *testing.T) {
 	_, err := loadSettings(path, noEnv, nil)
 	if err == nil || !strings.Contains(err.Error(), `"cache.tll"`) || strings.Contains(err.Error(), "5d41402abc") || strings.Contains(err.Error(), "listen") {
 		t.Fatalf("unknown keys: %v", err)
+	}
+	// Values are strictly typed, and an empty key is absent.
+	for _, tc := range []struct{ file, want string }{
+		{"cache:\n  ttl: 300\n", "needs a unit"},
+		{"dev: 1\n", "dev"},
+		{"cache:\n  max_entries: lots\n", "max_entries"},
+	} {
+		if err := os.WriteFile(path, []byte(tc.file), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := loadSettings(path, noEnv, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want an error about %s", tc.file, err, tc.want)
+		}
+	}
+	if err := os.WriteFile(path, []byte("cache:\n  ttl:\nshutdown:\n  # timeout: 5s\nlog:\n  level: null\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := loadSettings(path, noEnv, nil); err != nil || cfg.Cache.TTL != 5*time.Minute || cfg.Shutdown.Timeout != 10*time.Second || cfg.Log.Level != "info" {
+		t.Fatalf("empty keys: %+v %v", cfg, err)
 	}
 	// The shipped example loads.
 	cfg, err := loadSettings(filepath.Join("..", "..", "deploy", "server.example.yaml"), noEnv, nil)

@@ -96,9 +96,37 @@ func NewServer(cfg Config) *grpc.Server {
 	if hs == nil {
 		hs = health.NewServer()
 	}
-	healthpb.RegisterHealthServer(srv, hs)
+	healthpb.RegisterHealthServer(srv, drainingHealth{Server: hs, drain: cfg.Drain})
 	return srv
 }
+
+// drainingHealth ends its Watch streams when the server drains (after
+// they have been told NOT_SERVING), so that a graceful stop does not wait
+// for health watchers to leave.
+type drainingHealth struct {
+	*health.Server
+	drain <-chan struct{}
+}
+
+func (h drainingHealth) Watch(req *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	go func() {
+		select {
+		case <-h.drain:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return h.Server.Watch(req, &healthStream{Health_WatchServer: stream, ctx: ctx})
+}
+
+type healthStream struct {
+	healthpb.Health_WatchServer
+	ctx context.Context
+}
+
+func (s *healthStream) Context() context.Context { return s.ctx }
 
 // streamWorkers is how many goroutines serve calls and stay for the next.
 // A goroutine per call starts with a small stack, which the interceptor

@@ -69,6 +69,11 @@ type entry struct {
 	err      error  // cached not-found / denied answer
 	errUntil time.Time
 	elem     *list.Element
+	// newest is the start sequence of the newest read that wrote the
+	// entry (or of the Invalidate that emptied it): a read that started
+	// before it must not replace what it wrote, so a RefreshNow, or a read
+	// after an Invalidate, is never undone by a slower read begun earlier.
+	newest uint64
 }
 
 // Resolver is the cache. Safe for concurrent use.
@@ -83,6 +88,7 @@ type Resolver struct {
 	bytes   int64
 	reads   int64 // backend reads (for tests and metrics)
 	evicted int64
+	seq     uint64 // numbers the reads as they start
 }
 
 // New returns a resolver reading through r.
@@ -261,6 +267,8 @@ func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string, mod
 		}
 	}
 	r.reads++
+	r.seq++
+	started := r.seq
 	r.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.opts.FetchTimeout)
 	defer cancel()
@@ -269,10 +277,12 @@ func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string, mod
 	if err != nil {
 		if isDefinitive(err) {
 			r.mu.Lock()
-			e := r.entryLocked(key)
-			e.err, e.errUntil = err, now.Add(r.opts.NegativeTTL)
-			if e.res.Data != nil { // the value is gone or forbidden now: drop it
-				r.dropDataLocked(e)
+			if e := r.entryLocked(key); started > e.newest {
+				e.newest = started
+				e.err, e.errUntil = err, now.Add(r.opts.NegativeTTL)
+				if e.res.Data != nil { // the value is gone or forbidden now: drop it
+					r.dropDataLocked(e)
+				}
 			}
 			r.mu.Unlock()
 		}
@@ -288,6 +298,14 @@ func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string, mod
 	}
 	r.mu.Lock()
 	e := r.entryLocked(key)
+	if started < e.newest {
+		// A read begun later (a RefreshNow) or an Invalidate got there
+		// first: what it holds is newer than this read's answer, which goes
+		// to this read's callers only.
+		r.mu.Unlock()
+		return res, nil
+	}
+	e.newest = started
 	old := e.res.Fingerprint
 	r.dropDataLocked(e)
 	e.res, e.err = res, nil
@@ -348,10 +366,14 @@ func (r *Resolver) evictLocked() {
 func (r *Resolver) Invalidate(ref secretref.Ref) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if e := r.entries[ref.String()]; e != nil {
-		r.dropDataLocked(e)
-		e.err = nil
-	}
+	// The entry is kept (or made) to mark when: a read in flight now may
+	// predate the new version, and must not be cached.
+	e := r.entryLocked(ref.String())
+	r.dropDataLocked(e)
+	e.err = nil
+	r.seq++
+	e.newest = r.seq
+	r.evictLocked()
 }
 
 func (r *Resolver) fingerprint(data []byte) string {

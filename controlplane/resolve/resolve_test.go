@@ -280,3 +280,39 @@ func BenchmarkGetHit(b *testing.B) {
 		}
 	})
 }
+
+// A read begun before a RefreshNow (or an Invalidate) and answered after
+// it never puts the older value back in the cache.
+func TestSlowerOlderReadDoesNotUndoRefreshNow(t *testing.T) {
+	for _, how := range []string{"RefreshNow", "Invalidate"} {
+		t.Run(how, func(t *testing.T) {
+			r, m, _ := setup(t, resolve.Options{TTL: time.Hour})
+			ref := secretref.MustParse("vault://secret/race#x")
+			ctx := context.Background()
+			m.set(ref.String(), "old")
+			m.mu.Lock()
+			m.delay = 300 * time.Millisecond
+			m.mu.Unlock()
+			slow := make(chan string, 1)
+			go func() { res, _ := r.Get(ctx, ref); slow <- string(res.Data) }()
+			time.Sleep(50 * time.Millisecond) // the slow read has taken "old"
+			m.mu.Lock()
+			m.delay = 0
+			m.mu.Unlock()
+			m.set(ref.String(), "new")
+			if how == "RefreshNow" {
+				if res, err := r.RefreshNow(ctx, ref); err != nil || string(res.Data) != "new" {
+					t.Fatalf("RefreshNow: %q %v", res.Data, err)
+				}
+			} else {
+				r.Invalidate(ref)
+			}
+			if v := <-slow; v != "old" {
+				t.Fatalf("the slow read answered %q", v)
+			}
+			if res, err := r.Get(ctx, ref); err != nil || string(res.Data) != "new" {
+				t.Fatalf("after the slow read: %q %v (the older value came back)", res.Data, err)
+			}
+		})
+	}
+}

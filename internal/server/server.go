@@ -392,6 +392,15 @@ func (s *Server) prepare(ctx context.Context) (setup, error) {
 	if cfg.Cache.MaxEntries <= 0 || cfg.Cache.MaxBytes <= 0 {
 		problem("cache: max_entries and max_bytes must be positive (they bound the server's memory)")
 	}
+	if cfg.PolicyRefresh < time.Second || cfg.WatchRetry <= 0 {
+		problem("policy_refresh must be at least 1s and watch_retry positive")
+	}
+	if cfg.Shutdown.Timeout <= 0 || cfg.Shutdown.Delay < 0 {
+		problem("shutdown: timeout must be positive and delay not negative")
+	}
+	if cfg.Identity.WorkloadAPI != "" && cfg.Identity.WorkloadAPITimeout <= 0 {
+		problem("identity: workload_api_timeout must be positive")
+	}
 	if cfg.Audit.FailOpen && !cfg.Dev {
 		problem("audit: fail_open is allowed in --dev only; production refuses requests it cannot audit")
 	}
@@ -448,6 +457,9 @@ func (s *Server) openAudit(ctx context.Context, journal string) error {
 
 func newLogger(c LogConfig) (*slog.Logger, error) {
 	level := new(slog.LevelVar)
+	if c.Level == "" {
+		c.Level = "info"
+	}
 	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
 		return nil, fmt.Errorf("log level: %w", err)
 	}

@@ -114,6 +114,13 @@ func HasPassword(dsn string) bool {
 		}
 		return u.Query().Has("password")
 	}
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		// A URL that does not parse (a stray "%", a space) may still carry
+		// user:password@: refuse rather than guess.
+		if at := strings.LastIndexByte(dsn, '@'); at > 0 && strings.Contains(dsn[:at], ":") {
+			return true
+		}
+	}
 	for _, f := range strings.Fields(dsn) {
 		if strings.HasPrefix(f, "password=") {
 			return true

@@ -66,6 +66,12 @@ func TestDSNRedaction(t *testing.T) {
 			t.Errorf("HasPassword(%q) = %v", tc.dsn, has)
 		}
 	}
+	// A URL that does not parse is refused when it could carry a password.
+	for _, dsn := range []string{"postgres://app:p%zzhunter2@db/app", "postgres://app:hunter2 x@db/app"} {
+		if !postgres.HasPassword(dsn) {
+			t.Errorf("HasPassword(%q) = false", dsn)
+		}
+	}
 	// An error from a bad DSN never carries the password.
 	_, err := postgres.Open(context.Background(), "postgres://app:hunter2@db:notaport/app", postgres.Options{})
 	if err == nil || strings.Contains(err.Error(), "hunter2") {

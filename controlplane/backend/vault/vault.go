@@ -187,14 +187,24 @@ func (b *Backend) Run(ctx context.Context) {
 		if lease == nil {
 			return // a root or non-renewable token: nothing to renew
 		}
+		began := time.Now()
 		b.renew(ctx, lease)
 		if ctx.Err() != nil || b.login == nil {
 			return
 		}
+		if time.Since(began) < time.Minute {
+			// Renewal ended at once (a watcher that could not start, a
+			// token with no life left): do not spin logging in.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, time.Minute)
+		}
 		for ctx.Err() == nil {
 			err := b.authenticate(ctx)
 			if err == nil {
-				wait = time.Second
 				break
 			}
 			b.log.Error("vault re-login failed; retrying", "error", err, "in", wait)
