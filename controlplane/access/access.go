@@ -155,9 +155,6 @@ func (c *Call) NoteRef(ref string) {
 	}
 }
 
-// Grant is the grant that allowed the call.
-func (c *Call) Grant() string { return c.ev.Grant }
-
 // Authorize decides req for its actor. A refusal is recorded and returned
 // as a *DeniedError (a malformed name as a *validate.Error): when the
 // refusal cannot be recorded the error wraps ErrAuditUnavailable instead.
@@ -179,26 +176,22 @@ func (g *Guard) Authorize(ctx context.Context, req Request) (*Call, error) {
 		return nil, g.refuse(ctx, ev, &DeniedError{Action: req.Action}, "PermissionDenied", req.Action)
 	case req.Anyone:
 		grants = append(grants, AnyAuthenticated)
-	case req.Listing && req.HasObject:
-		ev.Target = orDefault(ev.Target, Mask(req.Object))
-		if invalid = checkNames([]string{req.Object}, orDefault(req.Field, "name"), 0); invalid != nil {
-			break
-		}
-		if d := g.policy.DecidePrefix(req.Actor, req.Verb, req.Prefix); d.Allowed {
-			grants = append(grants, d.Grant)
-		} else {
-			missing = append(missing, Missing{Verb: req.Verb, Objects: []string{Mask(req.Prefix) + "*"}})
-		}
 	case req.Listing:
-		ev.Target = orDefault(ev.Target, Mask(req.Prefix)+"*")
-		if err := validate.NamePrefix(req.Prefix); err != nil {
-			invalid = fieldError(orDefault(req.Field, "prefix"), err)
+		listed := Mask(req.Prefix) + "*"
+		if req.HasObject { // one object, authorised through the prefix
+			ev.Target = orDefault(ev.Target, Mask(req.Object))
+			invalid = checkNames([]string{req.Object}, orDefault(req.Field, "name"), 0)
+		} else {
+			ev.Target = orDefault(ev.Target, listed)
+			invalid = validate.Field(orDefault(req.Field, "prefix"), validate.NamePrefix(req.Prefix))
+		}
+		if invalid != nil {
 			break
 		}
 		if d := g.policy.DecidePrefix(req.Actor, req.Verb, req.Prefix); d.Allowed {
 			grants = append(grants, d.Grant)
 		} else {
-			missing = append(missing, Missing{Verb: req.Verb, Objects: []string{ev.Target}})
+			missing = append(missing, Missing{Verb: req.Verb, Objects: []string{listed}})
 		}
 	default:
 		if invalid = checkNames(req.Names, orDefault(req.Field, "names"), req.MaxNames); invalid != nil {
@@ -305,9 +298,9 @@ func (g *Guard) record(ctx context.Context, ev audit.Event) error {
 func checkNames(names []string, field string, limit int) error {
 	switch {
 	case len(names) == 0:
-		return fieldError(field, errors.New("is required"))
+		return validate.Field(field, errors.New("is required"))
 	case limit > 0 && len(names) > limit:
-		return fieldError(field, fmt.Errorf("has %d names; the limit is %d", len(names), limit))
+		return validate.Field(field, fmt.Errorf("has %d names; the limit is %d", len(names), limit))
 	}
 	var c validate.Collector
 	for i, n := range names {
@@ -321,12 +314,6 @@ func checkNames(names []string, field string, limit int) error {
 		}
 		c.Add(f, err)
 	}
-	return c.Err()
-}
-
-func fieldError(field string, err error) error {
-	var c validate.Collector
-	c.Add(field, err)
 	return c.Err()
 }
 

@@ -175,12 +175,8 @@ func (a *authorizer) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 // authorize decides the call's rule for the caller; the error is the
 // status to answer with.
 func (a *authorizer) authorize(ctx context.Context, method string, req any) (*access.Call, error) {
-	id, ok := PeerID(ctx)
-	if !ok {
-		return nil, status.Error(codes.Unauthenticated, "caller not authenticated")
-	}
 	r, known := a.rules[method]
-	ar := access.Request{Actor: id, RequestID: RequestID(ctx), Action: r.action, Verb: r.verb, Field: r.field, MaxNames: r.maxNames, Anyone: r.anyone}
+	ar := access.Request{Action: r.action, Verb: r.verb, Field: r.field, MaxNames: r.maxNames, Anyone: r.anyone}
 	switch {
 	case !known:
 		ar.Action, ar.NoRule = shortMethod(method), true
@@ -204,22 +200,25 @@ func (a *authorizer) authorize(ctx context.Context, method string, req any) (*ac
 		}
 		ar.Writes = r.writes != nil && r.writes(req)
 	}
-	call, err := a.guard.Authorize(ctx, ar)
-	if err != nil {
-		return nil, accessStatus(ctx, err)
-	}
-	return call, nil
+	return a.decide(ctx, ar)
 }
 
 // authorizeNames decides verb on every name for the caller, as action:
 // for streams, which name their objects in messages. The caller runs the
 // step and finishes the call before it sends anything.
 func (a *authorizer) authorizeNames(ctx context.Context, action string, verb policy.Verb, field string, names []string) (*access.Call, error) {
+	return a.decide(ctx, access.Request{Action: action, Verb: verb, Field: field, Names: names, MaxNames: MaxResolveNames})
+}
+
+// decide has the guard decide ar for the caller; the error is the status
+// to answer with.
+func (a *authorizer) decide(ctx context.Context, ar access.Request) (*access.Call, error) {
 	id, ok := PeerID(ctx)
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "caller not authenticated")
 	}
-	call, err := a.guard.Authorize(ctx, access.Request{Actor: id, RequestID: RequestID(ctx), Action: action, Verb: verb, Field: field, Names: names, MaxNames: MaxResolveNames})
+	ar.Actor, ar.RequestID = id, RequestID(ctx)
+	call, err := a.guard.Authorize(ctx, ar)
 	if err != nil {
 		return nil, accessStatus(ctx, err)
 	}
@@ -257,9 +256,6 @@ func accessStatus(ctx context.Context, err error) error {
 	}
 	return status.Error(codes.Internal, "internal error")
 }
-
-// safeTarget renders an object name for a message or an audit record.
-func safeTarget(name string) string { return access.Mask(name) }
 
 // shortMethod turns "/secretplane.v1.AdminService/PutSecret" into
 // "AdminService.PutSecret".

@@ -184,7 +184,7 @@ func (w *watcher) handle(ctx context.Context, req *spv1.WatchRequest) error {
 	case *spv1.WatchRequest_Ack:
 		name := m.Ack.GetName()
 		if !w.sub.Watching(name) {
-			return status.Errorf(codes.InvalidArgument, "ack.name: this stream does not watch %s", safeTarget(name))
+			return status.Errorf(codes.InvalidArgument, "ack.name: this stream does not watch %s", access.Mask(name))
 		}
 		version := m.Ack.GetVersion()
 		if err := validate.Text(version, 256); err != nil || version == "" {

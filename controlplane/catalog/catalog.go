@@ -227,11 +227,7 @@ func (c *Catalog) DeleteConfig(ctx context.Context, name string, ifRevision int6
 	return nil
 }
 
-func checkName(name string) error {
-	var c validate.Collector
-	c.Add("name", validate.Name(name))
-	return c.Err()
-}
+func checkName(name string) error { return validate.Field("name", validate.Name(name)) }
 
 func checkWrite(w Write) error {
 	var c validate.Collector

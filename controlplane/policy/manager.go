@@ -67,11 +67,7 @@ func (m *Manager) Get(ctx context.Context, name string) (store.Policy, error) {
 }
 
 // checkName validates a policy name as every object name is validated.
-func checkName(name string) error {
-	var c validate.Collector
-	c.Add("name", validate.Name(name))
-	return c.Err()
-}
+func checkName(name string) error { return validate.Field("name", validate.Name(name)) }
 
 // List returns a page of policies.
 func (m *Manager) List(ctx context.Context, r paging.Request) ([]store.Policy, string, error) {

@@ -76,6 +76,14 @@ func (c *Collector) Err() error {
 	return &Error{Violations: append([]Violation(nil), c.violations...)}
 }
 
+// Field returns err (when not nil) as the one violation of field.
+func Field(field string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &Error{Violations: []Violation{{Field: field, Description: err.Error()}}}
+}
+
 // Limits on object fields.
 const (
 	MaxNameLen        = 253
