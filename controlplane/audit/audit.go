@@ -357,7 +357,7 @@ func (l *Log) recordFollowUps(ctx context.Context) {
 		select {
 		case e = <-l.followUps:
 		case <-ctx.Done():
-			l.drainFollowUps()
+			l.drainFollowUps(nil)
 			return
 		}
 		for l.record(context.Background(), e) != nil {
@@ -365,8 +365,8 @@ func (l *Log) recordFollowUps(ctx context.Context) {
 			case <-time.After(wait):
 				wait = min(2*wait, 5*time.Second)
 			case <-ctx.Done():
-				l.followUps <- e // room: it was taken from there
-				l.drainFollowUps()
+				// Not back into the queue: it may have filled meanwhile.
+				l.drainFollowUps(&e)
 				return
 			}
 		}
@@ -374,17 +374,23 @@ func (l *Log) recordFollowUps(ctx context.Context) {
 	}
 }
 
-// drainFollowUps records the queued outcomes at shutdown while the writer
-// still runs, stopping at the first the writer cannot take.
-func (l *Log) drainFollowUps() {
+// drainFollowUps records first (when set) and the queued outcomes at
+// shutdown while the writer still runs, stopping at the first the writer
+// cannot take.
+func (l *Log) drainFollowUps(first *Event) {
 	for {
-		select {
-		case e := <-l.followUps:
-			if err := l.record(context.Background(), e); err != nil {
-				l.opts.Log.Error("the audit log stopped with call outcomes not recorded", "events", len(l.followUps)+1, "error", err)
+		var e Event
+		if first != nil {
+			e, first = *first, nil
+		} else {
+			select {
+			case e = <-l.followUps:
+			default:
 				return
 			}
-		default:
+		}
+		if err := l.record(context.Background(), e); err != nil {
+			l.opts.Log.Error("the audit log stopped with call outcomes not recorded", "events", len(l.followUps)+1, "error", err)
 			return
 		}
 	}
