@@ -75,27 +75,17 @@ func (e *Engine) Load(ctx context.Context) error {
 
 // load is Load, reporting whether the snapshot changed.
 func (e *Engine) load(ctx context.Context) (bool, error) {
-	var (
-		grants []Grant
-		after  string
-	)
-	for {
-		page, err := e.store.ListPolicies(ctx, store.ListQuery{After: after, Limit: 500})
+	var grants []Grant
+	err := eachPage(ctx, e.store.ListPolicies, func(p store.Policy) string { return p.Name }, func(p store.Policy) {
+		g, err := Compile(p, true)
 		if err != nil {
-			return false, fmt.Errorf("load policies: %w", err)
+			e.log.Warn("skipping a stored policy that does not compile", "policy", p.Name, "error", err)
+			return
 		}
-		for _, p := range page {
-			g, err := Compile(p, true)
-			if err != nil {
-				e.log.Warn("skipping a stored policy that does not compile", "policy", p.Name, "error", err)
-				continue
-			}
-			grants = append(grants, g)
-		}
-		if len(page) < 500 {
-			break
-		}
-		after = page[len(page)-1].Name
+		grants = append(grants, g)
+	})
+	if err != nil {
+		return false, fmt.Errorf("load policies: %w", err)
 	}
 	sort.Slice(grants, func(i, j int) bool { return grants[i].Name < grants[j].Name })
 	old := e.grants.Swap(&grants)
@@ -176,4 +166,23 @@ func (e *Engine) AdminsWithoutBind(name string, ref secretref.Ref) []Grant {
 		}
 	}
 	return out
+}
+
+// eachPage calls fn on every object list returns, a page at a time, in
+// name order.
+func eachPage[T any](ctx context.Context, list func(context.Context, store.ListQuery) ([]T, error), name func(T) string, fn func(T)) error {
+	after := ""
+	for {
+		page, err := list(ctx, store.ListQuery{After: after, Limit: 500})
+		if err != nil {
+			return err
+		}
+		for _, o := range page {
+			fn(o)
+		}
+		if len(page) < 500 {
+			return nil
+		}
+		after = name(page[len(page)-1])
+	}
 }

@@ -168,21 +168,3 @@ func (m *Manager) AuditBindings(ctx context.Context) (BindingAudit, error) {
 	}
 	return out, nil
 }
-
-// eachPage calls fn on every object list returns, a page at a time.
-func eachPage[T any](ctx context.Context, list func(context.Context, store.ListQuery) ([]T, error), name func(T) string, fn func(T)) error {
-	after := ""
-	for {
-		page, err := list(ctx, store.ListQuery{After: after, Limit: 500})
-		if err != nil {
-			return err
-		}
-		for _, o := range page {
-			fn(o)
-		}
-		if len(page) < 500 {
-			return nil
-		}
-		after = name(page[len(page)-1])
-	}
-}
