@@ -73,13 +73,10 @@ type Server struct {
 
 	store    store.Store
 	source   identity.Source
-	mirror   *os.File
 	bus      *events.Bus
 	engine   *policy.Engine
 	audit    *audit.Log
 	backends []backend.Backend
-	resolver *resolve.Resolver
-	catalog  *catalog.Catalog
 	hub      *watch.Hub
 	deps     *consumers.Registry
 	grpc     *grpc.Server
@@ -135,21 +132,21 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s.resolver, err = resolve.New(registry, resolve.Options{
+	resolver, err := resolve.New(registry, resolve.Options{
 		TTL: cfg.Cache.TTL, MaxStale: cfg.Cache.MaxStale, FingerprintKey: fpKey,
 		MaxEntries: cfg.Cache.MaxEntries, MaxBytes: cfg.Cache.MaxBytes, Events: s.bus,
 	})
 	if err != nil {
 		return nil, err
 	}
-	s.catalog = catalog.New(s.store, catalog.WithAccessCheck(registry, s.engine), catalog.WithEvents(s.bus))
-	s.hub = watch.NewHub(s.catalog, s.resolver, watch.Options{Log: s.log, RetryInterval: cfg.WatchRetry, Events: s.bus})
+	cat := catalog.New(s.store, catalog.WithAccessCheck(registry, s.engine), catalog.WithEvents(s.bus))
+	s.hub = watch.NewHub(cat, resolver, watch.Options{Log: s.log, RetryInterval: cfg.WatchRetry, Events: s.bus})
 	s.deps = consumers.New(s.store, consumers.Options{Log: s.log})
 	s.health = health.NewServer()
 	s.grpc = api.NewServer(api.Config{
-		TLS: tlsCfg, Log: s.log, Catalog: s.catalog,
+		TLS: tlsCfg, Log: s.log, Catalog: cat,
 		Policies: policy.NewManager(s.store, s.engine), Policy: s.engine,
-		Audit: s.audit, AuditLog: s.audit, Resolver: s.resolver, Watch: s.hub, Consumer: s.deps,
+		Audit: s.audit, AuditLog: s.audit, Resolver: resolver, Watch: s.hub, Consumer: s.deps,
 		Health: s.health, Drain: s.drain,
 	})
 	if cfg.Dev {
@@ -174,20 +171,9 @@ func (s *Server) Run(ctx context.Context) error {
 	// Background tasks: one group, one context, stopped after the
 	// listener has drained and before the audit log and the store.
 	bg, stopBackground := context.WithCancel(context.Background())
-	failed := make(chan error, 1)
 	var tasks sync.WaitGroup
-	run := func(name string, fn func(context.Context) error) {
-		tasks.Go(func() {
-			if err := fn(bg); err != nil && bg.Err() == nil {
-				select {
-				case failed <- fmt.Errorf("%s: %w", name, err):
-				default:
-				}
-			}
-		})
-	}
-	for _, t := range s.tasks() {
-		run(t.name, t.run)
+	for _, run := range s.tasks() {
+		tasks.Go(func() { run(bg) })
 	}
 
 	served := make(chan error, 1)
@@ -197,7 +183,6 @@ func (s *Server) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-served:
 		err = fmt.Errorf("serve: %w", err)
-	case err = <-failed:
 	}
 
 	start := time.Now()
@@ -229,22 +214,18 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
-type task struct {
-	name string
-	run  func(context.Context) error
-}
-
-// tasks are the background parts, each run until its context ends.
-func (s *Server) tasks() []task {
-	ts := []task{
-		{"policy refresh", func(ctx context.Context) error { s.engine.Refresh(ctx, s.cfg.PolicyRefresh); return nil }},
-		{"watch hub", func(ctx context.Context) error { s.hub.Run(ctx); return nil }},
-		{"consumer registry", func(ctx context.Context) error { s.deps.Run(ctx); return nil }},
+// tasks are the background parts, each run until its context ends: the
+// policy refresh, the watch hub, the consumer registry, and backends with
+// work of their own (Vault's token renewal).
+func (s *Server) tasks() []func(context.Context) {
+	ts := []func(context.Context){
+		func(ctx context.Context) { s.engine.Refresh(ctx, s.cfg.PolicyRefresh) },
+		s.hub.Run,
+		s.deps.Run,
 	}
-	// Backends with work of their own (Vault's token renewal).
 	for _, b := range s.backends {
 		if r, ok := b.(interface{ Run(context.Context) }); ok {
-			ts = append(ts, task{string(b.Scheme()) + " backend", func(ctx context.Context) error { r.Run(ctx); return nil }})
+			ts = append(ts, r.Run)
 		}
 	}
 	return ts
@@ -253,12 +234,6 @@ func (s *Server) tasks() []task {
 // close releases what New opened, last first. Run calls it on its way out;
 // New on failure.
 func (s *Server) close() {
-	if s.audit != nil {
-		if err := s.audit.Close(); err != nil {
-			s.log.Error("closing the audit journal", "error", err)
-		}
-		s.audit = nil
-	}
 	for i := len(s.closers) - 1; i >= 0; i-- {
 		s.closers[i]()
 	}
@@ -286,9 +261,6 @@ func (s *Server) Policy() *policy.Engine { return s.engine }
 
 // Consumers is the dependents registry.
 func (s *Server) Consumers() *consumers.Registry { return s.deps }
-
-// Events is the server's change bus.
-func (s *Server) Events() *events.Bus { return s.bus }
 
 // setup is what prepare decides besides the Server's fields.
 type setup struct {
@@ -452,6 +424,13 @@ func (s *Server) openAudit(ctx context.Context, journal string) error {
 		return err
 	}
 	s.audit = l
+	// Before the store closes (closers run last first); after Run's wait
+	// for the log's Done.
+	s.closers = append(s.closers, func() {
+		if err := l.Close(); err != nil {
+			s.log.Error("closing the audit journal", "error", err)
+		}
+	})
 	return nil
 }
 
@@ -468,19 +447,6 @@ func newLogger(c LogConfig) (*slog.Logger, error) {
 		out = os.Stderr
 	}
 	return logging.New(out, c.Format, level)
-}
-
-// DevEndpointOf reads the endpoint a dev server wrote to dataDir.
-func DevEndpointOf(dataDir string) (DevEndpoint, error) {
-	var ep DevEndpoint
-	raw, err := os.ReadFile(filepath.Join(dataDir, DevEndpointFile))
-	if err != nil {
-		return ep, err
-	}
-	if err := json.Unmarshal(raw, &ep); err != nil {
-		return ep, fmt.Errorf("dev endpoint file: %w", err)
-	}
-	return ep, nil
 }
 
 func writeDevEndpoint(dataDir string, ep DevEndpoint) error {
