@@ -180,6 +180,16 @@ func (b *Backend) authenticate(ctx context.Context) error {
 // login with backoff. The server runs it as one of its tasks.
 func (b *Backend) Run(ctx context.Context) {
 	wait := time.Second
+	// pause waits out the backoff and doubles it; false when ctx ended.
+	pause := func() bool {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(wait):
+			wait = min(2*wait, time.Minute)
+			return true
+		}
+	}
 	for ctx.Err() == nil {
 		b.mu.Lock()
 		lease := b.lease
@@ -192,27 +202,18 @@ func (b *Backend) Run(ctx context.Context) {
 		if ctx.Err() != nil || b.login == nil {
 			return
 		}
-		if time.Since(began) < time.Minute {
+		if time.Since(began) >= time.Minute {
+			wait = time.Second // a renewal that lasted: back off afresh
+		} else if !pause() {
 			// Renewal ended at once (a watcher that could not start, a
 			// token with no life left): do not spin logging in.
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(wait):
-			}
-			wait = min(2*wait, time.Minute)
+			return
 		}
-		for ctx.Err() == nil {
-			err := b.authenticate(ctx)
-			if err == nil {
-				break
-			}
+		for err := b.authenticate(ctx); err != nil; err = b.authenticate(ctx) {
 			b.log.Error("vault re-login failed; retrying", "error", err, "in", wait)
-			select {
-			case <-ctx.Done():
-			case <-time.After(wait):
+			if !pause() {
+				return
 			}
-			wait = min(2*wait, time.Minute)
 		}
 	}
 }
