@@ -119,9 +119,6 @@ func registerSettings(fs *pflag.FlagSet) {
 	defaults := koanf.New(delim)
 	_ = defaults.Load(structs.Provider(server.Defaults(), "koanf"), nil)
 	for _, s := range settings() {
-		if fs.Lookup(s.flag) != nil {
-			continue
-		}
 		f, ok := field(s.key)
 		if !ok {
 			panic("setting " + s.key + " has no server.Config field") // caught by TestEverySettingHasAField
@@ -162,33 +159,12 @@ func loadSettings(path string, getenv func(string) string, fs *pflag.FlagSet) (s
 		byPath[s.path()], byEnv[s.envName()], byFlag[s.flag] = s, s, s
 	}
 	if path != "" {
-		fileKo := koanf.New(delim)
-		raw, err := os.ReadFile(path)
+		fileKo, err := loadFile(path, byPath)
+		if err == nil {
+			err = ko.Merge(fileKo)
+		}
 		if err != nil {
-			return server.Config{}, fmt.Errorf("read server config: %w", err)
-		}
-		if err := fileKo.Load(rawbytes.Provider(raw), yaml.Parser()); err != nil {
-			return server.Config{}, fmt.Errorf("parse server config %s: %s", path, yamlErrorWithoutValue(err))
-		}
-		// A key written but left empty (null, or a section whose keys are
-		// all commented out) is absent: it never clears a default.
-		for k, v := range fileKo.All() {
-			if v == nil {
-				fileKo.Delete(k)
-			}
-		}
-		var unknown []string
-		for _, k := range fileKo.Keys() {
-			if _, ok := byPath[k]; !ok && !strings.HasPrefix(k, "federated_bundles"+delim) {
-				unknown = append(unknown, shown(strings.ReplaceAll(k, delim, ".")))
-			}
-		}
-		if len(unknown) > 0 {
-			sort.Strings(unknown)
-			return server.Config{}, fmt.Errorf("server config %s: unknown keys %s (see `secretplane server --help`)", path, strings.Join(unknown, ", "))
-		}
-		if err := ko.Merge(fileKo); err != nil {
-			return server.Config{}, fmt.Errorf("server config %s: %w", path, err)
+			return server.Config{}, err
 		}
 	}
 	// Only the variables of settings; SECRETPLANE_ADDR and the like are
@@ -251,6 +227,36 @@ func loadSettings(path string, getenv func(string) string, fs *pflag.FlagSet) (s
 		return server.Config{}, fmt.Errorf("server settings: %s", scrub(err.Error()))
 	}
 	return cfg, nil
+}
+
+// loadFile reads a settings file. A key written but left empty (null, or a
+// section whose keys are all commented out) is absent: it never clears a
+// default. A key that names no setting is an error.
+func loadFile(path string, byPath map[string]setting) (*koanf.Koanf, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read server config: %w", err)
+	}
+	ko := koanf.New(delim)
+	if err := ko.Load(rawbytes.Provider(raw), yaml.Parser()); err != nil {
+		return nil, fmt.Errorf("parse server config %s: %s", path, yamlErrorWithoutValue(err))
+	}
+	for k, v := range ko.All() {
+		if v == nil {
+			ko.Delete(k)
+		}
+	}
+	var unknown []string
+	for _, k := range ko.Keys() {
+		if _, ok := byPath[k]; !ok && !strings.HasPrefix(k, "federated_bundles"+delim) {
+			unknown = append(unknown, shown(strings.ReplaceAll(k, delim, ".")))
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return nil, fmt.Errorf("server config %s: unknown keys %s (see `secretplane server --help`)", path, strings.Join(unknown, ", "))
+	}
+	return ko, nil
 }
 
 // durationsWithUnits refuses a bare number where a duration belongs.

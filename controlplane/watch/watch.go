@@ -228,6 +228,11 @@ func (s *Subscription) end(name string) {
 	delete(s.sent, name)
 	s.pending[name] = Update{Name: name, Gone: true}
 	s.mu.Unlock()
+	s.signal()
+}
+
+// signal wakes the subscriber; one pending wake-up is enough.
+func (s *Subscription) signal() {
 	select {
 	case s.c <- struct{}{}:
 	default:
@@ -243,10 +248,7 @@ func (s *Subscription) offer(u Update) {
 	}
 	s.pending[u.Name] = u
 	s.mu.Unlock()
-	select {
-	case s.c <- struct{}{}:
-	default:
-	}
+	s.signal()
 }
 
 // changed polls the names bound to ref (canonical) now rather than at
