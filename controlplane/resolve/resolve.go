@@ -204,11 +204,31 @@ func (r *Resolver) load(ctx context.Context, ref secretref.Ref, key string, mode
 		// have started before what made the caller ask for a fresh read.
 		flight = "now:" + key
 	}
-	v, err, _ := r.group.Do(flight, func() (any, error) { return r.fetch(ctx, ref, key, mode) })
+	// A read that began before the entry was last invalidated or refreshed
+	// must not answer this caller: it may predate the new version. Joining
+	// such a flight is possible (it is still finishing), so its answer is
+	// set aside and a flight of its own is begun; one begun after the first
+	// has finished started after mark.
+	r.mu.Lock()
+	var mark uint64
+	if e := r.entries[key]; e != nil {
+		mark = e.newest
+	}
+	r.mu.Unlock()
+	var (
+		v   any
+		err error
+	)
+	for try := 0; try < 2; try++ {
+		v, err, _ = r.group.Do(flight, func() (any, error) { return r.fetch(ctx, ref, key, mode) })
+		if err != nil || v.(fetched).started >= mark {
+			break
+		}
+	}
 	now := r.opts.Now()
 	if err == nil {
-		res := v.(Result)
-		res.Data = clone(res.Data)
+		res := v.(fetched).Result
+		res.Data = clone(res.Data) // the flight's copy is shared by its callers
 		return res, nil
 	}
 	// The backend failed: serve the last good value until max-stale.
@@ -246,12 +266,21 @@ func (r *Resolver) refreshAsync(ref secretref.Ref, key string) {
 // for the same key finished, so fetch first looks again: a value fetched in
 // the meantime is returned without a read (for a refresh, one that is not
 // yet due for refreshing).
-func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string, mode fetchMode) (Result, error) {
+// fetched is a flight's answer: a value no cache entry shares (the cache
+// zeroes its own bytes when it drops them, which may happen before the
+// flight's callers have copied theirs) and the sequence of the read that
+// produced it.
+type fetched struct {
+	Result
+	started uint64
+}
+
+func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string, mode fetchMode) (fetched, error) {
 	r.mu.Lock()
 	if e := r.entries[key]; e != nil && e.err != nil && mode == fetchMiss && r.opts.Now().Before(e.errUntil) {
 		err := e.err
 		r.mu.Unlock()
-		return Result{}, err
+		return fetched{}, err
 	}
 	if e := r.entries[key]; e != nil && e.res.Data != nil && mode != fetchNow {
 		now := r.opts.Now()
@@ -262,8 +291,9 @@ func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string, mod
 		if now.Before(due) {
 			res := e.res
 			res.Data = clone(res.Data)
+			started := e.newest
 			r.mu.Unlock()
-			return res, nil
+			return fetched{res, started}, nil
 		}
 	}
 	r.reads++
@@ -286,10 +316,10 @@ func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string, mod
 			}
 			r.mu.Unlock()
 		}
-		return Result{}, err
+		return fetched{}, err
 	}
 	res := Result{
-		Data:        clone(v.Data), // the cache's own copy
+		Data:        clone(v.Data), // the flight's copy; the cache keeps another
 		Version:     v.Version,
 		Fingerprint: r.fingerprint(v.Data),
 		FetchedAt:   now,
@@ -303,19 +333,20 @@ func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string, mod
 		// first: what it holds is newer than this read's answer, which goes
 		// to this read's callers only.
 		r.mu.Unlock()
-		return res, nil
+		return fetched{res, started}, nil
 	}
 	e.newest = started
 	old := e.res.Fingerprint
 	r.dropDataLocked(e)
 	e.res, e.err = res, nil
+	e.res.Data = clone(res.Data)
 	r.bytes += int64(len(res.Data))
 	r.evictLocked()
 	r.mu.Unlock()
 	if old != "" && old != res.Fingerprint {
 		r.opts.Events.Publish(events.NewVersion{Ref: key, Version: res.Version, Fingerprint: res.Fingerprint, OldFingerprint: old})
 	}
-	return res, nil
+	return fetched{res, started}, nil
 }
 
 func (r *Resolver) refreshTime(now time.Time) time.Time {

@@ -316,3 +316,63 @@ func TestSlowerOlderReadDoesNotUndoRefreshNow(t *testing.T) {
 		})
 	}
 }
+
+// Readers racing a writer that changes the value, then Invalidates or
+// RefreshNows, never see zeroed bytes (a flight's answer shares nothing
+// with the cache, which zeroes what it drops) and never see a version
+// older than the one written before the Invalidate or RefreshNow returned
+// (a read joining a flight begun earlier would).
+func TestReadsAfterInvalidateAreNeverOlder(t *testing.T) {
+	r, m, _ := setup(t, resolve.Options{TTL: time.Hour})
+	ref := secretref.MustParse("vault://secret/race#x")
+	ctx := context.Background()
+	var written atomic.Int64 // the newest version made visible by Invalidate or RefreshNow
+	m.set(ref.String(), "v000000")
+	m.delay = 200 * time.Microsecond
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := 0; g < 6; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				floor := written.Load()
+				res, err := r.Get(ctx, ref)
+				if err != nil {
+					errs <- err
+					return
+				}
+				var got int64
+				if _, err := fmt.Sscanf(string(res.Data), "v%d", &got); err != nil {
+					errs <- fmt.Errorf("read %q", res.Data)
+					return
+				}
+				if got < floor {
+					errs <- fmt.Errorf("read v%d after v%d was made visible", got, floor)
+					return
+				}
+			}
+		}()
+	}
+	for i := int64(1); i <= 300; i++ {
+		m.set(ref.String(), fmt.Sprintf("v%06d", i))
+		if i%2 == 0 {
+			r.Invalidate(ref)
+		} else if _, err := r.RefreshNow(ctx, ref); err != nil {
+			t.Fatal(err)
+		}
+		written.Store(i)
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
