@@ -37,7 +37,7 @@ FUZZ_TARGETS := \
 	./controlplane/secretref:FuzzParse ./controlplane/secretref:FuzzParsePattern \
 	./controlplane/secretref:FuzzDetectLiteral ./controlplane/paging:FuzzPageToken \
 	./controlplane/audit:FuzzAppendEvent ./controlplane/audit:FuzzDecodeSegment \
-	./cmd/secretplane:FuzzParseConfigDocument
+	./cmd/secretplane:FuzzParseConfigDocument ./controlplane/material:FuzzParse
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \

@@ -31,6 +31,7 @@ type Secret struct {
 	Description string
 	Owner       string // team or on-call route
 	Required    bool   // startup fails closed when a required secret cannot be resolved
+	Kind        string // what the value is (material.Kind): "generic", "tls_certificate", ...
 	Labels      map[string]string
 
 	Revision   int64 // assigned by the store; strictly increasing across all objects of a store

@@ -60,6 +60,7 @@ func newSecretPutCommand(g *globalFlags) *cobra.Command {
 	f.StringVar(&s.Description, "description", "", "what the secret is for")
 	f.StringVar(&s.Owner, "owner", "", "owning team or on-call route")
 	f.BoolVar(&s.Required, "required", false, "the server must resolve it at startup")
+	f.StringVar(&s.Kind, "kind", "", "what the value is: generic (default), tls_certificate, validation_context or session_ticket_keys (how Envoy SDS serves it)")
 	f.StringSliceVar(&labels, "label", nil, "label key=value (repeatable)")
 	f.StringVar(&s.Etag, "etag", "", "only replace this version (optimistic concurrency)")
 	f.BoolVar(&createOnly, "create", false, "fail if the secret exists")
@@ -90,6 +91,7 @@ func newSecretGetCommand(g *globalFlags) *cobra.Command {
 					{"description", s.GetDescription()},
 					{"owner", s.GetOwner()},
 					{"required", fmt.Sprint(s.GetRequired())},
+					{"kind", s.GetKind()},
 					{"labels", formatLabels(s.GetLabels())},
 					{"etag", s.GetEtag()},
 					{"created", formatTime(s.GetCreateTime())},

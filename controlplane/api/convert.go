@@ -34,6 +34,7 @@ func secretFromProto(s *spv1.Secret) store.Secret {
 		Owner:       s.GetOwner(),
 		Required:    s.GetRequired(),
 		Labels:      s.GetLabels(),
+		Kind:        s.GetKind(),
 	}
 }
 
@@ -45,6 +46,7 @@ func secretToProto(s store.Secret) *spv1.Secret {
 		Owner:       s.Owner,
 		Required:    s.Required,
 		Labels:      s.Labels,
+		Kind:        s.Kind,
 		Etag:        etag(s.Revision),
 		CreateTime:  timestamppb.New(s.CreateTime),
 		UpdateTime:  timestamppb.New(s.UpdateTime),

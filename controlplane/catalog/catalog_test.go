@@ -44,16 +44,22 @@ func TestPutSecretNormalisesAndValidates(t *testing.T) {
 	if err != nil || !created {
 		t.Fatal(err, created)
 	}
-	if out.Ref != "vault://secret/payments/db?version=2#password" || out.Revision == 99 {
+	if out.Ref != "vault://secret/payments/db?version=2#password" || out.Revision == 99 || out.Kind != "generic" {
 		t.Fatalf("not normalised: %+v", out)
 	}
 	_, created, err = c.PutSecret(ctx, store.Secret{Name: "payments/db", Ref: "vault://secret/payments/db#password"}, catalog.Write{})
 	if err != nil || created {
 		t.Fatalf("replace: created=%v err=%v", created, err)
 	}
-	_, _, err = c.PutSecret(ctx, store.Secret{Name: "Bad//Name", Ref: "nope", Owner: "ghp_Zq8vW3xRpL2mN7kT9sY4Zq8vW3xRpL2mN7kT"}, catalog.Write{})
+	if _, _, err := c.PutSecret(ctx, store.Secret{Name: "gw/tls", Ref: "local://gw#tls", Kind: "tls_certificate"}, catalog.Write{}); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := c.LookupKind(ctx, "gw/tls"); err != nil || k != "tls_certificate" {
+		t.Fatalf("kind %q %v", k, err)
+	}
+	_, _, err = c.PutSecret(ctx, store.Secret{Name: "Bad//Name", Ref: "nope", Owner: "ghp_Zq8vW3xRpL2mN7kT9sY4Zq8vW3xRpL2mN7kT", Kind: "certificate"}, catalog.Write{})
 	v := violations(err)
-	for _, f := range []string{"name", "ref", "owner"} {
+	for _, f := range []string{"name", "ref", "owner", "kind"} {
 		if v[f] == "" {
 			t.Errorf("no violation for %s: %v", f, err)
 		}

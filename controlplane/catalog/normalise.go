@@ -9,6 +9,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/secretplane/secretplane/controlplane/material"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/controlplane/validate"
 	"github.com/secretplane/secretplane/store"
@@ -31,10 +32,12 @@ func normaliseSecret(s store.Secret) (store.Secret, error) {
 	c.Add("description", validate.Text(s.Description, validate.MaxDescriptionLen))
 	c.Add("owner", validate.Text(s.Owner, validate.MaxOwnerLen))
 	validate.Labels(&c, "labels", s.Labels)
+	kind, err := material.ParseKind(s.Kind)
+	c.Add("kind", err)
 	if err := c.Err(); err != nil {
 		return store.Secret{}, err
 	}
-	s.Ref = ref.String()
+	s.Ref, s.Kind = ref.String(), string(kind)
 	s.Revision = 0
 	s.CreateTime, s.UpdateTime = time.Time{}, time.Time{}
 	return s, nil

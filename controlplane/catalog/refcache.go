@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/secretplane/secretplane/controlplane/material"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 )
 
@@ -34,6 +35,7 @@ type refCache struct {
 type refCacheEntry struct {
 	ref       secretref.Ref
 	canonical string // ref.String(), as stored
+	kind      material.Kind
 	until     time.Time
 }
 
@@ -60,7 +62,7 @@ func (c *refCache) generation() uint64 {
 
 // put caches a binding read from the store when no drop happened since
 // gen was taken (before the read).
-func (c *refCache) put(name string, ref secretref.Ref, canonical string, gen uint64) {
+func (c *refCache) put(name string, ref secretref.Ref, canonical string, kind material.Kind, gen uint64) {
 	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -70,7 +72,7 @@ func (c *refCache) put(name string, ref secretref.Ref, canonical string, gen uin
 	if _, ok := c.entries[name]; !ok && len(c.entries) >= c.max {
 		c.sweepLocked(now)
 	}
-	c.entries[name] = refCacheEntry{ref: ref, canonical: canonical, until: now.Add(refCacheTTL)}
+	c.entries[name] = refCacheEntry{ref: ref, canonical: canonical, kind: kind, until: now.Add(refCacheTTL)}
 }
 
 // sweepLocked makes room: expired bindings go first; if the hot set is
@@ -117,19 +119,36 @@ func (c *Catalog) LookupRef(ctx context.Context, name string) (secretref.Ref, er
 // LookupBinding is LookupRef with the ref's canonical form too (what the
 // audit records), without building it on every call.
 func (c *Catalog) LookupBinding(ctx context.Context, name string) (secretref.Ref, string, error) {
+	e, err := c.lookup(ctx, name)
+	return e.ref, e.canonical, err
+}
+
+// LookupKind returns what the named secret's value is, cached as
+// LookupRef's binding is.
+func (c *Catalog) LookupKind(ctx context.Context, name string) (material.Kind, error) {
+	e, err := c.lookup(ctx, name)
+	return e.kind, err
+}
+
+func (c *Catalog) lookup(ctx context.Context, name string) (refCacheEntry, error) {
 	if e, ok := c.refs.get(name); ok {
-		return e.ref, e.canonical, nil
+		return e, nil
 	}
 	gen := c.refs.generation()
 	s, err := c.GetSecret(ctx, name)
 	if err != nil {
-		return secretref.Ref{}, "", err
+		return refCacheEntry{}, err
 	}
 	ref, err := secretref.Parse(s.Ref)
 	if err != nil {
-		return secretref.Ref{}, "", fmt.Errorf("secret %s has an unparseable stored ref: %w", name, err)
+		return refCacheEntry{}, fmt.Errorf("secret %s has an unparseable stored ref: %w", name, err)
 	}
-	canonical := ref.String() // the stored form is canonical; this keeps it so if it was not
-	c.refs.put(name, ref, canonical, gen)
-	return ref, canonical, nil
+	kind, err := material.ParseKind(s.Kind)
+	if err != nil {
+		return refCacheEntry{}, fmt.Errorf("secret %s has an unknown stored kind %q", name, s.Kind)
+	}
+	// The stored ref is canonical; String keeps it so if it was not.
+	e := refCacheEntry{ref: ref, canonical: ref.String(), kind: kind}
+	c.refs.put(name, e.ref, e.canonical, e.kind, gen)
+	return e, nil
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/secretplane/secretplane/controlplane/material"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 )
 
@@ -16,11 +17,11 @@ func TestRefCacheIsBounded(t *testing.T) {
 	c.max = 100
 	c.now = func() time.Time { return now }
 	for i := 0; i < 80; i++ {
-		c.put(fmt.Sprintf("old/%d", i), secretref.Ref{}, "", 0)
+		c.put(fmt.Sprintf("old/%d", i), secretref.Ref{}, "", material.Generic, 0)
 	}
 	now = now.Add(refCacheTTL)
 	for i := 0; i < 1000; i++ {
-		c.put(fmt.Sprintf("new/%d", i), secretref.Ref{}, "", 0)
+		c.put(fmt.Sprintf("new/%d", i), secretref.Ref{}, "", material.Generic, 0)
 		if n := c.len(); n > c.max {
 			t.Fatalf("after %d puts the cache holds %d bindings; the bound is %d", i+1, n, c.max)
 		}

@@ -54,7 +54,7 @@ func ctx(t *testing.T) context.Context {
 }
 
 func secret(name string) store.Secret {
-	return store.Secret{Name: name, Ref: "vault://secret/" + name + "#password", Owner: "team-a", Description: "db password", Labels: map[string]string{"team": "a"}}
+	return store.Secret{Name: name, Ref: "vault://secret/" + name + "#password", Owner: "team-a", Description: "db password", Labels: map[string]string{"team": "a"}, Kind: "tls_certificate"}
 }
 
 func testSecretLifecycle(t *testing.T, s store.Store) {

@@ -13,13 +13,13 @@ func secretKind() kind[store.Secret] {
 	return kind[store.Secret]{
 		table:   "secrets",
 		noun:    "secret",
-		columns: []string{"ref", "description", "owner", "required", "labels"},
+		columns: []string{"ref", "description", "owner", "required", "labels", "kind"},
 		values: func(s store.Secret) ([]any, error) {
 			labels, err := encodeLabels(s.Labels)
 			if err != nil {
 				return nil, err
 			}
-			return []any{s.Ref, s.Description, s.Owner, s.Required, labels}, nil
+			return []any{s.Ref, s.Description, s.Owner, s.Required, labels, s.Kind}, nil
 		},
 		scan: func(row scanner) (store.Secret, error) {
 			var (
@@ -27,7 +27,7 @@ func secretKind() kind[store.Secret] {
 				labels           string
 				created, updated int64
 			)
-			if err := row.Scan(&s.Name, &s.Ref, &s.Description, &s.Owner, &s.Required, &labels, &s.Revision, &created, &updated); err != nil {
+			if err := row.Scan(&s.Name, &s.Ref, &s.Description, &s.Owner, &s.Required, &labels, &s.Kind, &s.Revision, &created, &updated); err != nil {
 				return store.Secret{}, err
 			}
 			l, err := decodeLabels(labels)
