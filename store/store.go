@@ -179,6 +179,10 @@ type Consumer struct {
 	Secret   string // secret name
 	Identity string // SPIFFE ID
 	Channel  string // "resolve", "watch" or "sds"
+	// Node tells apart consumers sharing one identity: an Envoy's node id
+	// on SDS (several Envoys of a fleet often share a SPIFFE ID); empty on
+	// the other channels. Recorded for operators, never used to authorise.
+	Node string
 
 	FirstSeen time.Time
 	LastSeen  time.Time

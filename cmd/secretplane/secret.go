@@ -229,9 +229,13 @@ func newSecretConsumersCommand(g *globalFlags) *cobra.Command {
 					if c.GetAckError() != "" {
 						acked += " (failed: " + c.GetAckError() + ")"
 					}
-					rows[i] = []string{c.GetIdentity(), c.GetChannel(), c.GetVersion(), acked, formatTime(c.GetLastSeenTime())}
+					node := c.GetNode()
+					if node == "" {
+						node = "-"
+					}
+					rows[i] = []string{c.GetIdentity(), c.GetChannel(), node, c.GetVersion(), acked, formatTime(c.GetLastSeenTime())}
 				}
-				return table(cmd.OutOrStdout(), []string{"IDENTITY", "CHANNEL", "VERSION", "ACKED", "LAST SEEN"}, rows)
+				return table(cmd.OutOrStdout(), []string{"IDENTITY", "CHANNEL", "NODE", "VERSION", "ACKED", "LAST SEEN"}, rows)
 			})
 		},
 	}

@@ -104,7 +104,7 @@ func prefixed(err error, prefix string) error {
 
 func consumerToProto(c store.Consumer) *spv1.Consumer {
 	out := &spv1.Consumer{
-		Secret: c.Secret, Identity: c.Identity, Channel: c.Channel,
+		Secret: c.Secret, Identity: c.Identity, Channel: c.Channel, Node: c.Node,
 		FirstSeenTime: timestamppb.New(c.FirstSeen), LastSeenTime: timestamppb.New(c.LastSeen),
 		Version: c.Version, AckedVersion: c.AckedVersion, AckError: c.AckError,
 	}

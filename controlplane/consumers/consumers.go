@@ -43,7 +43,7 @@ type Options struct {
 	Now        func() time.Time
 }
 
-type key struct{ secret, identity, channel string }
+type key struct{ secret, identity, channel, node string }
 
 type entry struct {
 	c           store.Consumer
@@ -86,7 +86,7 @@ func New(s Store, opts Options) *Registry {
 func (r *Registry) entryLocked(k key, now time.Time) *entry {
 	e := r.entries[k]
 	if e == nil {
-		e = &entry{c: store.Consumer{Secret: k.secret, Identity: k.identity, Channel: k.channel, FirstSeen: now}, dirty: true}
+		e = &entry{c: store.Consumer{Secret: k.secret, Identity: k.identity, Channel: k.channel, Node: k.node, FirstSeen: now}, dirty: true}
 		r.entries[k] = e
 	}
 	return e
@@ -94,10 +94,16 @@ func (r *Registry) entryLocked(k key, now time.Time) *entry {
 
 // Seen records that identity was given version of secret over channel.
 func (r *Registry) Seen(identity, secret, channel, version string) {
+	r.SeenNode(identity, "", secret, channel, version)
+}
+
+// SeenNode is Seen for one of several consumers sharing identity, told
+// apart by node (an Envoy's node id).
+func (r *Registry) SeenNode(identity, node, secret, channel, version string) {
 	now := r.opts.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e := r.entryLocked(key{secret, identity, channel}, now)
+	e := r.entryLocked(key{secret, identity, channel, node}, now)
 	if e.c.Version != version || now.Sub(e.flushedSeen) >= r.opts.Resolution {
 		e.dirty = true
 	}
@@ -107,10 +113,15 @@ func (r *Registry) Seen(identity, secret, channel, version string) {
 // Acked records that identity reports having applied version of secret
 // (errMsg set: it failed to).
 func (r *Registry) Acked(identity, secret, channel, version, errMsg string) {
+	r.AckedNode(identity, "", secret, channel, version, errMsg)
+}
+
+// AckedNode is Acked for one of several consumers sharing identity.
+func (r *Registry) AckedNode(identity, node, secret, channel, version, errMsg string) {
 	now := r.opts.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e := r.entryLocked(key{secret, identity, channel}, now)
+	e := r.entryLocked(key{secret, identity, channel, node}, now)
 	e.c.LastSeen = now
 	e.c.AckedVersion, e.c.AckError, e.c.AckTime = version, errMsg, now
 	e.dirty = true

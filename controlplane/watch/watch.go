@@ -13,7 +13,7 @@
 // longer registered, for changes the events did not carry).
 //
 // The hub knows nothing of transports: Watch streams (controlplane/api)
-// and, later, SDS streams are its subscribers.
+// and SDS streams (sds) are its subscribers.
 package watch
 
 import (
@@ -155,6 +155,41 @@ func (s *Subscription) Add(names ...string) {
 	h.poke()
 }
 
+// Remove stops watching names (a client unsubscribed); their pending
+// updates are dropped, and names nobody watches any more stop being polled.
+func (s *Subscription) Remove(names ...string) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	var removed []string
+	for _, n := range names {
+		if s.names[n] {
+			delete(s.names, n)
+			delete(s.sent, n)
+			delete(s.pending, n)
+			removed = append(removed, n)
+		}
+	}
+	s.mu.Unlock()
+	s.hub.forget(s, removed)
+}
+
+// forget removes s from names' subscribers.
+func (h *Hub) forget(s *Subscription, names []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, n := range names {
+		if w := h.names[n]; w != nil {
+			delete(w.subs, s)
+			if len(w.subs) == 0 && !w.polling {
+				delete(h.names, n)
+			}
+		}
+	}
+}
+
 // Watching reports whether name is in the subscription.
 func (s *Subscription) Watching(name string) bool {
 	s.mu.Lock()
@@ -201,20 +236,13 @@ func (s *Subscription) Close() {
 		return
 	}
 	s.closed = true
-	names := s.names
+	names := make([]string, 0, len(s.names))
+	for n := range s.names {
+		names = append(names, n)
+	}
 	s.names, s.pending = map[string]bool{}, map[string]Update{}
 	s.mu.Unlock()
-	h := s.hub
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for n := range names {
-		if w := h.names[n]; w != nil {
-			delete(w.subs, s)
-			if len(w.subs) == 0 && !w.polling {
-				delete(h.names, n)
-			}
-		}
-	}
+	s.hub.forget(s, names)
 }
 
 // end removes name from the subscription and queues its Gone update.

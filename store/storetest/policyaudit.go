@@ -174,6 +174,9 @@ func testConsumers(t *testing.T, s store.Store) {
 		{{Secret: "payments/db", Identity: api, Channel: "watch", FirstSeen: at(2), LastSeen: at(15), Version: "2", AckedVersion: "2", AckTime: at(15)}},
 		{{Secret: "payments/db", Identity: api, Channel: "watch", FirstSeen: at(30), LastSeen: at(30), Version: "4", AckedVersion: "3", AckError: "bad key", AckTime: at(30)},
 			{Secret: "payments/db", Identity: api, Channel: "resolve", FirstSeen: at(31), LastSeen: at(31), Version: "4"}},
+		// Two Envoys sharing one identity are two consumers.
+		{{Secret: "payments/db", Identity: worker, Channel: "sds", Node: "gw-a", FirstSeen: at(40), LastSeen: at(40), Version: "5", AckedVersion: "5", AckTime: at(40)},
+			{Secret: "payments/db", Identity: worker, Channel: "sds", Node: "gw-b", FirstSeen: at(41), LastSeen: at(41), Version: "5"}},
 	}
 	for _, cs := range steps {
 		if err := s.UpsertConsumers(c, cs); err != nil {
@@ -184,6 +187,8 @@ func testConsumers(t *testing.T, s store.Store) {
 		{Secret: "payments/db", Identity: api, Channel: "resolve", FirstSeen: at(31), LastSeen: at(31), Version: "4"},
 		{Secret: "payments/db", Identity: api, Channel: "watch", FirstSeen: at(2), LastSeen: at(30), Version: "4", AckedVersion: "3", AckError: "bad key", AckTime: at(30)},
 		{Secret: "payments/db", Identity: worker, Channel: "resolve", FirstSeen: at(5), LastSeen: at(5), Version: "3"},
+		{Secret: "payments/db", Identity: worker, Channel: "sds", Node: "gw-a", FirstSeen: at(40), LastSeen: at(40), Version: "5", AckedVersion: "5", AckTime: at(40)},
+		{Secret: "payments/db", Identity: worker, Channel: "sds", Node: "gw-b", FirstSeen: at(41), LastSeen: at(41), Version: "5"},
 	}
 	got, err := s.ListConsumers(c, "payments/db")
 	if err != nil || !reflect.DeepEqual(got, want) {

@@ -608,8 +608,10 @@ type Consumer struct {
 	// Version it last acknowledged applying (watch and SDS only).
 	AckedVersion string `protobuf:"bytes,7,opt,name=acked_version,json=ackedVersion,proto3" json:"acked_version,omitempty"`
 	// Set when it reported failing to apply acked_version.
-	AckError      string                 `protobuf:"bytes,8,opt,name=ack_error,json=ackError,proto3" json:"ack_error,omitempty"`
-	AckTime       *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=ack_time,json=ackTime,proto3" json:"ack_time,omitempty"`
+	AckError string                 `protobuf:"bytes,8,opt,name=ack_error,json=ackError,proto3" json:"ack_error,omitempty"`
+	AckTime  *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=ack_time,json=ackTime,proto3" json:"ack_time,omitempty"`
+	// Tells apart consumers sharing an identity: an Envoy's node id (sds).
+	Node          string `protobuf:"bytes,10,opt,name=node,proto3" json:"node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -705,6 +707,13 @@ func (x *Consumer) GetAckTime() *timestamppb.Timestamp {
 		return x.AckTime
 	}
 	return nil
+}
+
+func (x *Consumer) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
 }
 
 type CheckRefRequest struct {
@@ -1450,7 +1459,7 @@ const file_secretplane_v1_admin_proto_rawDesc = "" +
 	"\x14ListConsumersRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"O\n" +
 	"\x15ListConsumersResponse\x126\n" +
-	"\tconsumers\x18\x01 \x03(\v2\x18.secretplane.v1.ConsumerR\tconsumers\"\xf1\x02\n" +
+	"\tconsumers\x18\x01 \x03(\v2\x18.secretplane.v1.ConsumerR\tconsumers\"\x85\x03\n" +
 	"\bConsumer\x12\x16\n" +
 	"\x06secret\x18\x01 \x01(\tR\x06secret\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\tR\bidentity\x12\x18\n" +
@@ -1460,7 +1469,9 @@ const file_secretplane_v1_admin_proto_rawDesc = "" +
 	"\aversion\x18\x06 \x01(\tR\aversion\x12#\n" +
 	"\racked_version\x18\a \x01(\tR\fackedVersion\x12\x1b\n" +
 	"\tack_error\x18\b \x01(\tR\backError\x125\n" +
-	"\back_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\aackTime\"#\n" +
+	"\back_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\aackTime\x12\x12\n" +
+	"\x04node\x18\n" +
+	" \x01(\tR\x04node\"#\n" +
 	"\x0fCheckRefRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\"\xd8\x01\n" +
 	"\x10CheckRefResponse\x12\x1c\n" +

@@ -8,13 +8,13 @@ import (
 	"github.com/secretplane/secretplane/store"
 )
 
-const consumerColumns = "secret, identity, channel, first_seen_us, last_seen_us, version, acked_version, ack_error, ack_time_us"
+const consumerColumns = "secret, identity, channel, node, first_seen_us, last_seen_us, version, acked_version, ack_error, ack_time_us"
 
 // UpsertConsumers implements store.ConsumerStore: one statement per chunk,
 // merging with what other replicas wrote (earliest first sighting, newest
 // sighting's version, newest acknowledgement).
 func (s *Store) UpsertConsumers(ctx context.Context, cs []store.Consumer) error {
-	const perRow, maxRows = 9, 200
+	const perRow, maxRows = 10, 200
 	for start := 0; start < len(cs); start += maxRows {
 		chunk := cs[start:min(start+maxRows, len(cs))]
 		args := make([]any, 0, len(chunk)*perRow)
@@ -23,10 +23,10 @@ func (s *Store) UpsertConsumers(ctx context.Context, cs []store.Consumer) error 
 			if !c.AckTime.IsZero() {
 				ackUS = c.AckTime.UnixMicro()
 			}
-			args = append(args, c.Secret, c.Identity, c.Channel, c.FirstSeen.UnixMicro(), c.LastSeen.UnixMicro(), c.Version, c.AckedVersion, c.AckError, ackUS)
+			args = append(args, c.Secret, c.Identity, c.Channel, c.Node, c.FirstSeen.UnixMicro(), c.LastSeen.UnixMicro(), c.Version, c.AckedVersion, c.AckError, ackUS)
 		}
 		q := `INSERT INTO consumers (` + consumerColumns + `) VALUES ` + valuesList(len(chunk), perRow) + `
-ON CONFLICT (secret, identity, channel) DO UPDATE SET
+ON CONFLICT (secret, identity, channel, node) DO UPDATE SET
   first_seen_us = CASE WHEN excluded.first_seen_us < consumers.first_seen_us THEN excluded.first_seen_us ELSE consumers.first_seen_us END,
   version       = CASE WHEN excluded.last_seen_us >= consumers.last_seen_us THEN excluded.version ELSE consumers.version END,
   last_seen_us  = CASE WHEN excluded.last_seen_us > consumers.last_seen_us THEN excluded.last_seen_us ELSE consumers.last_seen_us END,
@@ -42,7 +42,7 @@ ON CONFLICT (secret, identity, channel) DO UPDATE SET
 
 // ListConsumers implements store.ConsumerStore.
 func (s *Store) ListConsumers(ctx context.Context, secret string) ([]store.Consumer, error) {
-	rows, err := s.db.QueryContext(ctx, s.dialect.Rebind(`SELECT `+consumerColumns+` FROM consumers WHERE secret = $1 ORDER BY identity, channel`), secret)
+	rows, err := s.db.QueryContext(ctx, s.dialect.Rebind(`SELECT `+consumerColumns+` FROM consumers WHERE secret = $1 ORDER BY identity, channel, node`), secret)
 	if err != nil {
 		return nil, fmt.Errorf("list consumers of %s: %w", secret, err)
 	}
@@ -53,7 +53,7 @@ func (s *Store) ListConsumers(ctx context.Context, secret string) ([]store.Consu
 			c                  store.Consumer
 			first, last, ackUS int64
 		)
-		if err := rows.Scan(&c.Secret, &c.Identity, &c.Channel, &first, &last, &c.Version, &c.AckedVersion, &c.AckError, &ackUS); err != nil {
+		if err := rows.Scan(&c.Secret, &c.Identity, &c.Channel, &c.Node, &first, &last, &c.Version, &c.AckedVersion, &c.AckError, &ackUS); err != nil {
 			return nil, fmt.Errorf("list consumers of %s: %w", secret, err)
 		}
 		c.FirstSeen, c.LastSeen = time.UnixMicro(first).UTC(), time.UnixMicro(last).UTC()
