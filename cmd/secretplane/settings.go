@@ -75,6 +75,11 @@ func settings() []setting {
 		{"log.level", "log-level", "log level: debug, info, warn, error"},
 		{"policy_refresh", "policy-refresh", "how often policies are reloaded from the store (changes through other replicas)"},
 		{"watch_retry", "watch-retry", "how soon a watched secret whose refresh failed is tried again"},
+		{"sds.listen", "sds-listen", "also serve Envoy SDS (and nothing else) on this address; SDS is always served on --listen"},
+		{"sds.max_names", "sds-max-names", "bound on the secrets one SDS or ADS stream holds"},
+		{"sds.bundle_refresh", "sds-bundle-refresh", "how often trust bundles served over SDS are re-read for changes"},
+		{"sds.hold_retry", "sds-hold-retry", "how often SDS names that do not exist yet are looked up again"},
+		{"max_streams_per_connection", "max-streams-per-connection", "bound on one connection's concurrent calls and streams (HTTP/2 MAX_CONCURRENT_STREAMS)"},
 		{"shutdown.delay", "shutdown-delay", "on shutdown, how long health checks answer NOT_SERVING while calls are still served (for load balancers)"},
 		{"shutdown.timeout", "shutdown-timeout", "on shutdown, how long calls in flight may finish before they are cut off"},
 	}

@@ -76,6 +76,8 @@ func TestSettingDefaults(t *testing.T) {
 		"cache.max_entries": 100_000, "cache.max_bytes": int64(256 << 20),
 		"shutdown.timeout": 10 * time.Second, "shutdown.delay": time.Duration(0),
 		"dev": false, "audit.fail_open": false,
+		"sds.max_names": 1000, "sds.bundle_refresh": 5 * time.Second, "sds.hold_retry": 10 * time.Second,
+		"max_streams_per_connection": 1000,
 	}
 	for _, st := range settings() {
 		v := fieldValue(got, st.key)

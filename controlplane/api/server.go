@@ -48,6 +48,19 @@ type Config struct {
 	// (Unavailable: the client reconnects, to another replica), so that a
 	// graceful stop waits only for the calls in flight.
 	Drain <-chan struct{}
+
+	// Extra registers services that authorise each object they serve
+	// themselves (SDS): for the methods of ExtraServices (full service
+	// names) the interceptors authenticate the caller and audit the call
+	// as they do a Watch stream's.
+	Extra         func(grpc.ServiceRegistrar)
+	ExtraServices []string
+	// OnlyExtra leaves the secretplane services out: a listener of its own
+	// for the extra services (an SDS listener).
+	OnlyExtra bool
+	// MaxStreamsPerConn bounds the concurrent calls and streams of one
+	// connection (HTTP/2 MAX_CONCURRENT_STREAMS); default 1000.
+	MaxStreamsPerConn uint32
 }
 
 // NewServer returns a gRPC server with every service registered and the
@@ -57,7 +70,13 @@ type Config struct {
 func NewServer(cfg Config) *grpc.Server {
 	guard := newDecodeGuard()
 	drain := draining(cfg.Drain)
-	authz := &authorizer{rules: rules(), guard: access.NewGuard(cfg.Policy, cfg.Audit)}
+	authz := &authorizer{rules: rules(), guard: access.NewGuard(cfg.Policy, cfg.Audit), self: map[string]bool{}}
+	for _, svc := range cfg.ExtraServices {
+		authz.self[svc] = true
+	}
+	if cfg.MaxStreamsPerConn == 0 {
+		cfg.MaxStreamsPerConn = 1000
+	}
 	notHealth := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
 		return c.Service != healthpb.Health_ServiceDesc.ServiceName
 	})
@@ -69,6 +88,7 @@ func NewServer(cfg Config) *grpc.Server {
 		grpc.ForceServerCodecV2(guard),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.NumStreamWorkers(streamWorkers()),
+		grpc.MaxConcurrentStreams(cfg.MaxStreamsPerConn),
 		grpc.ChainUnaryInterceptor(
 			drain.unary,
 			guard.unary,
@@ -88,10 +108,15 @@ func NewServer(cfg Config) *grpc.Server {
 			selector.StreamServerInterceptor(authz.stream, notHealth),
 		),
 	)
-	spv1.RegisterAdminServiceServer(srv, NewAdminServer(cfg.Catalog, cfg.Consumer, cfg.Log))
-	spv1.RegisterPolicyServiceServer(srv, NewPolicyServer(cfg.Policies, cfg.Log))
-	spv1.RegisterAuditServiceServer(srv, NewAuditServer(cfg.AuditLog, cfg.Log))
-	spv1.RegisterSecretsServiceServer(srv, &SecretsServer{catalog: cfg.Catalog, resolver: cfg.Resolver, hub: cfg.Watch, consumers: cfg.Consumer, authz: authz, log: cfg.Log, drain: cfg.Drain})
+	if !cfg.OnlyExtra {
+		spv1.RegisterAdminServiceServer(srv, NewAdminServer(cfg.Catalog, cfg.Consumer, cfg.Log))
+		spv1.RegisterPolicyServiceServer(srv, NewPolicyServer(cfg.Policies, cfg.Log))
+		spv1.RegisterAuditServiceServer(srv, NewAuditServer(cfg.AuditLog, cfg.Log))
+		spv1.RegisterSecretsServiceServer(srv, &SecretsServer{catalog: cfg.Catalog, resolver: cfg.Resolver, hub: cfg.Watch, consumers: cfg.Consumer, authz: authz, log: cfg.Log, drain: cfg.Drain})
+	}
+	if cfg.Extra != nil {
+		cfg.Extra(srv)
+	}
 	hs := cfg.Health
 	if hs == nil {
 		hs = health.NewServer()

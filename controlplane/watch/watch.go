@@ -450,7 +450,7 @@ func (h *Hub) poll(ctx context.Context, w *watched) {
 		w.next = now.Add(h.opts.RetryInterval)
 		h.mu.Unlock()
 		if !errors.Is(err, context.Canceled) {
-			h.log.WarnContext(ctx, "watched secret could not be refreshed; subscribers keep their value", "secret", w.name, "error", err.Error())
+			h.log.WarnContext(ctx, "watched secret could not be refreshed; subscribers keep their value", "secret_name", w.name, "error", err.Error())
 		}
 		return
 	}

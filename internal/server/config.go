@@ -41,6 +41,11 @@ type Config struct {
 	// tried again.
 	WatchRetry time.Duration  `koanf:"watch_retry"`
 	Shutdown   ShutdownConfig `koanf:"shutdown"`
+	SDS        SDSConfig      `koanf:"sds"`
+	// MaxStreamsPerConn bounds one connection's concurrent calls and
+	// streams (HTTP/2 MAX_CONCURRENT_STREAMS): an Envoy holds one SDS
+	// stream per secret without ADS.
+	MaxStreamsPerConn int `koanf:"max_streams_per_connection"`
 
 	// Set in code only.
 
@@ -48,6 +53,19 @@ type Config struct {
 	Listener net.Listener `koanf:"-"`
 	// Logger, when set, is used instead of one built from Log.
 	Logger *slog.Logger `koanf:"-"`
+}
+
+// SDSConfig tunes Envoy SDS, served on the API listener and, when Listen
+// is set, on a listener of its own that serves nothing else.
+type SDSConfig struct {
+	Listen string `koanf:"listen"`
+	// MaxNames bounds the secrets one SDS or ADS stream holds.
+	MaxNames int `koanf:"max_names"`
+	// BundleRefresh is how often trust bundles are re-read for changes.
+	BundleRefresh time.Duration `koanf:"bundle_refresh"`
+	// HoldRetry is how often names that do not exist yet are looked up
+	// again (a name created through this replica is served at once).
+	HoldRetry time.Duration `koanf:"hold_retry"`
 }
 
 // IdentityConfig says where the server's SVID comes from outside dev mode.
@@ -164,6 +182,9 @@ func Defaults() Config {
 		Backends:      BackendsConfig{Vault: VaultConfig{JWTAudience: "vault", JWTMount: "jwt"}},
 		Cache:         CacheConfig{TTL: 5 * time.Minute, MaxStale: time.Hour, MaxEntries: 100_000, MaxBytes: 256 << 20},
 		Shutdown:      ShutdownConfig{Timeout: 10 * time.Second},
+		SDS:           SDSConfig{MaxNames: 1000, BundleRefresh: 5 * time.Second, HoldRetry: 10 * time.Second},
+
+		MaxStreamsPerConn: 1000,
 	}
 }
 

@@ -36,6 +36,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 
+	"github.com/secretplane/secretplane/controlplane/access"
 	"github.com/secretplane/secretplane/controlplane/api"
 	"github.com/secretplane/secretplane/controlplane/audit"
 	"github.com/secretplane/secretplane/controlplane/backend"
@@ -47,6 +48,7 @@ import (
 	"github.com/secretplane/secretplane/controlplane/resolve"
 	"github.com/secretplane/secretplane/controlplane/watch"
 	"github.com/secretplane/secretplane/identity"
+	"github.com/secretplane/secretplane/sds"
 	"github.com/secretplane/secretplane/store"
 )
 
@@ -78,6 +80,9 @@ type Server struct {
 	audit    *audit.Log
 	backends []backend.Backend
 	hub      *watch.Hub
+	sds      *sds.Server
+	sdsLis   net.Listener // SDS's own listener, when configured
+	sdsGRPC  *grpc.Server
 	deps     *consumers.Registry
 	grpc     *grpc.Server
 	health   *health.Server
@@ -143,12 +148,29 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.hub = watch.NewHub(cat, resolver, watch.Options{Log: s.log, RetryInterval: cfg.WatchRetry, Events: s.bus})
 	s.deps = consumers.New(s.store, consumers.Options{Log: s.log})
 	s.health = health.NewServer()
-	s.grpc = api.NewServer(api.Config{
+	s.sds = sds.New(sds.Config{
+		Guard: access.NewGuard(s.engine, s.audit), Catalog: cat, Resolver: resolver, Hub: s.hub, Consumers: s.deps,
+		Events: s.bus, Audit: s.audit, Bundles: s.source, TrustDomains: st.accept,
+		BundleInterval: cfg.SDS.BundleRefresh, MaxNames: cfg.SDS.MaxNames, HoldRetry: cfg.SDS.HoldRetry,
+		Drain: s.drain, Log: s.log,
+	})
+	apiCfg := api.Config{
 		TLS: tlsCfg, Log: s.log, Catalog: cat,
 		Policies: policy.NewManager(s.store, s.engine), Policy: s.engine,
 		Audit: s.audit, AuditLog: s.audit, Resolver: resolver, Watch: s.hub, Consumer: s.deps,
 		Health: s.health, Drain: s.drain,
-	})
+		Extra: s.sds.Register, ExtraServices: sds.Services(), MaxStreamsPerConn: uint32(cfg.MaxStreamsPerConn),
+	}
+	s.grpc = api.NewServer(apiCfg)
+	if cfg.SDS.Listen != "" {
+		// A listener for Envoys alone: SDS and health, nothing else.
+		if s.sdsLis, err = net.Listen("tcp", cfg.SDS.Listen); err != nil {
+			return nil, fmt.Errorf("listen for SDS on %s: %w", cfg.SDS.Listen, err)
+		}
+		s.closers = append(s.closers, func() { s.sdsLis.Close() })
+		apiCfg.OnlyExtra = true
+		s.sdsGRPC = api.NewServer(apiCfg)
+	}
 	if cfg.Dev {
 		if err := writeDevEndpoint(cfg.DataDir, DevEndpoint{Address: s.Addr(), ServerID: s.serverID.String()}); err != nil {
 			return nil, err
@@ -176,8 +198,11 @@ func (s *Server) Run(ctx context.Context) error {
 		tasks.Go(func() { run(bg) })
 	}
 
-	served := make(chan error, 1)
+	served := make(chan error, 2)
 	go func() { served <- s.grpc.Serve(s.lis) }()
+	if s.sdsGRPC != nil {
+		go func() { served <- s.sdsGRPC.Serve(s.sdsLis) }()
+	}
 	var err error
 	select {
 	case <-ctx.Done():
@@ -194,11 +219,20 @@ func (s *Server) Run(ctx context.Context) error {
 	close(s.drain) // Watch streams end; clients reconnect elsewhere
 	calls := time.Now()
 	stopped := make(chan struct{})
-	go func() { s.grpc.GracefulStop(); close(stopped) }()
+	go func() {
+		if s.sdsGRPC != nil {
+			s.sdsGRPC.GracefulStop()
+		}
+		s.grpc.GracefulStop()
+		close(stopped)
+	}()
 	select {
 	case <-stopped:
 	case <-time.After(s.cfg.Shutdown.Timeout):
 		s.log.Warn("calls still running at the shutdown timeout are cut off", "timeout", s.cfg.Shutdown.Timeout)
+		if s.sdsGRPC != nil {
+			s.sdsGRPC.Stop()
+		}
 		s.grpc.Stop()
 		<-stopped
 	}
@@ -222,6 +256,7 @@ func (s *Server) tasks() []func(context.Context) {
 		func(ctx context.Context) { s.engine.Refresh(ctx, s.cfg.PolicyRefresh) },
 		s.hub.Run,
 		s.deps.Run,
+		s.sds.Run,
 	}
 	for _, b := range s.backends {
 		if r, ok := b.(interface{ Run(context.Context) }); ok {
@@ -242,6 +277,15 @@ func (s *Server) close() {
 
 // Addr is the address the server listens on.
 func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// SDSAddr is the address of SDS's own listener ("" when SDS is served on
+// Addr only).
+func (s *Server) SDSAddr() string {
+	if s.sdsLis == nil {
+		return ""
+	}
+	return s.sdsLis.Addr().String()
+}
 
 // ID is the server's SPIFFE ID.
 func (s *Server) ID() spiffeid.ID { return s.serverID }
@@ -366,6 +410,9 @@ func (s *Server) prepare(ctx context.Context) (setup, error) {
 	}
 	if cfg.PolicyRefresh < time.Second || cfg.WatchRetry <= 0 {
 		problem("policy_refresh must be at least 1s and watch_retry positive")
+	}
+	if cfg.SDS.MaxNames <= 0 || cfg.SDS.BundleRefresh <= 0 || cfg.SDS.HoldRetry <= 0 || cfg.MaxStreamsPerConn <= 0 || cfg.MaxStreamsPerConn > 1<<20 {
+		problem("sds: max_names, bundle_refresh and hold_retry must be positive, and max_streams_per_connection between 1 and 1048576")
 	}
 	if cfg.Shutdown.Timeout <= 0 || cfg.Shutdown.Delay < 0 {
 		problem("shutdown: timeout must be positive and delay not negative")
