@@ -51,6 +51,10 @@ func (l *lockedLog) String() string {
 type SPIREOptions struct {
 	TrustDomain string        // default "secretplane.test"
 	SVIDTTL     time.Duration // default X.509-SVID lifetime; default 1h
+	// CATTL is the CA's lifetime; default 24h. SPIRE prepares the next CA,
+	// and adds it to the bundle, at half of it: a short one makes the
+	// trust bundle rotate during a test.
+	CATTL time.Duration
 }
 
 // StartSPIRE starts a SPIRE server and an agent attested with a join token,
@@ -63,6 +67,9 @@ func StartSPIRE(t testing.TB, opts SPIREOptions) *SPIRE {
 	}
 	if opts.SVIDTTL == 0 {
 		opts.SVIDTTL = time.Hour
+	}
+	if opts.CATTL == 0 {
+		opts.CATTL = 24 * time.Hour
 	}
 	bin, err := spireBinDir()
 	if err != nil {
@@ -94,7 +101,7 @@ func StartSPIRE(t testing.TB, opts SPIREOptions) *SPIRE {
   data_dir = %q
   log_level = "INFO"
   default_x509_svid_ttl = "%s"
-  ca_ttl = "24h"
+  ca_ttl = "%s"
 }
 plugins {
   DataStore "sql" {
@@ -110,7 +117,7 @@ plugins {
     plugin_data {}
   }
 }
-`, port, s.ServerSocket, opts.TrustDomain, filepath.Join(dir, "server-data"), opts.SVIDTTL, filepath.Join(dir, "server-data", "datastore.sqlite3"))
+`, port, s.ServerSocket, opts.TrustDomain, filepath.Join(dir, "server-data"), opts.SVIDTTL, opts.CATTL, filepath.Join(dir, "server-data", "datastore.sqlite3"))
 	if err := os.WriteFile(filepath.Join(dir, "server.conf"), []byte(serverConf), 0o600); err != nil {
 		t.Fatal(err)
 	}
