@@ -12,10 +12,15 @@ import (
 	"testing"
 	"time"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/secretplane/secretplane/client"
 	"github.com/secretplane/secretplane/controlplane/secretref"
+	"github.com/secretplane/secretplane/identity"
+	"github.com/secretplane/secretplane/internal/envoysim"
 )
 
 // newCanary returns a unique secret-looking value: a GitHub-token-shaped
@@ -228,6 +233,47 @@ func TestCanaryNeverLeaks(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("the failed acknowledgement is not in the consumers registry:\n%s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// Over SDS, an Envoy of the same identity is served the value and
+	// NACKs it with an error that quotes it: the registry keeps the NACK,
+	// never its text.
+	src, err := identity.LoadFiles(filepath.Join(svid, "svid.pem"), filepath.Join(svid, "svid_key.pem"), filepath.Join(svid, "bundle.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sdsConn, err := grpc.NewClient(ep.Address, grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(src, spiffeid.RequireFromString(ep.ServerID)))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sdsConn.Close()
+	for _, mode := range envoysim.Modes {
+		env := envoysim.New(sdsConn, envoysim.Options{Mode: mode, NodeID: "canary-" + mode.String(), Reject: func(_ string, s *tlsv3.Secret) error {
+			return fmt.Errorf("bad generic secret %s", s.GetGenericSecret().GetSecret().GetInlineBytes())
+		}})
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		env.Subscribe(sctx, "payments/token")
+		for {
+			if _, _, nacks := env.Counts(); nacks > 0 {
+				break
+			}
+			if sctx.Err() != nil {
+				t.Fatalf("%s: no SDS response to NACK", mode)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		cancel()
+		env.Close()
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		out, _, _ := cli(t, dataDir, "secret", "consumers", "payments/token", "-o", "json")
+		if strings.Contains(out, "canary-delta-ads") && strings.Count(out, "withheld") >= 1+len(envoysim.Modes) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the SDS NACKs are not in the consumers registry, or their text is not withheld:\n%s", out)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -1,0 +1,233 @@
+package e2e_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/secretplane/secretplane/identity"
+	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
+)
+
+// BenchmarkSDSStreams10k measures the real server (built without the race
+// detector) holding 10,000 Envoy SDS streams, one name each, opened over
+// 250 mTLS connections by a load driver in a process of its own
+// (internal/sdsload, one internal/envoysim client per stream): the
+// server's resident memory and bytes per stream, and the latency from one
+// content change of the secret to every stream having received and ACKed
+// it (per-stream p50 and p99 over several changes, and the slowest).
+//
+// A change writes a new certificate to the dev server's local backend
+// under a new path and rebinds the secret to it (AdminService.PutSecret):
+// a rebind polls the name at once, where a new value at the same path
+// would wait for the cache's next refresh. The latency runs from just
+// before the PutSecret call to the moment each stream's ACK is sent. Run
+// it with -benchtime=1x.
+func BenchmarkSDSStreams10k(b *testing.B) {
+	const (
+		streams = 10_000
+		conns   = 250
+		changes = 5
+		name    = "bench/cert"
+	)
+	dir := b.TempDir()
+	bin := filepath.Join(dir, "secretplane")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/secretplane/secretplane/cmd/secretplane").CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	loadBin := filepath.Join(dir, "sdsload")
+	if out, err := exec.Command("go", "build", "-o", loadBin, "github.com/secretplane/secretplane/internal/sdsload").CombinedOutput(); err != nil {
+		b.Fatalf("build sdsload: %v\n%s", err, out)
+	}
+	dataDir := filepath.Join(dir, "data")
+	srv := startDevServerBinary(b, bin, dataDir, "--log-level", "warn", "--cache-ttl", "1h")
+	if _, errOut, err := cliStdin(b, dataDir, "policies:\n  - name: sdsload\n    subject: spiffe://secretplane.test/workload/sdsload\n    verbs: [read]\n    objects: [\"bench/*\"]\n", "policy", "apply", "-f", "-"); err != nil {
+		b.Fatalf("policy: %v %s", err, errOut)
+	}
+	admin := devAdminClient(b, dataDir)
+	ctx := context.Background()
+	// stage writes certificate k to its own path of the local backend and
+	// returns that ref and the leaf's serial.
+	stage := func(k int) (ref, serial string) {
+		b.Helper()
+		bundle, serial := benchCertificate(b)
+		ref = fmt.Sprintf("local://bench/v%d#pem", k)
+		if _, errOut, err := cliStdin(b, dataDir, string(bundle), "dev", "local-put", ref); err != nil {
+			b.Fatalf("local-put: %v %s", err, errOut)
+		}
+		return ref, serial
+	}
+	bind := func(ref string) {
+		b.Helper()
+		if _, err := admin.PutSecret(ctx, &spv1.PutSecretRequest{Secret: &spv1.Secret{Name: name, Ref: ref, Kind: "tls_certificate"}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ref, serial := stage(0)
+	bind(ref)
+	svid := filepath.Join(dir, "svid")
+	mustCLI(b, dataDir, "dev", "issue", "sdsload", "--out", svid)
+	ep := readDevEndpoint(b, dataDir)
+	time.Sleep(time.Second) // let the server settle after its start and the setup calls
+	before := rssMiB(b, srv.cmd.Process.Pid)
+
+	drv := exec.Command(loadBin, "-addr", ep.Address, "-server-id", ep.ServerID,
+		"-cert", filepath.Join(svid, identity.SVIDCertFile), "-key", filepath.Join(svid, identity.SVIDKeyFile), "-bundle", filepath.Join(svid, identity.BundleFile),
+		"-streams", strconv.Itoa(streams), "-conns", strconv.Itoa(conns), "-name", name, "-mode", "sotw")
+	drvErr := &lockedBuffer{}
+	drv.Stderr = drvErr
+	stdin, err := drv.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := drv.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := drv.Start(); err != nil {
+		b.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	lines := make(chan []byte)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 0, 1<<20), 64<<20)
+		for sc.Scan() {
+			lines <- slices.Clone(sc.Bytes())
+		}
+		close(lines)
+		exited <- drv.Wait() // once its output is read to the end
+	}()
+	b.Cleanup(func() {
+		stdin.Close() // end of input ends the driver
+		go func() {
+			for range lines {
+			}
+		}()
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			_ = drv.Process.Kill()
+			<-exited
+		}
+	})
+	read := func(what string, v any) {
+		b.Helper()
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				b.Fatalf("sdsload ended before %s:\n%s\nserver:\n%s", what, drvErr.String(), srv.out.String())
+			}
+			if err := json.Unmarshal(line, v); err != nil {
+				b.Fatalf("sdsload's %s line: %v: %.500s", what, err, line)
+			}
+		case <-time.After(3 * time.Minute):
+			b.Fatalf("no %s from sdsload in 3m:\n%s", what, drvErr.String())
+		}
+	}
+	var ready struct {
+		Streams int            `json:"streams"`
+		OpenMS  float64        `json:"open_ms"`
+		Serials map[string]int `json:"serials"`
+	}
+	read("ready", &ready)
+	if len(ready.Serials) != 1 || ready.Serials[serial] != streams {
+		b.Fatalf("after opening, the streams hold %v; want all %d on %s", ready.Serials, streams, serial)
+	}
+	b.Logf("%d streams opened and holding the first certificate in %.1fs", streams, ready.OpenMS/1000)
+	time.Sleep(2 * time.Second) // the audit log and consumer registry catch up
+	held := rssMiB(b, srv.cmd.Process.Pid)
+	driverRSS := rssMiB(b, drv.Process.Pid)
+
+	var lat []int64 // per stream and change, µs
+	for k := 1; k <= changes; k++ {
+		ref, serial := stage(k)
+		time.Sleep(500 * time.Millisecond)
+		start := time.Now()
+		bind(ref)
+		bound := time.Since(start)
+		if _, err := fmt.Fprintf(stdin, "expect %s %d\n", serial, start.UnixNano()); err != nil {
+			b.Fatal(err)
+		}
+		var ch struct {
+			Reached    int     `json:"reached"`
+			Lat        []int64 `json:"lat_us"`
+			Errors     int     `json:"errors"`
+			FirstError string  `json:"first_error"`
+			Received   int     `json:"received"`
+			Acks       int     `json:"acks"`
+			Nacks      int     `json:"nacks"`
+		}
+		read("change", &ch)
+		if ch.Reached != streams || ch.Errors > 0 || ch.Nacks > 0 {
+			b.Fatalf("change %d: %d of %d streams reached, %d stream errors (first: %s), %d NACKs\nsdsload:\n%s", k, ch.Reached, streams, ch.Errors, ch.FirstError, ch.Nacks, drvErr.String())
+		}
+		slices.Sort(ch.Lat)
+		b.Logf("change %d: PutSecret %v; all %d streams ACKed: p50 %.1f ms, p99 %.1f ms, last %.1f ms (responses %d, ACKs %d)",
+			k, bound.Round(time.Millisecond), streams, pct(ch.Lat, 50)/1000, pct(ch.Lat, 99)/1000, float64(ch.Lat[len(ch.Lat)-1])/1000, ch.Received, ch.Acks)
+		lat = append(lat, ch.Lat...)
+	}
+	after := rssMiB(b, srv.cmd.Process.Pid)
+	slices.Sort(lat)
+	b.ReportMetric(streams, "streams")
+	b.ReportMetric(conns, "conns")
+	b.ReportMetric(before, "rss-before-MiB")
+	b.ReportMetric(held, "rss-MiB")
+	b.ReportMetric((held-before)*(1<<20)/streams, "bytes/stream")
+	b.ReportMetric(after, "rss-after-changes-MiB")
+	b.ReportMetric(driverRSS, "driver-rss-MiB")
+	b.ReportMetric(ready.OpenMS/1000, "open-s")
+	b.ReportMetric(pct(lat, 50)/1000, "fanout-p50-ms")
+	b.ReportMetric(pct(lat, 99)/1000, "fanout-p99-ms")
+	b.ReportMetric(float64(lat[len(lat)-1])/1000, "fanout-max-ms")
+}
+
+// pct is the p-th percentile (nearest rank) of sorted.
+func pct(sorted []int64, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted))*p/100+0.5) - 1
+	i = max(0, min(i, len(sorted)-1))
+	return float64(sorted[i])
+}
+
+// benchCertificate is a fresh self-signed ECDSA certificate and its key as
+// one PEM bundle, and the certificate's serial (hex).
+func benchCertificate(b *testing.B) ([]byte, string) {
+	b.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
+	if err != nil {
+		b.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: "sdsbench.secretplane.test"}, DNSNames: []string{"sdsbench.secretplane.test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pk, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	return append(out, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk})...), serial.Text(16)
+}
