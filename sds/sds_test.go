@@ -54,7 +54,7 @@ type fixture struct {
 	id    spiffeid.ID
 }
 
-func start(t *testing.T) *fixture {
+func start(t *testing.T, tune ...func(*server.Config)) *fixture {
 	t.Helper()
 	trust := spiffeid.RequireTrustDomainFromString(td)
 	ca, err := identity.NewCA(trust, time.Hour)
@@ -84,6 +84,9 @@ func start(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	cfg.Listener = lis
+	for _, fn := range tune {
+		fn(&cfg)
+	}
 	srv, err := server.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -103,13 +106,15 @@ func start(t *testing.T) *fixture {
 	return f
 }
 
-func (f *fixture) dial(path string) *grpc.ClientConn {
+func (f *fixture) dial(path string) *grpc.ClientConn { return f.dialAt(f.srv.Addr(), path) }
+
+func (f *fixture) dialAt(addr, path string) *grpc.ClientConn {
 	f.t.Helper()
 	svid, err := f.ca.IssueSVID(spiffeid.RequireFromString("spiffe://"+td+path), time.Hour)
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(f.srv.Addr(), grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(identity.NewStaticSource(svid, f.ca.Bundle()), f.id))))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientTLSConfig(identity.NewStaticSource(svid, f.ca.Bundle()), f.id))))
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -489,5 +494,129 @@ func TestBadInput(t *testing.T) {
 	}
 	if after := settle(); after > base+50 {
 		t.Fatalf("goroutines: %d before churn, %d after", base, after)
+	}
+}
+
+// The authorisation matrix: for each caller and each kind of name, over
+// every variant, whether it is served. A workload has its grants; a
+// bootstrap admin manages secrets but reads no value; trust bundles go to any authenticated
+// caller. A grant withdrawn is enforced at the next push: Delta is told
+// the name was removed, a SotW stream of its own ends.
+func TestAuthorizationMatrix(t *testing.T) {
+	f := start(t)
+	f.put("gateway/tls", "tls_certificate", cert(t, "gw.example.org", 1, time.Hour))
+	f.put("billing/tls", "tls_certificate", cert(t, "billing.example.org", 2, time.Hour))
+	bundle := "spiffe://" + td
+	names := []string{"gateway/tls", "billing/tls", bundle}
+	callers := []struct {
+		path   string
+		served map[string]bool
+	}{
+		{gateway, map[string]bool{"gateway/tls": true, bundle: true}},
+		{"/workload/other", map[string]bool{bundle: true}},
+		// Admin manages secrets; it does not read their values.
+		{adminID, map[string]bool{bundle: true}},
+	}
+	for _, caller := range callers {
+		for _, mode := range envoysim.Modes {
+			t.Run(strings.TrimPrefix(caller.path, "/")+"/"+mode.String(), func(t *testing.T) {
+				c := envoysim.New(f.dial(caller.path), envoysim.Options{Mode: mode})
+				defer c.Close()
+				ctx := waitCtx(t, 10*time.Second)
+				c.Subscribe(ctx, names...)
+				for _, n := range names {
+					if caller.served[n] {
+						if _, err := c.Wait(ctx, n, nil); err != nil {
+							t.Fatalf("%s not served: %v", n, err)
+						}
+					}
+				}
+				time.Sleep(300 * time.Millisecond)
+				for _, n := range names {
+					_, got := c.Get(n)
+					if got != caller.served[n] {
+						t.Errorf("%s served: %v, want %v", n, got, caller.served[n])
+					}
+					if !caller.served[n] && mode == envoysim.SotW {
+						if st := status.Convert(c.StreamErr(n)); st.Code() != codes.PermissionDenied {
+							t.Errorf("%s: SotW stream ended with %v, want PermissionDenied", n, st)
+						}
+					}
+				}
+			})
+		}
+	}
+
+	// Withdrawn: the next push is refused.
+	clients := map[envoysim.Mode]*envoysim.Client{}
+	ctx := waitCtx(t, 20*time.Second)
+	for _, mode := range envoysim.Modes {
+		c := envoysim.New(f.dial(gateway), envoysim.Options{Mode: mode})
+		defer c.Close()
+		c.Subscribe(ctx, "gateway/tls", bundle)
+		if _, err := c.Wait(ctx, "gateway/tls", nil); err != nil {
+			t.Fatal(err)
+		}
+		clients[mode] = c
+	}
+	if err := f.srv.Store().DeletePolicy(context.Background(), "gateway", store.Precondition{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.srv.Policy().Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.write("gateway/tls", cert(t, "gw.example.org", 7, time.Hour))
+	time.Sleep(3 * time.Second) // past the refresh (3/4 of the 2s TTL, with jitter)
+	for mode, c := range clients {
+		a, held := c.Get("gateway/tls")
+		switch mode {
+		case envoysim.SotW:
+			if status.Code(c.StreamErr("gateway/tls")) != codes.PermissionDenied || serialOf(t, a) != 1 {
+				t.Errorf("sotw after withdrawal: %v, serial %d", c.StreamErr("gateway/tls"), serialOf(t, a))
+			}
+		case envoysim.Delta, envoysim.DeltaADS:
+			if held {
+				t.Errorf("%s still holds the secret after its grant was withdrawn", mode)
+			}
+		default:
+			if serialOf(t, a) != 1 {
+				t.Errorf("%s got the new version after its grant was withdrawn", mode)
+			}
+		}
+		if _, ok := c.Get(bundle); !ok {
+			t.Errorf("%s lost the trust bundle", mode)
+		}
+	}
+}
+
+// A stream holds at most --sds-max-names names; SDS's own listener serves
+// SDS and nothing else.
+func TestLimitsAndOwnListener(t *testing.T) {
+	f := start(t, func(c *server.Config) { c.SDS.Listen = "127.0.0.1:0" })
+	f.put("gateway/tls", "tls_certificate", cert(t, "gw.example.org", 1, time.Hour))
+	own := f.dialAt(f.srv.SDSAddr(), gateway)
+	c := envoysim.New(own, envoysim.Options{Mode: envoysim.SotW})
+	defer c.Close()
+	c.Subscribe(waitCtx(t, 10*time.Second), "gateway/tls")
+	if _, err := c.Wait(waitCtx(t, 10*time.Second), "gateway/tls", nil); err != nil {
+		t.Fatalf("SDS on its own listener: %v", err)
+	}
+	if _, err := spv1.NewAdminServiceClient(f.dialAt(f.srv.SDSAddr(), adminID)).ListSecrets(context.Background(), &spv1.ListSecretsRequest{}); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("the admin API on SDS's own listener: %v", err)
+	}
+	conn := f.dial(gateway)
+	ads, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(waitCtx(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	many := make([]string, 1001)
+	for i := range many {
+		many[i] = fmt.Sprintf("gateway/s%04d", i)
+	}
+	if err := ads.Send(&discoveryv3.DiscoveryRequest{TypeUrl: sds.SecretType, ResourceNames: many}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ads.Recv(); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("1001 names on one stream: %v", err)
 	}
 }
