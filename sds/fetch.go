@@ -16,6 +16,7 @@ import (
 	"github.com/secretplane/secretplane/controlplane/consumers"
 	"github.com/secretplane/secretplane/controlplane/material"
 	"github.com/secretplane/secretplane/controlplane/policy"
+	"github.com/secretplane/secretplane/identity"
 	"github.com/secretplane/secretplane/store"
 )
 
@@ -26,7 +27,7 @@ func (s *Server) fetch(ctx context.Context, req *discoveryv3.DiscoveryRequest) (
 	if err := checkType(req.GetTypeUrl(), false); err != nil {
 		return nil, err
 	}
-	id, err := peerID(ctx)
+	id, err := identity.CallerID(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -51,7 +52,7 @@ func (s *Server) fetch(ctx context.Context, req *discoveryv3.DiscoveryRequest) (
 	if err != nil {
 		return nil, denialStatus(ctx, err)
 	}
-	st := &stream{srv: s, ctx: ctx}
+	st := &stream{srv: s, ctx: ctx, action: sdsFetch}
 	_ = st.noteNode(req.GetNode())
 	versions := map[string]string{}
 	var out []*anypb.Any

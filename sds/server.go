@@ -39,8 +39,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/secretplane/secretplane/controlplane/access"
@@ -49,7 +47,6 @@ import (
 	"github.com/secretplane/secretplane/controlplane/resolve"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/controlplane/watch"
-	"github.com/secretplane/secretplane/identity"
 )
 
 // Guard decides and audits each name (access.Guard).
@@ -246,24 +243,6 @@ func (v adsService) StreamAggregatedResources(ss discoveryv3.AggregatedDiscovery
 
 func (v adsService) DeltaAggregatedResources(ds discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
 	return v.s.serveDelta(ds, adsDelta, true)
-}
-
-// peerID reads the SPIFFE ID of the connection's verified client
-// certificate: the only identity SDS trusts (never node.id).
-func peerID(ctx context.Context) (spiffeid.ID, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "no peer information")
-	}
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok {
-		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "connection is not mutual TLS")
-	}
-	id, err := identity.PeerID(info.State)
-	if err != nil {
-		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "client certificate carries no SPIFFE ID")
-	}
-	return id, nil
 }
 
 // checkType accepts the secret type; an SDS stream may leave it empty.

@@ -22,6 +22,7 @@ import (
 	"github.com/secretplane/secretplane/controlplane/policy"
 	"github.com/secretplane/secretplane/controlplane/validate"
 	"github.com/secretplane/secretplane/controlplane/watch"
+	"github.com/secretplane/secretplane/identity"
 	"github.com/secretplane/secretplane/store"
 )
 
@@ -71,7 +72,7 @@ type sent struct{ name, version string }
 const maxOutstanding = 32
 
 func (s *Server) newStream(ctx context.Context, action string, ads, delta bool) (*stream, error) {
-	id, err := peerID(ctx)
+	id, err := identity.CallerID(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -171,6 +172,9 @@ func (st *stream) noteNode(n *corev3.Node) error {
 	version := "unknown"
 	if v != nil {
 		version = strconv.Itoa(int(v.GetMajorNumber())) + "." + strconv.Itoa(int(v.GetMinorNumber())) + "." + strconv.Itoa(int(v.GetPatch()))
+	}
+	if st.action == sdsFetch {
+		return nil
 	}
 	st.srv.log.InfoContext(st.ctx, "SDS stream opened", "stream", st.action, "spiffe_id", st.actorStr,
 		"node_id", access.Mask(st.node), "node_cluster", access.Mask(n.GetCluster()), "envoy_version", version)

@@ -4,10 +4,6 @@ import (
 	"context"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/status"
 
 	"github.com/secretplane/secretplane/identity"
 )
@@ -41,18 +37,4 @@ func authenticate(ctx context.Context) (context.Context, error) {
 
 // connPeerID reads the SPIFFE ID of the connection's verified client
 // certificate.
-func connPeerID(ctx context.Context) (spiffeid.ID, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "no peer information")
-	}
-	tlsInfo, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok {
-		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "connection is not mutual TLS")
-	}
-	id, err := identity.PeerID(tlsInfo.State)
-	if err != nil {
-		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "client certificate carries no SPIFFE ID")
-	}
-	return id, nil
-}
+func connPeerID(ctx context.Context) (spiffeid.ID, error) { return identity.CallerID(ctx) }
