@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -12,10 +13,12 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,10 +156,14 @@ func BenchmarkSDSStreams10k(b *testing.B) {
 	held := rssMiB(b, srv.cmd.Process.Pid)
 	driverRSS := rssMiB(b, drv.Process.Pid)
 
-	var lat []int64 // per stream and change, µs
+	var (
+		lat            []int64 // per stream and change, µs
+		srvCPU, drvCPU time.Duration
+	)
 	for k := 1; k <= changes; k++ {
 		ref, serial := stage(k)
 		time.Sleep(500 * time.Millisecond)
+		srv0, drv0 := cpuTime(b, srv.cmd.Process.Pid), cpuTime(b, drv.Process.Pid)
 		start := time.Now()
 		bind(ref)
 		bound := time.Since(start)
@@ -173,12 +180,15 @@ func BenchmarkSDSStreams10k(b *testing.B) {
 			Nacks      int     `json:"nacks"`
 		}
 		read("change", &ch)
+		srvUsed, drvUsed := cpuTime(b, srv.cmd.Process.Pid)-srv0, cpuTime(b, drv.Process.Pid)-drv0
+		srvCPU, drvCPU = srvCPU+srvUsed, drvCPU+drvUsed
 		if ch.Reached != streams || ch.Errors > 0 || ch.Nacks > 0 {
 			b.Fatalf("change %d: %d of %d streams reached, %d stream errors (first: %s), %d NACKs\nsdsload:\n%s", k, ch.Reached, streams, ch.Errors, ch.FirstError, ch.Nacks, drvErr.String())
 		}
 		slices.Sort(ch.Lat)
-		b.Logf("change %d: PutSecret %v; all %d streams ACKed: p50 %.1f ms, p99 %.1f ms, last %.1f ms (responses %d, ACKs %d)",
-			k, bound.Round(time.Millisecond), streams, pct(ch.Lat, 50)/1000, pct(ch.Lat, 99)/1000, float64(ch.Lat[len(ch.Lat)-1])/1000, ch.Received, ch.Acks)
+		b.Logf("change %d: PutSecret %v; all %d streams ACKed: first %.1f ms, p50 %.1f ms, p99 %.1f ms, last %.1f ms; CPU: server %v, sdsload %v (responses %d, ACKs %d)",
+			k, bound.Round(time.Millisecond), streams, float64(ch.Lat[0])/1000, pct(ch.Lat, 50)/1000, pct(ch.Lat, 99)/1000, float64(ch.Lat[len(ch.Lat)-1])/1000,
+			srvUsed, drvUsed, ch.Received, ch.Acks)
 		lat = append(lat, ch.Lat...)
 	}
 	after := rssMiB(b, srv.cmd.Process.Pid)
@@ -191,9 +201,33 @@ func BenchmarkSDSStreams10k(b *testing.B) {
 	b.ReportMetric(after, "rss-after-changes-MiB")
 	b.ReportMetric(driverRSS, "driver-rss-MiB")
 	b.ReportMetric(ready.OpenMS/1000, "open-s")
+	// CPU time each process spent per change, from the change until the
+	// last stream ACKed it (both share this machine's cores)
+	b.ReportMetric(float64(srvCPU.Milliseconds())/changes, "server-cpu-ms/change")
+	b.ReportMetric(float64(drvCPU.Milliseconds())/changes, "driver-cpu-ms/change")
 	b.ReportMetric(pct(lat, 50)/1000, "fanout-p50-ms")
 	b.ReportMetric(pct(lat, 99)/1000, "fanout-p99-ms")
 	b.ReportMetric(float64(lat[len(lat)-1])/1000, "fanout-max-ms")
+}
+
+// cpuTime is the user and system CPU time process pid has used.
+func cpuTime(b *testing.B, pid int) time.Duration {
+	b.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// the fields after the command name (which is in parentheses)
+	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+1:]))
+	if len(f) < 13 {
+		b.Fatalf("/proc/%d/stat: %q", pid, raw)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		b.Fatalf("/proc/%d/stat: %q", pid, raw)
+	}
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
 }
 
 // pct is the p-th percentile (nearest rank) of sorted.

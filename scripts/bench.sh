@@ -37,6 +37,12 @@ echo
 echo "== server (no race detector) with 100,000 cached 1 KiB secrets from Vault (a few minutes)"
 go test -run='^$' -bench=ServerMemory -benchtime=1x -timeout 30m ./e2e | grep -E '^Benchmark' | tee "$out/memory.txt"
 echo
+echo "== SDS: 10,000 streams of one name each over 250 mTLS connections, held against the server (no race"
+echo "   detector) by the load driver internal/sdsload in a process of its own; then 5 content changes,"
+echo "   each timed until every stream has received and ACKed it (a minute or so; both processes share"
+echo "   this machine's cores)"
+go test -run='^$' -bench=SDSStreams10k -benchtime=1x -timeout 30m ./e2e | grep -E '^Benchmark' | tee "$out/sds.txt"
+echo
 
 cat "$out"/*.txt | awk '
 function metric(line, unit,   i, f, n) {
@@ -58,6 +64,8 @@ function keep3(p, line) { keep(p "c", metric(line, "calls/s")); keep(p "50", met
 /^BenchmarkAdminGetSecret/    { keep3("a", $0) }
 /^BenchmarkVaultDirect/       { keep3("v", $0) }
 /^BenchmarkServerMemory/      { rss = metric($0, "rss-MiB"); cold = metric($0, "cold-resolves/s") }
+/^BenchmarkSDSStreams10k/     { sn = metric($0, "streams"); sc = metric($0, "conns"); srss = metric($0, "rss-MiB"); sbefore = metric($0, "rss-before-MiB"); sbps = metric($0, "bytes/stream")
+                                s50 = metric($0, "fanout-p50-ms"); s99 = metric($0, "fanout-p99-ms"); smax = metric($0, "fanout-max-ms") }
 END {
   bc = median("bc"); b50 = median("b50"); b99 = median("b99"); bcpu = median("bcpu")
   rc = median("rc"); r50 = median("r50"); r99 = median("r99"); rcpu = median("rcpu")
@@ -70,4 +78,6 @@ END {
   printf "%-46s %10.0f %9.0f %9.0f %9.1f   Resolve %.2fx its calls/s (target >= 2x), p99 %s (target lower)\n", "direct Vault KV v2 read over TLS", vc, v50, v99, vcpu, rc/vc, (r99 < v99 ? "lower" : "NOT lower")
   print "(CPU µs: CPU time of the bench process per call, client and server together; Vault runs in a process of its own)"
   printf "%-46s %10s   %s\n", "server RSS, 100,000 cached 1 KiB secrets", rss " MiB", (rss < 400 ? "under" : "OVER") " the 400 MiB target; cold resolves " sprintf("%.0f", cold) "/s"
+  printf "%-46s %10s   %s\n", sprintf("SDS: server RSS, %d streams (%d conns)", sn, sc), sprintf("%.0f MiB", srss), (srss+0 < 2048 ? "under" : "OVER") " the 2 GiB target; " sprintf("%.0f bytes/stream (%.0f MiB before the streams)", sbps, sbefore)
+  printf "%-46s %10s   %s\n", sprintf("SDS fan-out: change -> all %d streams ACKed", sn), "", sprintf("p50 %.0f ms, p99 %.0f ms, last %.0f ms: p99 ", s50, s99, smax) (s99+0 < 1000 ? "under" : "OVER") " the 1 s target"
 }'
