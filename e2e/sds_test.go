@@ -2,14 +2,7 @@ package e2e_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +21,7 @@ import (
 	"github.com/secretplane/secretplane/e2e/testenv"
 	"github.com/secretplane/secretplane/identity"
 	"github.com/secretplane/secretplane/internal/envoysim"
+	"github.com/secretplane/secretplane/internal/testcert"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 )
 
@@ -238,20 +232,5 @@ func TestSDSWithSPIREAndVault(t *testing.T) {
 
 // pemCert is a PEM bundle (certificate and key) for the gateway.
 func pemCert(t *testing.T, serial int64) []byte {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "gw.example.org"}, DNSNames: []string{"gw.example.org"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kd, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})...)
+	return testcert.New(t, testcert.Options{CommonName: "gw.example.org", Serial: serial}).Bundle()
 }

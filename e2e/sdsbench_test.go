@@ -4,15 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +16,7 @@ import (
 	"time"
 
 	"github.com/secretplane/secretplane/identity"
+	"github.com/secretplane/secretplane/internal/testcert"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 )
 
@@ -240,28 +234,9 @@ func pct(sorted []int64, p float64) float64 {
 	return float64(sorted[i])
 }
 
-// benchCertificate is a fresh self-signed ECDSA certificate and its key as
-// one PEM bundle, and the certificate's serial (hex).
+// benchCertificate is a fresh certificate and its key as one PEM
+// bundle, and the certificate's serial (hex).
 func benchCertificate(b *testing.B) ([]byte, string) {
-	b.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		b.Fatal(err)
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
-	if err != nil {
-		b.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: "sdsbench.secretplane.test"}, DNSNames: []string{"sdsbench.secretplane.test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		b.Fatal(err)
-	}
-	pk, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		b.Fatal(err)
-	}
-	out := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	return append(out, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk})...), serial.Text(16)
+	p := testcert.New(b, testcert.Options{CommonName: "sdsbench.secretplane.test"})
+	return p.Bundle(), p.Serial.Text(16)
 }

@@ -2,15 +2,8 @@ package sds_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -34,6 +27,7 @@ import (
 	"github.com/secretplane/secretplane/identity"
 	"github.com/secretplane/secretplane/internal/envoysim"
 	"github.com/secretplane/secretplane/internal/server"
+	"github.com/secretplane/secretplane/internal/testcert"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 	"github.com/secretplane/secretplane/sds"
 	"github.com/secretplane/secretplane/store"
@@ -151,21 +145,9 @@ func (f *fixture) write(name string, value []byte) {
 	}
 }
 
-// cert returns a PEM bundle (chain and key) for cn valid from now.
+// cert returns a PEM bundle (chain and key) for cn, valid from an hour ago.
 func cert(t testing.TB, cn string, serial int64, valid time.Duration) []byte {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(valid), DNSNames: []string{cn}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kd, _ := x509.MarshalPKCS8PrivateKey(k)
-	return append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})...)
+	return testcert.New(t, testcert.Options{CommonName: cn, Serial: serial, NotAfter: time.Now().Add(valid)}).Bundle()
 }
 
 func serialOf(t testing.TB, a envoysim.Applied) int64 {

@@ -1,20 +1,15 @@
 package material_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
-	"math/big"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/secretplane/secretplane/controlplane/material"
+	"github.com/secretplane/secretplane/internal/testcert"
 )
 
 var now = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
@@ -22,21 +17,8 @@ var now = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 type pair struct{ cert, key []byte }
 
 func issue(t testing.TB, ca bool, notBefore, notAfter time.Time) pair {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "gw.example.org"}, NotBefore: notBefore, NotAfter: notAfter, IsCA: ca, BasicConstraintsValid: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kd, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pair{pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd})}
+	p := testcert.New(t, testcert.Options{CommonName: "gw.example.org", Serial: 7, NotBefore: notBefore, NotAfter: notAfter, CA: ca})
+	return pair{p.Cert, p.Key}
 }
 
 func TestParse(t *testing.T) {
