@@ -28,10 +28,16 @@ type bundles struct {
 	mu      sync.Mutex
 	current map[string][]byte // resource name (spiffe://td) -> CA PEM
 	changed chan struct{}     // closed and replaced on every change
+	cache   map[bundleKey]*built
+}
+
+type bundleKey struct {
+	name string
+	form form
 }
 
 func newBundles(src BundleSource, domains []spiffeid.TrustDomain, interval time.Duration, log *slog.Logger) *bundles {
-	b := &bundles{source: src, domains: domains, interval: interval, log: log, current: map[string][]byte{}, changed: make(chan struct{})}
+	b := &bundles{source: src, domains: domains, interval: interval, log: log, current: map[string][]byte{}, changed: make(chan struct{}), cache: map[bundleKey]*built{}}
 	b.refresh()
 	return b
 }
@@ -39,12 +45,35 @@ func newBundles(src BundleSource, domains []spiffeid.TrustDomain, interval time.
 // bundleName is the resource name a trust domain's bundle is served as.
 func bundleName(td spiffeid.TrustDomain) string { return td.IDString() }
 
-// get returns the bundle served as name (nil: none), and the channel that
-// is closed at the next change.
-func (b *bundles) get(name string) ([]byte, <-chan struct{}) {
+// built returns the resource of the bundle served as name in form f (nil:
+// none), built once per bundle change and form for every stream.
+func (b *bundles) built(name string, f form) *built {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.current[name], b.changed
+	k := bundleKey{name, f}
+	if r, ok := b.cache[k]; ok {
+		return r
+	}
+	pem := b.current[name]
+	if pem == nil {
+		return nil
+	}
+	td, err := spiffeid.TrustDomainFromString(name)
+	if err != nil {
+		return nil
+	}
+	sec, err := bundleResource(name, td.Name(), pem, f)
+	if err != nil {
+		b.log.Error("trust bundle could not be built", "trust_bundle", name, "error", err.Error())
+		return nil
+	}
+	a, err := pack(sec)
+	if err != nil {
+		return nil
+	}
+	r := &built{name: name, version: versionOf([]byte("bundle"), []byte(name), []byte{byte(f)}, pem), any: a}
+	b.cache[k] = r
+	return r
 }
 
 // watching returns the channel closed at the next change.
@@ -65,6 +94,12 @@ func (b *bundles) refresh() {
 	for _, td := range b.domains {
 		bundle, err := b.source.GetX509BundleForTrustDomain(td)
 		if err != nil || bundle == nil {
+			// Keep serving the last one read: a failed read is no change.
+			b.mu.Lock()
+			if prev := b.current[bundleName(td)]; prev != nil {
+				next[bundleName(td)] = prev
+			}
+			b.mu.Unlock()
 			continue
 		}
 		var out []byte
@@ -90,6 +125,7 @@ func (b *bundles) refresh() {
 		return
 	}
 	b.current = next
+	clear(b.cache)
 	close(b.changed)
 	b.changed = make(chan struct{})
 }

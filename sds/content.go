@@ -27,10 +27,16 @@ type contentCache struct {
 }
 
 type contentEntry struct {
-	key string // kind and fingerprint the entry was built from
-	b   *built
-	err error
+	key      string // kind and fingerprint the entry was built from
+	b        *built
+	err      error
+	errUntil time.Time // a failed check is tried again after this: validity depends on the time
+	logged   bool
 }
+
+// contentRetry is how long a failed check is trusted: a certificate not
+// yet valid becomes valid, so the check is made again.
+const contentRetry = 5 * time.Second
 
 // maxContentEntries bounds the cache; beyond it, entries are dropped at
 // random (map order) and rebuilt when next needed.
@@ -46,12 +52,13 @@ func newContentCache(log *slog.Logger, record Recorder) *contentCache {
 func (c *contentCache) secret(ctx context.Context, name, ref string, kind material.Kind, fp string, data []byte, now time.Time) (*built, error) {
 	key := string(kind) + "|" + fp
 	c.mu.Lock()
-	if e, ok := c.entries[name]; ok && e.key == key {
+	prev, had := c.entries[name]
+	if had && prev.key == key && (prev.err == nil || now.Before(prev.errUntil)) {
 		c.mu.Unlock()
-		return e.b, e.err
+		return prev.b, prev.err
 	}
 	c.mu.Unlock()
-	e := contentEntry{key: key}
+	e := contentEntry{key: key, errUntil: now.Add(contentRetry)}
 	m, err := material.Parse(kind, data, now)
 	if err == nil {
 		var b *built
@@ -60,8 +67,11 @@ func (c *contentCache) secret(ctx context.Context, name, ref string, kind materi
 		}
 	}
 	e.err = err
+	// Logged and audited once per content, however often it is checked.
+	e.logged = err != nil && had && prev.key == key && prev.logged
+	report := err != nil && !e.logged
+	e.logged = e.logged || report
 	c.mu.Lock()
-	prev, had := c.entries[name]
 	if len(c.entries) >= maxContentEntries {
 		for n := range c.entries {
 			delete(c.entries, n)
@@ -72,7 +82,7 @@ func (c *contentCache) secret(ctx context.Context, name, ref string, kind materi
 	}
 	c.entries[name] = e
 	c.mu.Unlock()
-	if err != nil && (!had || prev.key != key) {
+	if report {
 		// Once per content: the Envoys keep their last good value.
 		c.log.ErrorContext(ctx, "secret content failed its check; not served over SDS (Envoys keep their last good value)", "secret_name", name, "kind", string(kind), "error", err.Error())
 		if c.record != nil {
@@ -87,5 +97,5 @@ func buildSecret(name, ref string, kind material.Kind, fp string, data []byte, m
 	if err != nil {
 		return nil, err
 	}
-	return &built{name: name, version: versionOf([]byte("secret"), []byte(kind), []byte(fp)), any: a, ref: ref, quoted: quotable(data, m)}, nil
+	return &built{name: name, version: versionOf([]byte("secret"), []byte(name), []byte(kind), []byte(fp)), any: a, ref: ref, quoted: quotable(data, m)}, nil
 }

@@ -343,8 +343,7 @@ func TestReconnectAndDelete(t *testing.T) {
 			c.Reconnect(ctx)
 			time.Sleep(700 * time.Millisecond)
 			after, _, _ := c.Counts()
-			single := mode == envoysim.SotW || mode == envoysim.Delta || mode == envoysim.DeltaADS
-			if single && after != before {
+			if after != before {
 				t.Fatalf("%d responses after a reconnect holding the current version", after-before)
 			}
 		})
@@ -600,5 +599,111 @@ func TestLimitsAndOwnListener(t *testing.T) {
 	}
 	if _, err := ads.Recv(); status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("1001 names on one stream: %v", err)
+	}
+}
+
+// A NACK holds back only the resource it rejected: the other names of an
+// ADS or Delta stream keep being served and updated.
+func TestNACKIsPerResource(t *testing.T) {
+	f := start(t)
+	f.put("gateway/a", "generic", []byte("value-a"))
+	f.put("gateway/b", "generic", []byte("value-b1"))
+	for _, mode := range []envoysim.Mode{envoysim.Delta, envoysim.ADS, envoysim.DeltaADS} {
+		t.Run(mode.String(), func(t *testing.T) {
+			c := envoysim.New(f.dial(gateway), envoysim.Options{Mode: mode, Reject: func(name string, _ *tlsv3.Secret) error {
+				if name == "gateway/a" {
+					return errors.New("listener a is broken")
+				}
+				return nil
+			}})
+			defer c.Close()
+			ctx := waitCtx(t, 15*time.Second)
+			c.Subscribe(ctx, "gateway/a", "gateway/b")
+			if _, err := c.Wait(ctx, "gateway/b", nil); err != nil {
+				t.Fatal(err)
+			}
+			f.write("gateway/b", []byte("value-b2-"+mode.String()))
+			if _, err := c.Wait(ctx, "gateway/b", func(a envoysim.Applied) bool {
+				return string(a.Secret.GetGenericSecret().GetSecret().GetInlineBytes()) == "value-b2-"+mode.String()
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := c.Get("gateway/a"); ok {
+				t.Fatal("the rejected resource is held")
+			}
+		})
+	}
+}
+
+// A certificate not valid yet is refused until it is, then served.
+func TestNotYetValidCertificateIsServedOnceValid(t *testing.T) {
+	f := start(t)
+	soon := testcert.New(t, testcert.Options{CommonName: "gw.example.org", Serial: 5, NotBefore: time.Now().Add(2 * time.Second)}).Bundle()
+	f.put("gateway/tls", "tls_certificate", soon)
+	c := envoysim.New(f.dial(gateway), envoysim.Options{Mode: envoysim.SotW})
+	defer c.Close()
+	ctx := waitCtx(t, 20*time.Second)
+	c.Subscribe(ctx, "gateway/tls")
+	time.Sleep(time.Second)
+	if _, ok := c.Get("gateway/tls"); ok {
+		t.Fatal("a certificate not yet valid was served")
+	}
+	if _, err := c.Wait(ctx, "gateway/tls", nil); err != nil {
+		t.Fatalf("the certificate was not served once valid: %v", err)
+	}
+}
+
+// A Delta stream reconnecting with a secret deleted meanwhile is told it
+// was removed; a policy change takes effect on open streams: a grant added
+// starts serving, a grant withdrawn removes (Delta) at once.
+func TestDeletedWhileAwayAndPolicyChanges(t *testing.T) {
+	f := start(t)
+	f.put("gateway/a", "generic", []byte("value-a"))
+	f.put("billing/x", "generic", []byte("value-x"))
+	ctx := waitCtx(t, 20*time.Second)
+	c := envoysim.New(f.dial(gateway), envoysim.Options{Mode: envoysim.Delta})
+	defer c.Close()
+	c.Subscribe(ctx, "gateway/a")
+	if _, err := c.Wait(ctx, "gateway/a", nil); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if _, err := f.admin.DeleteSecret(ctx, &spv1.DeleteSecretRequest{Name: "gateway/a"}); err != nil {
+		t.Fatal(err)
+	}
+	c.Reconnect(ctx)
+	for _, ok := c.Get("gateway/a"); ok; _, ok = c.Get("gateway/a") {
+		if ctx.Err() != nil {
+			t.Fatal("a secret deleted while the Envoy was away was not removed on reconnect")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	policies := spv1.NewPolicyServiceClient(f.dial(adminID))
+	for _, mode := range []envoysim.Mode{envoysim.Delta, envoysim.ADS} {
+		c := envoysim.New(f.dial(gateway), envoysim.Options{Mode: mode})
+		defer c.Close()
+		c.Subscribe(ctx, "billing/x")
+		time.Sleep(300 * time.Millisecond)
+		if _, ok := c.Get("billing/x"); ok {
+			t.Fatal("served before the grant")
+		}
+		if _, err := policies.PutPolicy(ctx, &spv1.PutPolicyRequest{Policy: &spv1.Policy{Name: "gw-billing", Subject: "spiffe://" + td + gateway, Verbs: []string{"read"}, Objects: []string{"billing/*"}}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Wait(ctx, "billing/x", nil); err != nil {
+			t.Fatalf("%s: a grant added on an open stream was not served: %v", mode, err)
+		}
+		if _, err := policies.DeletePolicy(ctx, &spv1.DeletePolicyRequest{Name: "gw-billing"}); err != nil {
+			t.Fatal(err)
+		}
+		if mode == envoysim.Delta {
+			for _, ok := c.Get("billing/x"); ok; _, ok = c.Get("billing/x") {
+				if ctx.Err() != nil {
+					t.Fatal("a withdrawn grant was not removed over Delta")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
 	}
 }

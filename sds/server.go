@@ -89,7 +89,8 @@ type Config struct {
 	// MaxNames bounds the names one stream holds; default 1000.
 	MaxNames int
 	// HoldRetry is how often names that do not exist yet are looked up
-	// again (besides when this replica creates them); default 10s.
+	// again, once each whoever holds them (a name this replica creates is
+	// served at once); default 10s.
 	HoldRetry time.Duration
 	// Drain, when closed, ends every stream (Unavailable: Envoy reconnects,
 	// to another replica).
@@ -107,6 +108,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	waiters map[string]map[*stream]struct{} // names held because they do not exist yet
+	streams map[*stream]struct{}            // every open stream, to decide again after a policy change
 }
 
 // New returns an SDS server; call Run to follow bundles and events.
@@ -127,7 +129,7 @@ func New(cfg Config) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: log, waiters: map[string]map[*stream]struct{}{}}
+	s := &Server{cfg: cfg, log: log, waiters: map[string]map[*stream]struct{}{}, streams: map[*stream]struct{}{}}
 	s.built = newContentCache(log, cfg.Audit)
 	if cfg.Bundles != nil {
 		s.bundles = newBundles(cfg.Bundles, cfg.TrustDomains, cfg.BundleInterval, log)
@@ -147,32 +149,83 @@ func Services() []string {
 	return []string{secretv3.SecretDiscoveryService_ServiceDesc.ServiceName, discoveryv3.AggregatedDiscoveryService_ServiceDesc.ServiceName}
 }
 
-// Run re-reads trust bundles and wakes streams holding names that were
-// created, until ctx ends.
+// Run re-reads trust bundles, wakes streams holding names that were
+// created (at once when through this replica, else within HoldRetry), and
+// has every stream decide its names again after a policy change, until
+// ctx ends.
 func (s *Server) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	if s.bundles != nil {
 		wg.Go(func() { s.bundles.run(ctx) })
 	}
-	if s.cfg.Events == nil {
-		<-ctx.Done()
-		return
+	var changes <-chan events.Event
+	if s.cfg.Events != nil {
+		sub := s.cfg.Events.Subscribe("sds", 0)
+		defer sub.Close()
+		changes = sub.C()
 	}
-	sub := s.cfg.Events.Subscribe("sds", 0)
-	defer sub.Close()
+	retry := time.NewTicker(s.cfg.HoldRetry)
+	defer retry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case e := <-sub.C():
+		case <-retry.C:
+			s.lookUpHeld(ctx)
+		case e := <-changes:
 			switch e := e.(type) {
 			case events.SecretPut:
 				s.wakeWaiters(e.Name)
 			case events.SecretRebound:
 				s.wakeWaiters(e.Name)
+			case events.PolicyChanged:
+				s.decideAgain()
 			}
 		}
+	}
+}
+
+// lookUpHeld looks each held name up once (not once per stream holding
+// it) and wakes the streams holding the ones that exist now: created
+// through another replica.
+func (s *Server) lookUpHeld(ctx context.Context) {
+	s.mu.Lock()
+	names := make([]string, 0, len(s.waiters))
+	for n := range s.waiters {
+		names = append(names, n)
+	}
+	s.mu.Unlock()
+	for _, n := range names {
+		if _, err := s.cfg.Catalog.LookupKind(ctx, n); err == nil {
+			s.wakeWaiters(n)
+		}
+	}
+}
+
+func (s *Server) track(st *stream) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.streams[st] = struct{}{}
+}
+
+func (s *Server) untrack(st *stream) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.streams, st)
+}
+
+// decideAgain has every stream decide its names again.
+func (s *Server) decideAgain() {
+	s.mu.Lock()
+	all := make([]*stream, 0, len(s.streams))
+	for st := range s.streams {
+		all = append(all, st)
+	}
+	s.mu.Unlock()
+	for _, st := range all {
+		st.recheck.Store(true)
+		st.poke()
 	}
 }
 

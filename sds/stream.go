@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
-	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -26,7 +26,10 @@ import (
 	"github.com/secretplane/secretplane/store"
 )
 
-// stream is one SDS or ADS stream's state, SotW or Delta.
+// stream is one SDS or ADS stream's state, SotW or Delta. Every response
+// carries one resource: Envoy's NACK of a response cannot say which of
+// several resources it rejected, so one per response keeps a NACK to the
+// resource that caused it.
 type stream struct {
 	srv    *Server
 	ctx    context.Context
@@ -40,33 +43,39 @@ type stream struct {
 	noted    bool   // the node was read
 	form     form
 
-	sub  *watch.Subscription
-	res  map[string]*resource
-	wake chan struct{} // a held name may exist now
+	sub      *watch.Subscription
+	res      map[string]*resource
+	wake     chan struct{} // a held name may exist now, or a deferred update is due
+	recheck  atomic.Bool   // the policies changed: decide every name again
+	bundleCh <-chan struct{}
+	deferred map[string]watch.Update // updates to apply again (a lookup failed)
+	retrying bool                    // a wake-up for deferred is scheduled
 
 	seq         uint64
 	lastNonce   string
-	outstanding map[string][]sent // nonce -> what that response carried
-	nonces      []string          // outstanding's nonces, oldest first
-	removed     []string          // Delta: removals to send
-	bundleCh    <-chan struct{}
-	held        int
+	outstanding map[string]sent // nonce -> what that response carried
+	nonces      []string        // outstanding's nonces, oldest first
+	removed     []string        // Delta: removals to send
 }
 
 // resource is one name a stream asked for.
 type resource struct {
 	name    string
 	bundle  bool
-	denied  bool // ungranted (ADS, Delta): never served
+	denied  bool // ungranted (ADS, Delta): not served unless a policy change grants it
 	have    *built
 	fp      string // fingerprint of have's value (secrets), for the hub
-	sent    string // version last sent
+	sent    string // version last sent (or that the Envoy said it had)
 	nacked  string // version last NACKed: not sent again
 	initial string // version the Envoy says it has (reconnect)
-	held    bool   // does not exist yet
+	held    bool   // a secret that does not exist yet
 }
 
-type sent struct{ name, version string }
+// sent is what one response carried.
+type sent struct {
+	name string
+	b    *built
+}
 
 // maxOutstanding bounds the responses whose acknowledgement is awaited.
 const maxOutstanding = 32
@@ -77,14 +86,17 @@ func (s *Server) newStream(ctx context.Context, action string, ads, delta bool) 
 		return nil, err
 	}
 	st := &stream{srv: s, ctx: ctx, action: action, ads: ads, delta: delta, actor: id, actorStr: id.String(),
-		sub: s.cfg.Hub.Subscribe(), res: map[string]*resource{}, wake: make(chan struct{}, 1), outstanding: map[string][]sent{}}
+		sub: s.cfg.Hub.Subscribe(), res: map[string]*resource{}, wake: make(chan struct{}, 1),
+		outstanding: map[string]sent{}, deferred: map[string]watch.Update{}}
 	if s.bundles != nil {
 		st.bundleCh = s.bundles.watching()
 	}
+	s.track(st)
 	return st, nil
 }
 
 func (st *stream) close() {
+	st.srv.untrack(st)
 	st.sub.Close()
 	for n, r := range st.res {
 		if r.held {
@@ -119,8 +131,6 @@ func (st *stream) loop(recv func() (any, error), handle func(any) error, flush f
 			}
 		}
 	}()
-	retry := time.NewTicker(st.srv.cfg.HoldRetry)
-	defer retry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -137,21 +147,44 @@ func (st *stream) loop(recv func() (any, error), handle func(any) error, flush f
 				return err
 			}
 		case <-st.sub.C():
-			st.takeUpdates()
+			st.takeUpdates(st.sub.Take())
 		case <-st.bundleCh:
 			st.bundleCh = st.srv.bundles.watching()
 			st.refreshBundles()
 		case <-st.wake:
-			st.retryHeld()
-		case <-retry.C:
-			if st.held > 0 {
-				st.retryHeld()
+			st.retrying = false
+			if err := st.onWake(); err != nil {
+				return err
 			}
 		}
 		if err := flush(); err != nil {
 			return err
 		}
 	}
+}
+
+// onWake re-adds held names (they may exist now), applies deferred
+// updates, and after a policy change decides every name again.
+func (st *stream) onWake() error {
+	var held []string
+	for n, r := range st.res {
+		if r.held && !r.denied {
+			held = append(held, n)
+		}
+	}
+	st.sub.Add(held...)
+	if len(st.deferred) > 0 {
+		us := make([]watch.Update, 0, len(st.deferred))
+		for _, u := range st.deferred {
+			us = append(us, u)
+		}
+		clear(st.deferred)
+		st.takeUpdates(us)
+	}
+	if st.recheck.Swap(false) {
+		return st.decideAgain()
+	}
+	return nil
 }
 
 // noteNode reads the node from the first request that carries one: its id
@@ -169,15 +202,24 @@ func (st *stream) noteNode(n *corev3.Node) error {
 	if v.GetMajorNumber() > 1 || (v.GetMajorNumber() == 1 && v.GetMinorNumber() >= 18) {
 		st.form = formSPIFFE
 	}
+	if st.action == sdsFetch {
+		return nil
+	}
 	version := "unknown"
 	if v != nil {
 		version = strconv.Itoa(int(v.GetMajorNumber())) + "." + strconv.Itoa(int(v.GetMinorNumber())) + "." + strconv.Itoa(int(v.GetPatch()))
 	}
-	if st.action == sdsFetch {
-		return nil
-	}
 	st.srv.log.InfoContext(st.ctx, "SDS stream opened", "stream", st.action, "spiffe_id", st.actorStr,
 		"node_id", access.Mask(st.node), "node_cluster", access.Mask(n.GetCluster()), "envoy_version", version)
+	return nil
+}
+
+// checkRoom refuses a request that would take the stream past its bound
+// on names, before any name is decided.
+func (st *stream) checkRoom(adding int) error {
+	if len(st.res)+adding > st.srv.cfg.MaxNames {
+		return status.Errorf(codes.ResourceExhausted, "a stream holds at most %d secrets; open another stream", st.srv.cfg.MaxNames)
+	}
 	return nil
 }
 
@@ -189,27 +231,38 @@ func (st *stream) subscribe(names []string) error {
 		if _, ok := st.res[n]; ok || n == "*" && st.delta {
 			continue
 		}
-		if len(st.res) >= st.srv.cfg.MaxNames {
-			return status.Errorf(codes.ResourceExhausted, "a stream holds at most %d secrets; open another stream", st.srv.cfg.MaxNames)
+		if err := st.checkRoom(1); err != nil {
+			return err
 		}
 		r := &resource{name: n, bundle: isBundleName(n)}
-		if err := st.authorize(n, r.bundle, subscribeOp, ""); err != nil {
-			if !st.ads && !st.delta {
-				return err
-			}
-			r.denied = true
-			st.res[n] = r
-			if st.delta {
-				st.removed = append(st.removed, n)
-			}
-			continue
-		}
 		st.res[n] = r
-		if r.bundle {
-			st.loadBundle(r)
-		} else {
-			st.sub.Add(n)
+		if err := st.grant(r, subscribeOp); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// grant decides r and starts serving it, or marks it denied. The error
+// ends the stream: a refusal on a stream of its own, or a decision that
+// could not be made or recorded (the audit log is down).
+func (st *stream) grant(r *resource, op string) error {
+	denied, err := st.decide(r, op)
+	switch {
+	case err != nil:
+		return err
+	case denied:
+		r.denied = true
+		if st.delta {
+			st.removed = append(st.removed, r.name)
+		}
+		return nil
+	}
+	r.denied = false
+	if r.bundle {
+		st.loadBundle(r)
+	} else {
+		st.sub.Add(r.name)
 	}
 	return nil
 }
@@ -223,37 +276,87 @@ func (st *stream) unsubscribe(names []string) {
 		}
 		if r.held {
 			st.srv.unhold(n, st)
-			st.held--
 		}
 		delete(st.res, n)
+		delete(st.deferred, n)
 		if !r.bundle {
 			st.sub.Remove(n)
 		}
 	}
 }
 
-// authorize decides read on a secret (anyone authenticated may have a
-// trust bundle: it holds only public keys) and audits it.
-func (st *stream) authorize(name string, bundle bool, op, ref string) error {
-	req := access.Request{Actor: st.actor, Action: st.action + op, Verb: policy.Read, Names: []string{name}, Field: "resource_names"}
-	if bundle {
-		req = access.Request{Actor: st.actor, Action: st.action + op, Anyone: true, Target: name}
+// decide asks the guard for read on a secret (anyone authenticated may
+// have a trust bundle: it holds only public keys), auditing the decision.
+// denied reports a refusal the stream survives (ADS, Delta); an error ends
+// the stream: a refusal on a stream of its own, or a failure to decide or
+// record, which must never pass for a denial (Delta would remove the name).
+func (st *stream) decide(r *resource, op string) (denied bool, err error) {
+	req := access.Request{Actor: st.actor, Action: st.action + op, Verb: policy.Read, Names: []string{r.name}, Field: "resource_names"}
+	if r.bundle {
+		req = access.Request{Actor: st.actor, Action: st.action + op, Anyone: true, Target: r.name}
 	}
 	call, err := st.srv.cfg.Guard.Authorize(st.ctx, req)
-	if err != nil {
-		return denialStatus(st.ctx, err)
+	if err == nil {
+		if r.have != nil {
+			call.NoteRef(r.have.ref)
+		}
+		err = call.Finish(st.ctx, audit.OK)
 	}
-	call.NoteRef(ref)
-	if err := call.Finish(st.ctx, audit.OK); err != nil {
-		return denialStatus(st.ctx, err)
+	if err == nil {
+		return false, nil
+	}
+	serr := denialStatus(st.ctx, err)
+	switch code := status.Code(serr); {
+	case (code == codes.PermissionDenied || code == codes.InvalidArgument) && (st.ads || st.delta):
+		return true, nil
+	default:
+		return false, serr
+	}
+}
+
+// decideAgain decides every name again after a policy change: a new grant
+// starts serving, a withdrawn one stops (Delta: removed; a stream of its
+// own ends).
+func (st *stream) decideAgain() error {
+	for _, r := range st.res {
+		wasDenied := r.denied
+		denied, err := st.decide(r, subscribeOp)
+		switch {
+		case err != nil:
+			return err
+		case denied && !wasDenied:
+			st.withdraw(r)
+		case !denied && wasDenied:
+			r.denied = false
+			if r.bundle {
+				st.loadBundle(r)
+			} else {
+				st.sub.Add(r.name)
+			}
+		}
 	}
 	return nil
 }
 
-// takeUpdates applies the hub's pending values.
-func (st *stream) takeUpdates() {
+// withdraw stops serving r: its grant is gone.
+func (st *stream) withdraw(r *resource) {
+	if st.delta && (r.sent != "" || r.initial != "") {
+		st.removed = append(st.removed, r.name)
+	}
+	if r.held {
+		r.held = false
+		st.srv.unhold(r.name, st)
+	}
+	r.denied, r.have, r.sent, r.initial = true, nil, "", ""
+	if !r.bundle {
+		st.sub.Remove(r.name)
+	}
+}
+
+// takeUpdates applies the hub's values.
+func (st *stream) takeUpdates(us []watch.Update) {
 	now := st.srv.cfg.Now()
-	for _, u := range st.sub.Take() {
+	for _, u := range us {
 		r := st.res[u.Name]
 		if r == nil || r.denied || r.bundle {
 			continue
@@ -268,7 +371,8 @@ func (st *stream) takeUpdates() {
 			continue
 		}
 		if err != nil {
-			continue // the value stays as it was; the next poll tries again
+			st.deferUpdate(u) // the value stays as it was; tried again shortly
+			continue
 		}
 		b, err := st.srv.built.secret(st.ctx, u.Name, u.Ref, kind, u.Result.Fingerprint, u.Result.Data, now)
 		if err != nil {
@@ -276,60 +380,40 @@ func (st *stream) takeUpdates() {
 		}
 		if r.held {
 			r.held = false
-			st.held--
 			st.srv.unhold(r.name, st)
 		}
 		r.have, r.fp = b, u.Result.Fingerprint
 	}
 }
 
-// gone: the secret is deleted or not registered yet. A Delta stream is
-// told it was removed, if it had it; the name is held until it exists.
+// deferUpdate keeps u to apply again in a second.
+func (st *stream) deferUpdate(u watch.Update) {
+	st.deferred[u.Name] = u
+	if !st.retrying {
+		st.retrying = true
+		time.AfterFunc(time.Second, st.poke)
+	}
+}
+
+// gone: the secret is deleted or not registered (yet). A Delta stream is
+// told it was removed if it had it (or said it had, reconnecting); the
+// name is held until it exists.
 func (st *stream) gone(r *resource) {
-	if st.delta && r.sent != "" {
+	if st.delta && (r.sent != "" || r.initial != "") {
 		st.removed = append(st.removed, r.name)
 	}
-	r.have, r.fp, r.sent = nil, "", ""
+	r.have, r.fp, r.sent, r.initial = nil, "", "", ""
 	if !r.held {
 		r.held = true
-		st.held++
 		st.srv.hold(r.name, st)
 	}
 }
 
-// retryHeld looks up held names again.
-func (st *stream) retryHeld() {
-	var names []string
-	for n, r := range st.res {
-		if r.held && !r.bundle {
-			names = append(names, n)
-		}
-	}
-	st.sub.Add(names...)
-}
-
 func (st *stream) loadBundle(r *resource) {
-	pem, _ := st.srv.bundles.get(r.name)
-	if pem == nil {
-		if !r.held {
-			r.held = true
-		}
-		return
+	if b := st.srv.bundles.built(r.name, st.form); b != nil {
+		r.have = b
 	}
-	r.held = false
-	td, err := spiffeid.TrustDomainFromString(r.name)
-	if err != nil {
-		return
-	}
-	sec, err := bundleResource(r.name, td.Name(), pem, st.form)
-	if err != nil {
-		return
-	}
-	a, err := pack(sec)
-	if err != nil {
-		return
-	}
-	r.have = &built{name: r.name, version: versionOf([]byte("bundle"), []byte{byte(st.form)}, pem), any: a}
+	// else: not a trust domain served here (yet): held, as any unknown name
 }
 
 func (st *stream) refreshBundles() {
@@ -353,50 +437,34 @@ func (st *stream) due() ([]*resource, error) {
 		if r.initial != "" {
 			if r.initial == v { // the Envoy has it from an earlier stream
 				r.sent = v
+				st.srv.cfg.Consumers.SeenNode(st.actorStr, st.node, r.name, consumers.SDS, v)
+				st.srv.cfg.Consumers.AckedNode(st.actorStr, st.node, r.name, consumers.SDS, v, "")
 			}
 			r.initial = ""
 		}
 		if v == r.sent || v == r.nacked {
 			continue
 		}
-		if err := st.authorize(r.name, r.bundle, pushOp, r.have.ref); err != nil {
-			if !st.ads && !st.delta {
-				return nil, err
-			}
-			r.denied, r.have = true, nil
-			if !r.bundle {
-				st.sub.Remove(r.name)
-			}
-			if st.delta && r.sent != "" {
-				st.removed = append(st.removed, r.name)
-			}
+		denied, err := st.decide(r, pushOp)
+		if err != nil {
+			return nil, err
+		}
+		if denied {
+			st.withdraw(r)
 			continue
 		}
 		out = append(out, r)
 	}
-	slices.SortFunc(out, func(a, b *resource) int { return cmpString(a.name, b.name) })
 	return out, nil
 }
 
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 // nextNonce numbers a response and remembers what it carried.
-func (st *stream) nextNonce(rs []*resource) string {
+func (st *stream) nextNonce(r *resource) string {
 	st.seq++
 	nonce := strconv.FormatUint(st.seq, 10)
-	carried := make([]sent, len(rs))
-	for i, r := range rs {
-		carried[i] = sent{r.name, r.have.version}
+	if r != nil {
+		st.outstanding[nonce] = sent{r.name, r.have}
 	}
-	st.outstanding[nonce] = carried
 	st.nonces = append(st.nonces, nonce)
 	if len(st.nonces) > maxOutstanding {
 		delete(st.outstanding, st.nonces[0])
@@ -407,55 +475,45 @@ func (st *stream) nextNonce(rs []*resource) string {
 }
 
 // delivered records what a response carried, once it is sent.
-func (st *stream) delivered(rs []*resource) {
-	for _, r := range rs {
-		r.sent = r.have.version
-		if !r.bundle {
-			st.sub.Sent(r.name, r.fp)
-		}
-		st.srv.cfg.Consumers.SeenNode(st.actorStr, st.node, r.name, consumers.SDS, r.sent)
+func (st *stream) delivered(r *resource) {
+	r.sent = r.have.version
+	if !r.bundle {
+		st.sub.Sent(r.name, r.fp)
 	}
+	st.srv.cfg.Consumers.SeenNode(st.actorStr, st.node, r.name, consumers.SDS, r.sent)
 }
 
 // acknowledge applies an ACK (detail nil) or NACK of the response nonce
-// carried; an unknown nonce (stale, or garbage) is ignored.
+// carried; an unknown nonce (garbage, or beyond the ones remembered)
+// reports false.
 func (st *stream) acknowledge(nonce string, detail *rpcstatus.Status) bool {
-	carried, ok := st.outstanding[nonce]
+	c, ok := st.outstanding[nonce]
 	if !ok {
 		return false
 	}
-	for _, c := range carried {
-		r := st.res[c.name]
-		if r == nil {
-			continue
-		}
-		if detail == nil {
-			st.srv.cfg.Consumers.AckedNode(st.actorStr, st.node, c.name, consumers.SDS, c.version, "")
-			continue
-		}
-		// The Envoy rejected it: not sent again until the content changes.
-		r.nacked = c.version
-		var quoted [][]byte
-		if r.have != nil {
-			quoted = r.have.quoted
-		}
-		text := consumers.AckText(detail.GetMessage(), quoted...)
-		if text == "" {
-			text = "rejected (no error detail)"
-		}
-		st.srv.cfg.Consumers.AckedNode(st.actorStr, st.node, c.name, consumers.SDS, c.version, text)
-		st.srv.log.WarnContext(st.ctx, "Envoy rejected an SDS resource; it keeps its previous one, and this version is not sent again", "secret_name", c.name, "version", c.version,
-			"spiffe_id", st.actorStr, "node_id", access.Mask(st.node), "error_detail", text)
+	r := st.res[c.name]
+	if r == nil || c.b == nil {
+		return true
 	}
+	if detail == nil {
+		st.srv.cfg.Consumers.AckedNode(st.actorStr, st.node, c.name, consumers.SDS, c.b.version, "")
+		return true
+	}
+	// The Envoy rejected it: not sent again until the content changes. Its
+	// text may quote what it was sent, or what it had before.
+	r.nacked = c.b.version
+	quoted := c.b.quoted
+	if r.have != nil && r.have != c.b {
+		quoted = append(append([][]byte{}, quoted...), r.have.quoted...)
+	}
+	text := consumers.AckText(detail.GetMessage(), quoted...)
+	if text == "" {
+		text = "rejected (no error detail)"
+	}
+	st.srv.cfg.Consumers.AckedNode(st.actorStr, st.node, c.name, consumers.SDS, c.b.version, text)
+	st.srv.log.WarnContext(st.ctx, "Envoy rejected an SDS resource; it keeps its previous one, and this version is not sent again", "secret_name", c.name, "version", c.b.version,
+		"spiffe_id", st.actorStr, "node_id", access.Mask(st.node), "error_detail", text)
 	return true
-}
-
-func anys(rs []*resource) []*anypb.Any {
-	out := make([]*anypb.Any, len(rs))
-	for i, r := range rs {
-		out[i] = r.have.any
-	}
-	return out
 }
 
 // serveSotW runs a state-of-the-world stream.
@@ -478,57 +536,62 @@ func (s *Server) serveSotW(ss interface {
 		if err := st.noteNode(req.GetNode()); err != nil {
 			return err
 		}
-		if nonce := req.GetResponseNonce(); nonce != "" {
-			if !st.acknowledge(nonce, req.GetErrorDetail()) || nonce != st.lastNonce {
-				return nil // stale: what it asks was superseded by a later response
-			}
+		if nonce := req.GetResponseNonce(); nonce != "" && !st.acknowledge(nonce, req.GetErrorDetail()) && nonce != st.lastNonce {
+			// A nonce this stream never sent (garbage, or a stream of
+			// before): nothing in it is believed.
+			return nil
 		}
+		// Every request's names are the Envoy's wish at the time it sent
+		// it, later than any request before: they are applied even when
+		// its nonce is stale (it never causes a resend of its own).
 		names := req.GetResourceNames()
+		if len(names) > s.cfg.MaxNames {
+			return st.checkRoom(len(names))
+		}
+		want := make(map[string]bool, len(names))
+		for _, n := range names {
+			want[n] = true
+		}
 		if first {
 			first = false
 			if len(names) == 0 && !ads {
 				return status.Error(codes.InvalidArgument, "resource_names: name the secret to fetch")
 			}
-			if v := req.GetVersionInfo(); v != "" && req.GetResponseNonce() == "" {
-				defer func() {
-					for _, r := range st.res {
-						r.initial = v
-					}
-				}()
-			}
 		}
 		var drop []string
 		for n := range st.res {
-			if !slices.Contains(names, n) {
+			if !want[n] {
 				drop = append(drop, n)
 			}
 		}
 		st.unsubscribe(drop)
-		return st.subscribe(names)
+		if err := st.subscribe(names); err != nil {
+			return err
+		}
+		// Reconnecting, the Envoy says which version it holds (of the one
+		// resource its last accepted response carried: versions name
+		// their resource, so it matches that one only).
+		if v := req.GetVersionInfo(); v != "" && req.GetResponseNonce() == "" {
+			for _, r := range st.res {
+				if r.sent == "" && !r.denied {
+					r.initial = v
+				}
+			}
+		}
+		return nil
 	}
 	flush := func() error {
 		rs, err := st.due()
-		if err != nil || len(rs) == 0 {
+		if err != nil {
 			return err
 		}
-		version := rs[0].have.version
-		if len(rs) > 1 || len(st.res) > 1 {
-			names := make([]string, 0, len(st.res))
-			versions := map[string]string{}
-			for n, r := range st.res {
-				if r.have != nil {
-					names = append(names, n)
-					versions[n] = r.have.version
-				}
+		for _, r := range rs {
+			resp := &discoveryv3.DiscoveryResponse{VersionInfo: r.have.version, Resources: []*anypb.Any{r.have.any}, TypeUrl: SecretType, Nonce: st.nextNonce(r)}
+			if err := ss.Send(resp); err != nil {
+				return err
 			}
-			slices.Sort(names)
-			version = stateVersion(names, versions)
+			st.delivered(r)
 		}
-		resp := &discoveryv3.DiscoveryResponse{VersionInfo: version, Resources: anys(rs), TypeUrl: SecretType, Nonce: st.nextNonce(rs)}
-		if err := ss.Send(resp); err != nil {
-			return err
-		}
-		st.delivered(rs)
 		return nil
 	}
 	return st.loop(func() (any, error) { return ss.Recv() }, handle, flush)
@@ -560,13 +623,15 @@ func (s *Server) serveDelta(ds interface {
 		st.unsubscribe(req.GetResourceNamesUnsubscribe())
 		names := req.GetResourceNamesSubscribe()
 		initial := req.GetInitialResourceVersions()
-		if first {
-			first = false
-			for n := range initial {
-				if !slices.Contains(names, n) {
-					names = append(names, n)
-				}
-			}
+		if !first {
+			initial = nil // only the first request of a stream says what the Envoy holds
+		}
+		first = false
+		if len(names)+len(initial) > s.cfg.MaxNames {
+			return st.checkRoom(len(names) + len(initial))
+		}
+		for n := range initial {
+			names = append(names, n)
 		}
 		for _, n := range names {
 			if n == "" {
@@ -588,19 +653,23 @@ func (s *Server) serveDelta(ds interface {
 		if err != nil {
 			return err
 		}
-		if len(rs) == 0 && len(st.removed) == 0 {
-			return nil
+		if len(rs) == 0 && len(st.removed) > 0 {
+			rs = append(rs, nil) // a response for the removals alone
 		}
-		resp := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: SecretType, RemovedResources: st.removed}
 		for _, r := range rs {
-			resp.Resources = append(resp.Resources, &discoveryv3.Resource{Name: r.name, Version: r.have.version, Resource: r.have.any})
+			resp := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: SecretType, RemovedResources: st.removed}
+			st.removed = nil
+			if r != nil {
+				resp.Resources = []*discoveryv3.Resource{{Name: r.name, Version: r.have.version, Resource: r.have.any}}
+			}
+			resp.Nonce = st.nextNonce(r)
+			if err := ds.Send(resp); err != nil {
+				return err
+			}
+			if r != nil {
+				st.delivered(r)
+			}
 		}
-		resp.Nonce = st.nextNonce(rs)
-		st.removed = nil
-		if err := ds.Send(resp); err != nil {
-			return err
-		}
-		st.delivered(rs)
 		return nil
 	}
 	return st.loop(func() (any, error) { return ds.Recv() }, handle, flush)

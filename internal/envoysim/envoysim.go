@@ -89,18 +89,20 @@ type Client struct {
 	conn grpc.ClientConnInterface
 	opts Options
 
-	mu       sync.Mutex
-	names    []string
-	secrets  map[string]Applied
-	events   chan Event
-	streams  map[string]context.CancelFunc // SotW: one per name; others: "" for the one stream
-	send     chan []string                 // ADS/Delta: names to (un)subscribe, handed to the stream
-	errs     map[string]error
-	wg       sync.WaitGroup
-	closed   bool
-	acks     int
-	nacks    int
-	received int
+	mu      sync.Mutex
+	names   []string
+	secrets map[string]Applied
+	events  chan Event
+	streams map[string]context.CancelFunc // SotW: one per name; others: "" for the one stream
+	send    chan []string                 // ADS/Delta: names to (un)subscribe, handed to the stream
+	errs    map[string]error
+	wg      sync.WaitGroup
+	closed  bool
+	// adsAccepted is the version_info of the last ADS response accepted.
+	adsAccepted string
+	acks        int
+	nacks       int
+	received    int
 }
 
 // New returns a client over conn.
@@ -381,12 +383,14 @@ func (c *Client) runSotW(ctx context.Context, fixed []string, updates <-chan []s
 		return err
 	}
 	names := fixed
-	var accepted string // version_info last accepted
+	// version_info last accepted: on a new stream Envoy sends it with its
+	// first request (and no nonce).
+	c.mu.Lock()
+	accepted := c.adsAccepted
 	if !ads {
-		c.mu.Lock()
 		accepted = c.secrets[fixed[0]].Version
-		c.mu.Unlock()
 	}
+	c.mu.Unlock()
 	var sendMu sync.Mutex
 	lastNonce := ""
 	request := func(names []string, version, nonce string, detail *rpcstatus.Status, first bool) error {
@@ -465,6 +469,9 @@ func (c *Client) runSotW(ctx context.Context, fixed []string, updates <-chan []s
 			c.acks++
 			for _, s := range got {
 				c.secrets[s.GetName()] = Applied{Name: s.GetName(), Version: resp.GetVersionInfo(), Secret: s, At: time.Now()}
+			}
+			if ads {
+				c.adsAccepted = resp.GetVersionInfo()
 			}
 		} else {
 			c.nacks++
