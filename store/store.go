@@ -99,6 +99,7 @@ type Store interface {
 	PolicyStore
 	AuditStore
 	ConsumerStore
+	RotationStore
 
 	// Ping checks that the store is reachable.
 	Ping(ctx context.Context) error
@@ -201,3 +202,47 @@ type ConsumerStore interface {
 	// ListConsumers returns a secret's consumers by identity and channel.
 	ListConsumers(ctx context.Context, secret string) ([]Consumer, error)
 }
+
+// Rotation is one rotation of a secret: a durable state machine (see
+// controlplane/rotation). It holds versions and fingerprints, never a value.
+type Rotation struct {
+	ID        string // assigned by the caller (the rotation's idempotency key)
+	Secret    string
+	Ref       string // the secret's canonical ref when the rotation started
+	Method    string // the rotator, e.g. "random"
+	State     string // pending, propagating, verifying, completed, failed, rolled_back
+	Actor     string // who started it: a SPIFFE ID, or "system"
+	Emergency bool
+	// FromVersion is the backend version served when it started; ToVersion
+	// the one it created ("" until created).
+	FromVersion string
+	ToVersion   string
+	// Detail says why it failed, or who it waits for (names and versions only).
+	Detail   string
+	Deadline time.Time // when verifying gives up
+
+	CreateTime time.Time
+	UpdateTime time.Time
+}
+
+// RotationQuery selects rotations, newest first.
+type RotationQuery struct {
+	Secret     string // exact match when set
+	ActiveOnly bool   // only those not completed, failed or rolled back
+	Limit      int    // must be > 0
+}
+
+// RotationStore persists rotations. At most one active rotation exists per
+// secret: CreateRotation returns ErrAlreadyExists when there is one.
+// UpdateRotation replaces a rotation's mutable fields if its stored state
+// is still fromState (ErrConflict otherwise), so two writers never both
+// advance it.
+type RotationStore interface {
+	CreateRotation(ctx context.Context, r Rotation) (Rotation, error)
+	UpdateRotation(ctx context.Context, r Rotation, fromState string) (Rotation, error)
+	GetRotation(ctx context.Context, id string) (Rotation, error)
+	ListRotations(ctx context.Context, q RotationQuery) ([]Rotation, error)
+}
+
+// Rotation states that are final.
+var FinalRotationStates = []string{"completed", "failed", "rolled_back"}

@@ -206,3 +206,58 @@ func testConsumers(t *testing.T, s store.Store) {
 		t.Fatalf("bulk: %d %v", len(got), err)
 	}
 }
+
+func testRotations(t *testing.T, s store.Store) {
+	c := ctx(t)
+	r := store.Rotation{ID: "rot-1", Secret: "payments/db", Ref: "local://payments/db#v", Method: "random", State: "pending",
+		Actor: "spiffe://example.org/ops/admin", FromVersion: "3", Deadline: time.Unix(1_800_000_100, 0).UTC()}
+	created, err := s.CreateRotation(c, r)
+	if err != nil || created.CreateTime.IsZero() {
+		t.Fatalf("create: %+v %v", created, err)
+	}
+	// One active rotation per secret; other secrets are free.
+	if _, err := s.CreateRotation(c, store.Rotation{ID: "rot-2", Secret: "payments/db", State: "pending"}); !errors.Is(err, store.ErrAlreadyExists) {
+		t.Fatalf("second active rotation: %v", err)
+	}
+	if _, err := s.CreateRotation(c, store.Rotation{ID: "rot-3", Secret: "billing/db", State: "pending"}); err != nil {
+		t.Fatal(err)
+	}
+	// Advancing needs the state it was in.
+	next := created
+	next.State, next.ToVersion, next.Detail = "propagating", "4", "pushing"
+	got, err := s.UpdateRotation(c, next, "pending")
+	if err != nil || got.State != "propagating" || got.ToVersion != "4" || got.Detail != "pushing" || got.FromVersion != "3" || !got.Deadline.Equal(r.Deadline) || got.Emergency {
+		t.Fatalf("update: %+v %v", got, err)
+	}
+	if _, err := s.UpdateRotation(c, next, "pending"); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("stale update: %v", err)
+	}
+	if _, err := s.UpdateRotation(c, store.Rotation{ID: "nope", State: "failed"}, "pending"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("update of a missing rotation: %v", err)
+	}
+	active, err := s.ListRotations(c, store.RotationQuery{Secret: "payments/db", ActiveOnly: true, Limit: 10})
+	if err != nil || len(active) != 1 || active[0].ID != "rot-1" {
+		t.Fatalf("active: %+v %v", active, err)
+	}
+	// Once final, a new rotation of the secret may start.
+	next.State = "completed"
+	if _, err := s.UpdateRotation(c, next, "propagating"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateRotation(c, store.Rotation{ID: "rot-4", Secret: "payments/db", State: "pending"}); err != nil {
+		t.Fatalf("new rotation after completion: %v", err)
+	}
+	all, err := s.ListRotations(c, store.RotationQuery{Secret: "payments/db", Limit: 10})
+	if err != nil || len(all) != 2 {
+		t.Fatalf("all: %+v %v", all, err)
+	}
+	if active, _ := s.ListRotations(c, store.RotationQuery{ActiveOnly: true, Limit: 10}); len(active) != 2 {
+		t.Fatalf("active across secrets: %+v", active)
+	}
+	if _, err := s.GetRotation(c, "missing"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("get missing: %v", err)
+	}
+	if _, err := s.ListRotations(c, store.RotationQuery{}); err == nil {
+		t.Fatal("list without a limit accepted")
+	}
+}

@@ -38,6 +38,7 @@ func Run(t *testing.T, open Opener) {
 		{"AuditAppendQuery", testAuditAppendQuery},
 		{"AuditConcurrentAppends", testAuditConcurrentAppends},
 		{"Consumers", testConsumers},
+		{"Rotations", testRotations},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
