@@ -97,5 +97,11 @@ func buildSecret(name, ref string, kind material.Kind, fp string, data []byte, m
 	if err != nil {
 		return nil, err
 	}
-	return &built{name: name, version: versionOf([]byte("secret"), []byte(name), []byte(kind), []byte(fp)), any: a, ref: ref, quoted: quotable(data, m)}, nil
+	return &built{name: name, version: ResourceVersion(name, kind, fp), any: a, ref: ref, quoted: quotable(data, m)}, nil
+}
+
+// ResourceVersion is the version SDS gives the secret name of kind whose
+// value has fingerprint fp: what an Envoy ACKs, for rollout verification.
+func ResourceVersion(name string, kind material.Kind, fp string) string {
+	return versionOf([]byte("secret"), []byte(name), []byte(kind), []byte(fp))
 }

@@ -114,3 +114,15 @@ func (r *Registry) Describe(ctx context.Context, ref secretref.Ref) (Metadata, e
 	}
 	return b.Describe(ctx, ref)
 }
+
+// Write writes data as a new version at ref through its backend.
+func (r *Registry) Write(ctx context.Context, ref secretref.Ref, data []byte) (string, error) {
+	b, err := r.For(ref)
+	if err != nil {
+		return "", err
+	}
+	if err := CheckWrite(ref); err != nil {
+		return "", err
+	}
+	return b.Write(ctx, ref, data)
+}

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
+	"sync/atomic"
 
 	"github.com/secretplane/secretplane/controlplane/events"
 	"github.com/secretplane/secretplane/controlplane/paging"
@@ -36,6 +38,10 @@ type Catalog struct {
 	access *accessCheck // nil: refs are checked for syntax only
 	refs   *refCache
 	events *events.Bus // secrets put, rebound, deleted; nil drops them
+	// pins maps a secret to the backend version it is served at while a
+	// rotation holds it (copy on write: the resolve path reads it unlocked).
+	pins   atomic.Pointer[map[string]string]
+	pinsMu sync.Mutex
 }
 
 // WithEvents makes the catalog publish events.SecretPut, SecretRebound and

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/secretplane/secretplane/controlplane/events"
 	"github.com/secretplane/secretplane/controlplane/material"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 )
@@ -120,7 +121,55 @@ func (c *Catalog) LookupRef(ctx context.Context, name string) (secretref.Ref, er
 // audit records), without building it on every call.
 func (c *Catalog) LookupBinding(ctx context.Context, name string) (secretref.Ref, string, error) {
 	e, err := c.lookup(ctx, name)
+	if err == nil {
+		if pins := c.pins.Load(); pins != nil {
+			if v, ok := (*pins)[name]; ok {
+				ref := e.ref
+				ref.Version = v
+				return ref, ref.String(), nil
+			}
+		}
+	}
 	return e.ref, e.canonical, err
+}
+
+// Pin serves the named secret at backend version (a rotation's pending
+// step: the new version exists but is not served yet), or at its ref's
+// own version again when version is "". Watchers are told at once, as for
+// a rebind.
+func (c *Catalog) Pin(ctx context.Context, name, version string) {
+	c.pinsMu.Lock()
+	next := map[string]string{}
+	var before string
+	if cur := c.pins.Load(); cur != nil {
+		for k, v := range *cur {
+			next[k] = v
+		}
+		before = (*cur)[name]
+	}
+	if version == "" {
+		delete(next, name)
+	} else {
+		next[name] = version
+	}
+	c.pins.Store(&next)
+	c.pinsMu.Unlock()
+	if before == version {
+		return
+	}
+	if e, err := c.lookup(ctx, name); err == nil {
+		old, nu := e.ref, e.ref
+		old.Version, nu.Version = before, version
+		c.events.Publish(events.SecretRebound{Name: name, OldRef: old.String(), NewRef: nu.String()})
+	}
+}
+
+// Pinned returns the version name is pinned at ("" when none).
+func (c *Catalog) Pinned(name string) string {
+	if pins := c.pins.Load(); pins != nil {
+		return (*pins)[name]
+	}
+	return ""
 }
 
 // LookupKind returns what the named secret's value is, cached as

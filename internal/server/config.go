@@ -42,6 +42,7 @@ type Config struct {
 	WatchRetry time.Duration  `koanf:"watch_retry"`
 	Shutdown   ShutdownConfig `koanf:"shutdown"`
 	SDS        SDSConfig      `koanf:"sds"`
+	Rotation   RotationConfig `koanf:"rotation"`
 	// MaxStreamsPerConn bounds one connection's concurrent calls and
 	// streams (HTTP/2 MAX_CONCURRENT_STREAMS): an Envoy holds one SDS
 	// stream per secret without ADS.
@@ -53,6 +54,17 @@ type Config struct {
 	Listener net.Listener `koanf:"-"`
 	// Logger, when set, is used instead of one built from Log.
 	Logger *slog.Logger `koanf:"-"`
+}
+
+// RotationConfig tunes rotations.
+type RotationConfig struct {
+	// Deadline bounds the wait for every consumer's acknowledgement.
+	Deadline time.Duration `koanf:"deadline"`
+	// Horizon: consumers not seen for longer are not waited for.
+	Horizon time.Duration `koanf:"horizon"`
+	// AutoRollback pins a failed rotation's secret back at its previous
+	// version and pushes it to every consumer.
+	AutoRollback bool `koanf:"auto_rollback"`
 }
 
 // SDSConfig tunes Envoy SDS, served on the API listener and, when Listen
@@ -183,6 +195,7 @@ func Defaults() Config {
 		Cache:         CacheConfig{TTL: 5 * time.Minute, MaxStale: time.Hour, MaxEntries: 100_000, MaxBytes: 256 << 20},
 		Shutdown:      ShutdownConfig{Timeout: 10 * time.Second},
 		SDS:           SDSConfig{MaxNames: 1000, BundleRefresh: 5 * time.Second, HoldRetry: 10 * time.Second},
+		Rotation:      RotationConfig{Deadline: 2 * time.Minute, Horizon: 24 * time.Hour},
 
 		MaxStreamsPerConn: 1000,
 	}

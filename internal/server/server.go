@@ -46,6 +46,7 @@ import (
 	"github.com/secretplane/secretplane/controlplane/logging"
 	"github.com/secretplane/secretplane/controlplane/policy"
 	"github.com/secretplane/secretplane/controlplane/resolve"
+	"github.com/secretplane/secretplane/controlplane/rotation"
 	"github.com/secretplane/secretplane/controlplane/watch"
 	"github.com/secretplane/secretplane/identity"
 	"github.com/secretplane/secretplane/sds"
@@ -73,21 +74,22 @@ type Server struct {
 	admins   []spiffeid.ID
 	dev      *identity.DevIdentities
 
-	store    store.Store
-	source   identity.Source
-	bus      *events.Bus
-	engine   *policy.Engine
-	audit    *audit.Log
-	backends []backend.Backend
-	hub      *watch.Hub
-	sds      *sds.Server
-	sdsLis   net.Listener // SDS's own listener, when configured
-	sdsGRPC  *grpc.Server
-	deps     *consumers.Registry
-	grpc     *grpc.Server
-	health   *health.Server
-	drain    chan struct{} // closed when Watch streams must end
-	lis      net.Listener
+	store     store.Store
+	source    identity.Source
+	bus       *events.Bus
+	engine    *policy.Engine
+	audit     *audit.Log
+	backends  []backend.Backend
+	hub       *watch.Hub
+	sds       *sds.Server
+	rotations *rotation.Manager
+	sdsLis    net.Listener // SDS's own listener, when configured
+	sdsGRPC   *grpc.Server
+	deps      *consumers.Registry
+	grpc      *grpc.Server
+	health    *health.Server
+	drain     chan struct{} // closed when Watch streams must end
+	lis       net.Listener
 
 	closers []func() // undone by close, last first
 }
@@ -148,6 +150,19 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.hub = watch.NewHub(cat, resolver, watch.Options{Log: s.log, RetryInterval: cfg.WatchRetry, Events: s.bus})
 	s.deps = consumers.New(s.store, consumers.Options{Log: s.log})
 	s.health = health.NewServer()
+	expected := func(ctx context.Context, channel, name string, res resolve.Result) (string, error) {
+		if channel != consumers.SDS {
+			return res.Version, nil
+		}
+		kind, err := cat.LookupKind(ctx, name)
+		if err != nil {
+			return "", err
+		}
+		return sds.ResourceVersion(name, kind, res.Fingerprint), nil
+	}
+	s.rotations = rotation.New(s.store, cat, registry, resolver, s.deps, s.audit, expected, rotation.Options{
+		Deadline: cfg.Rotation.Deadline, Horizon: cfg.Rotation.Horizon, AutoRollback: cfg.Rotation.AutoRollback, Log: s.log,
+	})
 	s.sds = sds.New(sds.Config{
 		Guard: access.NewGuard(s.engine, s.audit), Catalog: cat, Resolver: resolver, Hub: s.hub, Consumers: s.deps,
 		Events: s.bus, Audit: s.audit, Bundles: s.source, TrustDomains: st.accept,
@@ -257,6 +272,7 @@ func (s *Server) tasks() []func(context.Context) {
 		s.hub.Run,
 		s.deps.Run,
 		s.sds.Run,
+		s.rotations.Run,
 	}
 	for _, b := range s.backends {
 		if r, ok := b.(interface{ Run(context.Context) }); ok {
@@ -299,6 +315,9 @@ func (s *Server) Store() store.Store { return s.store }
 // Audit is the server's audit log; reads through it see every event
 // recorded before them.
 func (s *Server) Audit() *audit.Log { return s.audit }
+
+// Rotations is the server's rotation manager.
+func (s *Server) Rotations() *rotation.Manager { return s.rotations }
 
 // Policy is the server's policy engine.
 func (s *Server) Policy() *policy.Engine { return s.engine }
@@ -410,6 +429,9 @@ func (s *Server) prepare(ctx context.Context) (setup, error) {
 	}
 	if cfg.PolicyRefresh < time.Second || cfg.WatchRetry <= 0 {
 		problem("policy_refresh must be at least 1s and watch_retry positive")
+	}
+	if cfg.Rotation.Deadline <= 0 || cfg.Rotation.Horizon <= 0 {
+		problem("rotation: deadline and horizon must be positive")
 	}
 	if cfg.SDS.MaxNames <= 0 || cfg.SDS.BundleRefresh <= 0 || cfg.SDS.HoldRetry <= 0 || cfg.MaxStreamsPerConn <= 0 || cfg.MaxStreamsPerConn > 1<<20 {
 		problem("sds: max_names, bundle_refresh and hold_retry must be positive, and max_streams_per_connection between 1 and 1048576")
