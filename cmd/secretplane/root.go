@@ -62,6 +62,7 @@ func newRootCommand() *cobra.Command {
 		newPolicyCommand(g),
 		newAuditCommand(g),
 		newResolveCommand(g),
+		newRotateCommand(g),
 		newDevCommand(g),
 	)
 	return root

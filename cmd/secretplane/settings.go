@@ -41,7 +41,7 @@ func settings() []setting {
 		{"listen", "listen", "listen address (dev default " + server.DevListen + ")"},
 		{"store", "store", "store: sqlite:PATH or postgres://... (dev default: SQLite in the data directory)"},
 		{"trust_domain", "trust-domain", "trust domain (dev default " + server.DevTrustDomain + ")"},
-		{"admins", "admin", "SPIFFE ID holding admin and bind on everything, whatever the policies say (repeatable)"},
+		{"admins", "admin", "SPIFFE ID holding admin, bind and rotate on everything, whatever the policies say (repeatable)"},
 		{"accept_trust_domains", "accept-trust-domain", "trust domain whose workloads may connect (repeatable; default the server's own)"},
 		{"federated_bundles", "federated-bundle", "TRUST_DOMAIN=bundle.pem of a federated trust domain (repeatable; file identity)"},
 		{"identity.workload_api", "workload-api", "SPIFFE Workload API address of a SPIRE agent (unix:///path/agent.sock): the server's SVID and bundles, rotated live"},

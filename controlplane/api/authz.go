@@ -88,6 +88,13 @@ func rules() map[string]rule {
 		spv1.AuditService_Query_FullMethodName:          {verb: admin, prefix: everything},
 		spv1.AuditService_Verify_FullMethodName:         {verb: admin, prefix: everything},
 
+		spv1.RotationService_StartRotation_FullMethodName: {verb: policy.Rotate, field: "secret", writes: always,
+			names: named(func(r any) string { return r.(*spv1.StartRotationRequest).GetSecret() })},
+		spv1.RotationService_GetRotation_FullMethodName: {verb: policy.Rotate, field: "secret",
+			names: named(func(r any) string { return r.(*spv1.GetRotationRequest).GetSecret() })},
+		spv1.RotationService_ListRotations_FullMethodName: {verb: policy.Rotate, field: "secret",
+			names: named(func(r any) string { return r.(*spv1.ListRotationsRequest).GetSecret() })},
+
 		spv1.SecretsService_Resolve_FullMethodName: {verb: policy.Read, field: "names", maxNames: MaxResolveNames,
 			names: func(r any) []string { return r.(*spv1.ResolveRequest).GetNames() }},
 		// Watch names its secrets in stream messages: the handler checks

@@ -34,7 +34,22 @@ func allRPCs() []rpc {
 	adm := func(c *grpc.ClientConn) spv1.AdminServiceClient { return spv1.NewAdminServiceClient(c) }
 	pol := func(c *grpc.ClientConn) spv1.PolicyServiceClient { return spv1.NewPolicyServiceClient(c) }
 	aud := func(c *grpc.ClientConn) spv1.AuditServiceClient { return spv1.NewAuditServiceClient(c) }
+	rot := func(c *grpc.ClientConn) spv1.RotationServiceClient { return spv1.NewRotationServiceClient(c) }
 	return []rpc{
+		// An unknown method is refused after the decision: the matrix
+		// starts no rotation.
+		{"RotationService.StartRotation", policy.Rotate, "name", func(ctx context.Context, c *grpc.ClientConn, n string) error {
+			_, err := rot(c).StartRotation(ctx, &spv1.StartRotationRequest{Secret: n, Method: "no-such-method"})
+			return err
+		}, codes.InvalidArgument},
+		{"RotationService.GetRotation", policy.Rotate, "name", func(ctx context.Context, c *grpc.ClientConn, n string) error {
+			_, err := rot(c).GetRotation(ctx, &spv1.GetRotationRequest{Secret: n})
+			return err
+		}, codes.NotFound},
+		{"RotationService.ListRotations", policy.Rotate, "name", func(ctx context.Context, c *grpc.ClientConn, n string) error {
+			_, err := rot(c).ListRotations(ctx, &spv1.ListRotationsRequest{Secret: n})
+			return err
+		}, codes.OK},
 		{"AdminService.PutSecret", policy.Admin, "name", func(ctx context.Context, c *grpc.ClientConn, n string) error {
 			_, err := adm(c).PutSecret(ctx, &spv1.PutSecretRequest{Secret: &spv1.Secret{Name: n, Ref: "vault://secret/" + n + "#v"}})
 			return err
@@ -153,7 +168,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 		id    string
 		grant func(verb policy.Verb, scope, secret string) bool
 	}{
-		{"root admin", e.admin, e.admin.ID().String(), func(v policy.Verb, scope, s string) bool { return v == policy.Admin || scope == "anyone" }},
+		{"root admin", e.admin, e.admin.ID().String(), func(v policy.Verb, scope, s string) bool {
+			return v == policy.Admin || v == policy.Rotate || scope == "anyone"
+		}},
 		{"payments lead", lead, lead.ID().String(), func(v policy.Verb, scope, s string) bool {
 			return scope == "anyone" || (v == policy.Admin && scope != "all" && strings.HasPrefix(s, "payments/")) || ((v == policy.Read || v == policy.Watch) && strings.HasPrefix(s, "payments/"))
 		}},
@@ -167,7 +184,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	secrets := []string{"payments/db", "payments/api-key", "billing/db"}
 	rpcs := allRPCs()
 	if got, want := len(rpcs), len(spv1.AdminService_ServiceDesc.Methods)+len(spv1.PolicyService_ServiceDesc.Methods)+len(spv1.AuditService_ServiceDesc.Methods)+
-		len(spv1.SecretsService_ServiceDesc.Methods)+len(spv1.SecretsService_ServiceDesc.Streams); got != want {
+		len(spv1.SecretsService_ServiceDesc.Methods)+len(spv1.SecretsService_ServiceDesc.Streams)+len(spv1.RotationService_ServiceDesc.Methods); got != want {
 		t.Fatalf("the matrix covers %d RPCs; the API has %d", got, want)
 	}
 	checked := 0

@@ -41,6 +41,7 @@ type Config struct {
 	Resolver *resolve.Resolver
 	Watch    *watch.Hub          // keeps watched secrets fresh
 	Consumer *consumers.Registry // the dependents list
+	Rotation Rotations           // rotations (nil: RotationService answers Unimplemented)
 	// Health is the health service to register (one is made when nil):
 	// the assembly sets it NOT_SERVING when it starts draining.
 	Health *health.Server
@@ -112,6 +113,7 @@ func NewServer(cfg Config) *grpc.Server {
 		spv1.RegisterAdminServiceServer(srv, NewAdminServer(cfg.Catalog, cfg.Consumer, cfg.Log))
 		spv1.RegisterPolicyServiceServer(srv, NewPolicyServer(cfg.Policies, cfg.Log))
 		spv1.RegisterAuditServiceServer(srv, NewAuditServer(cfg.AuditLog, cfg.Log))
+		spv1.RegisterRotationServiceServer(srv, &RotationServer{rotations: cfg.Rotation, log: cfg.Log})
 		spv1.RegisterSecretsServiceServer(srv, &SecretsServer{catalog: cfg.Catalog, resolver: cfg.Resolver, hub: cfg.Watch, consumers: cfg.Consumer, authz: authz, log: cfg.Log, drain: cfg.Drain})
 	}
 	if cfg.Extra != nil {

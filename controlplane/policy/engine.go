@@ -132,7 +132,7 @@ func (e *Engine) DecideBind(id spiffeid.ID, ref secretref.Ref) Decision {
 // decide returns the bootstrap grant for the configured admins, else the
 // first grant (by name) that allows, else a denial.
 func (e *Engine) decide(id spiffeid.ID, verb Verb, allows func(Grant) bool) Decision {
-	if (verb == Admin || verb == Bind) && e.bootstrap[id] {
+	if (verb == Admin || verb == Bind || verb == Rotate) && e.bootstrap[id] {
 		return Decision{Allowed: true, Grant: BootstrapGrant}
 	}
 	for _, g := range *e.grants.Load() {

@@ -164,8 +164,12 @@ type StartRequest struct {
 	Emergency bool   // do not wait for consumers: push and complete
 }
 
-// ErrRunning wraps the refusal of a second rotation of a secret.
-var ErrRunning = errors.New("a rotation of this secret is already running")
+// Refusals of Start, wrapped with what was refused.
+var (
+	ErrRunning       = errors.New("a rotation of this secret is already running")
+	ErrFixedVersion  = errors.New("the secret is bound to a fixed version; rebind it to the unversioned ref to rotate it")
+	ErrUnknownMethod = errors.New("unknown rotation method")
+)
 
 // Start records a new rotation in pending and has it driven. A secret
 // with a rotation in flight is refused with that rotation's id.
@@ -174,7 +178,7 @@ func (m *Manager) Start(ctx context.Context, req StartRequest) (store.Rotation, 
 		req.Method = "random"
 	}
 	if _, ok := m.opts.Rotators[req.Method]; !ok {
-		return store.Rotation{}, fmt.Errorf("rotation method %q: unknown", req.Method)
+		return store.Rotation{}, fmt.Errorf("method %.64q: %w (known: random)", req.Method, ErrUnknownMethod)
 	}
 	if active, err := m.store.ListRotations(ctx, store.RotationQuery{Secret: req.Secret, ActiveOnly: true, Limit: 1}); err != nil {
 		return store.Rotation{}, fmt.Errorf("rotate %s: %w", req.Secret, err)
@@ -186,7 +190,7 @@ func (m *Manager) Start(ctx context.Context, req StartRequest) (store.Rotation, 
 		return store.Rotation{}, fmt.Errorf("rotate %s: %w", req.Secret, err)
 	}
 	if ref.Version != "" || ref.Stage != "" {
-		return store.Rotation{}, fmt.Errorf("rotate %s: it is bound to a fixed version (%s); rebind it to the unversioned ref to rotate it", req.Secret, canonical)
+		return store.Rotation{}, fmt.Errorf("rotate %s (%s): %w", req.Secret, canonical, ErrFixedVersion)
 	}
 	cur, err := m.read(ctx, ref)
 	if err != nil {
@@ -374,7 +378,7 @@ func (m *Manager) verify(ctx context.Context, r store.Rotation, ref secretref.Re
 	t := time.NewTicker(m.opts.Poll)
 	defer t.Stop()
 	for {
-		lagging, rejected, err := m.laggards(ctx, r, ref)
+		lagging, rejected, counted, err := m.laggards(ctx, r, ref)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return r, err
@@ -383,8 +387,11 @@ func (m *Manager) verify(ctx context.Context, r store.Rotation, ref secretref.Re
 		case len(rejected) > 0:
 			r.State, r.Detail = Failed, "rejected by "+strings.Join(rejected, ", ")
 			return r, nil
+		case len(lagging) == 0 && counted == 0:
+			r.State, r.Detail = Completed, "no consumer seen within the horizon: nothing to wait for"
+			return r, nil
 		case len(lagging) == 0:
-			r.State, r.Detail = Completed, "every consumer acknowledged "+r.ToVersion
+			r.State, r.Detail = Completed, fmt.Sprintf("all %d consumers acknowledged %s", counted, r.ToVersion)
 			return r, nil
 		case !m.opts.Now().Before(r.Deadline):
 			r.State, r.Detail = Failed, "deadline passed; not acknowledged by "+strings.Join(lagging, ", ")
@@ -399,17 +406,17 @@ func (m *Manager) verify(ctx context.Context, r store.Rotation, ref secretref.Re
 }
 
 // laggards names the consumers that lack the new version, and those that
-// rejected it.
-func (m *Manager) laggards(ctx context.Context, r store.Rotation, ref secretref.Ref) (lagging, rejected []string, err error) {
+// rejected it, of the counted ones seen within the horizon.
+func (m *Manager) laggards(ctx context.Context, r store.Rotation, ref secretref.Ref) (lagging, rejected []string, counted int, err error) {
 	cs, err := m.consumers.List(ctx, r.Secret)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	pinned := ref
 	pinned.Version = r.ToVersion
 	res, err := m.resolver.RefreshNow(ctx, pinned)
 	if err != nil {
-		return nil, nil, fmt.Errorf("read the new version: %w", err)
+		return nil, nil, 0, fmt.Errorf("read the new version: %w", err)
 	}
 	clear(res.Data)
 	horizon := m.opts.Now().Add(-m.opts.Horizon)
@@ -421,10 +428,11 @@ func (m *Manager) laggards(ctx context.Context, r store.Rotation, ref secretref.
 		v, ok := want[c.Channel]
 		if !ok {
 			if v, err = m.expected(ctx, c.Channel, r.Secret, res); err != nil {
-				return nil, nil, err
+				return nil, nil, 0, err
 			}
 			want[c.Channel] = v
 		}
+		counted++
 		who := describe(c)
 		switch {
 		case c.Channel == "resolve":
@@ -437,7 +445,7 @@ func (m *Manager) laggards(ctx context.Context, r store.Rotation, ref secretref.
 			lagging = append(lagging, who)
 		}
 	}
-	return lagging, rejected, nil
+	return lagging, rejected, counted, nil
 }
 
 func describe(c store.Consumer) string {

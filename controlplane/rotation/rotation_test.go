@@ -261,7 +261,7 @@ func TestRotationFailsAtTheDeadlineAndRollsBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := wait(t, f.srv.Rotations(), r.ID)
+	done := wait(t, f.srv.Rotations(), r.ID, rotation.RolledBack)
 	if done.State != rotation.RolledBack || !strings.Contains(done.Detail, "spiffe://"+td+"/app/stuck (sds, node stuck-1)") {
 		t.Fatalf("rotation: %+v", done)
 	}

@@ -174,7 +174,8 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Policies: policy.NewManager(s.store, s.engine), Policy: s.engine,
 		Audit: s.audit, AuditLog: s.audit, Resolver: resolver, Watch: s.hub, Consumer: s.deps,
 		Health: s.health, Drain: s.drain,
-		Extra: s.sds.Register, ExtraServices: sds.Services(), MaxStreamsPerConn: uint32(cfg.MaxStreamsPerConn),
+		Rotation: s.rotations,
+		Extra:    s.sds.Register, ExtraServices: sds.Services(), MaxStreamsPerConn: uint32(cfg.MaxStreamsPerConn),
 	}
 	s.grpc = api.NewServer(apiCfg)
 	if cfg.SDS.Listen != "" {
