@@ -310,3 +310,65 @@ func TestRotationResumesAfterRestart(t *testing.T) {
 		t.Fatalf("a second version was written: latest %s %q, rotation to %s", latest.Version, latest.Data, done.ToVersion)
 	}
 }
+
+// Under a steady Resolve and Watch load through the client library, a
+// rotation makes no request fail at any consumer.
+func TestRotationUnderLoadFailsNoRequest(t *testing.T) {
+	f := newFixture(t, nil)
+	f.seed("payments/db", "initial-value")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var applied atomic.Int64
+	readers := make([]*client.Client, 4)
+	for i := range readers {
+		readers[i], _ = f.watcher(ctx, "/app/reader", "payments/db", &applied)
+	}
+	resolvers := make([]spv1.SecretsServiceClient, len(readers))
+	for i := range resolvers {
+		resolvers[i] = spv1.NewSecretsServiceClient(f.dial("/app/reader"))
+	}
+	var ok, failed atomic.Int64
+	var firstErr atomic.Value
+	done := make(chan struct{})
+	for i := range readers {
+		go func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				// Get reads through the library's cache; Resolve goes to
+				// the server every time.
+				var err error
+				if i%2 == 0 {
+					_, err = readers[i].Get(ctx, "payments/db")
+				} else {
+					_, err = resolvers[i].Resolve(ctx, &spv1.ResolveRequest{Names: []string{"payments/db"}})
+				}
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				} else {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	m := f.srv.Rotations()
+	for i := 0; i < 3; i++ {
+		r, err := m.Start(ctx, rotation.StartRequest{Secret: "payments/db"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := wait(t, m, r.ID); got.State != rotation.Completed {
+			t.Fatalf("rotation %d: %+v", i, got)
+		}
+	}
+	close(done)
+	if failed.Load() != 0 || ok.Load() == 0 {
+		t.Fatalf("%d requests failed (first: %v), %d succeeded", failed.Load(), firstErr.Load(), ok.Load())
+	}
+	t.Logf("%d requests during 3 rotations, none failed; %d hook runs", ok.Load(), applied.Load())
+}
