@@ -100,6 +100,7 @@ type Store interface {
 	AuditStore
 	ConsumerStore
 	RotationStore
+	DeliveryStore
 
 	// Ping checks that the store is reachable.
 	Ping(ctx context.Context) error
@@ -246,3 +247,33 @@ type RotationStore interface {
 
 // Rotation states that are final.
 var FinalRotationStates = []string{"completed", "failed", "rolled_back"}
+
+// Delivery is one event queued for one webhook: recorded before it is
+// attempted, so that a restart loses none. Its body is the CloudEvent as
+// sent (names, versions and fingerprints, never a value).
+type Delivery struct {
+	ID          string // the CloudEvent's id and the webhook's name: unique
+	Webhook     string
+	EventType   string
+	Body        []byte
+	State       string // pending, delivered, dead
+	Attempts    int
+	NextAttempt time.Time
+	LastError   string
+	CreateTime  time.Time
+	UpdateTime  time.Time
+}
+
+// DeliveryStore is the webhooks' outbox.
+type DeliveryStore interface {
+	// EnqueueDeliveries records pending deliveries; one already recorded
+	// (same id) is left as it is.
+	EnqueueDeliveries(ctx context.Context, ds []Delivery) error
+	// DueDeliveries returns pending deliveries whose next attempt is due.
+	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]Delivery, error)
+	// UpdateDelivery records an attempt's result (state, attempts, next
+	// attempt, last error).
+	UpdateDelivery(ctx context.Context, d Delivery) error
+	// ListDeliveries returns a webhook's deliveries, newest first ("" for all).
+	ListDeliveries(ctx context.Context, webhook string, limit int) ([]Delivery, error)
+}

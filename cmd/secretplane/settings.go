@@ -82,6 +82,9 @@ func settings() []setting {
 		{"rotation.deadline", "rotation-deadline", "how long a rotation waits for every consumer to acknowledge the new version before it fails"},
 		{"rotation.horizon", "rotation-horizon", "consumers not seen for this long are not waited for by rotations"},
 		{"rotation.auto_rollback", "rotation-auto-rollback", "a failed rotation puts every consumer back on the previous version"},
+		{"webhooks", "webhook", "NAME=https://... receiving every rotation step as a signed CloudEvent (repeatable)"},
+		{"webhook_key_file", "webhook-key-file", "file holding the HMAC-SHA256 key webhooks are signed with (at least 16 bytes)"},
+		{"webhook_ca_file", "webhook-ca-file", "CA certificate(s) that sign webhook receivers' TLS certificates (default: the system's)"},
 		{"max_streams_per_connection", "max-streams-per-connection", "bound on one connection's concurrent calls and streams (HTTP/2 MAX_CONCURRENT_STREAMS)"},
 		{"shutdown.delay", "shutdown-delay", "on shutdown, how long health checks answer NOT_SERVING while calls are still served (for load balancers)"},
 		{"shutdown.timeout", "shutdown-timeout", "on shutdown, how long calls in flight may finish before they are cut off"},
@@ -256,7 +259,7 @@ func loadFile(path string, byPath map[string]setting) (*koanf.Koanf, error) {
 	}
 	var unknown []string
 	for _, k := range ko.Keys() {
-		if _, ok := byPath[k]; !ok && !strings.HasPrefix(k, "federated_bundles"+delim) {
+		if _, ok := byPath[k]; !ok && !isMapEntry(byPath, k) {
 			unknown = append(unknown, shown(strings.ReplaceAll(k, delim, ".")))
 		}
 	}
@@ -323,4 +326,15 @@ func environ(getenv func(string) string) func() []string {
 		}
 		return out
 	}
+}
+
+// isMapEntry reports whether k is an entry of a map-valued setting
+// (federated_bundles, webhooks).
+func isMapEntry(byPath map[string]setting, k string) bool {
+	for p, s := range byPath {
+		if f, ok := field(s.key); ok && f.Type == reflect.TypeFor[map[string]string]() && strings.HasPrefix(k, p+delim) {
+			return true
+		}
+	}
+	return false
 }

@@ -60,6 +60,16 @@ type PolicyChanged struct {
 	Deleted bool
 }
 
+// RotationStep: a rotation moved to State (or, for a step within a state,
+// did Step). Names and versions only, never a value.
+type RotationStep struct {
+	ID, Secret, State, Step string
+	FromVersion, ToVersion  string
+	Detail, Actor           string
+	Emergency               bool
+}
+
+func (RotationStep) isEvent()  {}
 func (NewVersion) isEvent()    {}
 func (SecretPut) isEvent()     {}
 func (SecretRebound) isEvent() {}

@@ -33,6 +33,7 @@ import (
 
 	"github.com/secretplane/secretplane/controlplane/audit"
 	"github.com/secretplane/secretplane/controlplane/backend"
+	"github.com/secretplane/secretplane/controlplane/events"
 	"github.com/secretplane/secretplane/controlplane/resolve"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/store"
@@ -105,8 +106,11 @@ type Options struct {
 	// StepTimeout bounds one rotator or backend step; default 30s.
 	StepTimeout time.Duration
 	Rotators    map[string]Rotator // by method; "random" is always there
-	Log         *slog.Logger
-	Now         func() time.Time
+	// Events, when set, gets an events.RotationStep for every step
+	// audited (webhooks follow it).
+	Events *events.Bus
+	Log    *slog.Logger
+	Now    func() time.Time
 }
 
 // Manager starts, drives and resumes rotations. Safe for concurrent use.
@@ -513,6 +517,8 @@ func (m *Manager) record(ctx context.Context, r store.Rotation, action, outcome 
 		target += " (emergency)"
 	}
 	m.audit.RecordOutcome(context.WithoutCancel(ctx), audit.Event{Actor: actor, Action: action, Target: target, Ref: r.Ref, Decision: audit.Allow, Outcome: outcome})
+	m.opts.Events.Publish(events.RotationStep{ID: r.ID, Secret: r.Secret, State: r.State, Step: strings.TrimPrefix(action, "rotation."),
+		FromVersion: r.FromVersion, ToVersion: r.ToVersion, Detail: r.Detail, Actor: actor, Emergency: r.Emergency})
 }
 
 func newID() string {

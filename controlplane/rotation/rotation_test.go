@@ -2,11 +2,19 @@ package rotation_test
 
 import (
 	"context"
+	"encoding/json"
+	"encoding/pem"
 	"errors"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +26,7 @@ import (
 	"github.com/secretplane/secretplane/client"
 	"github.com/secretplane/secretplane/controlplane/backend"
 	"github.com/secretplane/secretplane/controlplane/backend/local"
+	"github.com/secretplane/secretplane/controlplane/notify"
 	"github.com/secretplane/secretplane/controlplane/rotation"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/identity"
@@ -371,4 +380,100 @@ func TestRotationUnderLoadFailsNoRequest(t *testing.T) {
 		t.Fatalf("%d requests failed (first: %v), %d succeeded", failed.Load(), firstErr.Load(), ok.Load())
 	}
 	t.Logf("%d requests during 3 rotations, none failed; %d hook runs", ok.Load(), applied.Load())
+}
+
+// A webhook receiver gets every step of a rotation as a signed CloudEvent;
+// the first delivery it fails is delivered again on retry.
+func TestWebhooksGetEveryStepSigned(t *testing.T) {
+	key := []byte("webhook-signing-key-for-tests!!")
+	var (
+		mu       sync.Mutex
+		types    []string
+		failures int
+		badSig   int
+	)
+	recv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		sig := r.Header.Get(notify.Signature)
+		ts := strings.TrimPrefix(strings.Split(sig, ",")[0], "t=")
+		sec, _ := strconv.ParseInt(ts, 10, 64)
+		mu.Lock()
+		defer mu.Unlock()
+		if notify.Sign(key, time.Unix(sec, 0), body) != sig || r.Header.Get("Content-Type") != "application/cloudevents+json" {
+			badSig++
+		}
+		if failures == 0 { // the first one fails: it must come again
+			failures++
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		var ev struct {
+			SpecVersion string `json:"specversion"`
+			Type        string `json:"type"`
+			Subject     string `json:"subject"`
+		}
+		if json.Unmarshal(body, &ev) != nil || ev.SpecVersion != "1.0" || ev.Subject != "payments/db" {
+			badSig++
+		}
+		types = append(types, ev.Type)
+	}))
+	defer recv.Close()
+	dir := t.TempDir()
+	keyFile, caFile := filepath.Join(dir, "hook.key"), filepath.Join(dir, "hook-ca.pem")
+	if err := os.WriteFile(keyFile, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: recv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, func(c *server.Config) {
+		c.Webhooks = map[string]string{"ops": recv.URL}
+		c.WebhookKeyFile, c.WebhookCAFile = keyFile, caFile
+	})
+	f.seed("payments/db", "initial-value")
+	r, err := f.srv.Rotations().Start(context.Background(), rotation.StartRequest{Secret: "payments/db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait(t, f.srv.Rotations(), r.ID)
+	want := []string{"start", "create_version", "propagating", "verifying", "completed"}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		mu.Lock()
+		got := slices.Clone(types)
+		bad := badSig
+		mu.Unlock()
+		if bad > 0 {
+			t.Fatalf("%d deliveries badly signed or shaped", bad)
+		}
+		seen := 0
+		for _, w := range want {
+			if slices.Contains(got, notify.EventType(w)) {
+				seen++
+			}
+		}
+		if seen == len(want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the receiver got %v, want every one of %v", got, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ds, err := f.srv.Store().ListDeliveries(context.Background(), "ops", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	retried := false
+	for _, d := range ds {
+		if d.State == "delivered" && d.Attempts == 2 {
+			retried = true
+		}
+		if strings.Contains(string(d.Body), "initial-value") {
+			t.Fatal("a webhook body holds the secret's value")
+		}
+	}
+	if !retried {
+		t.Fatalf("no delivery was delivered on its second attempt: %+v", ds)
+	}
 }

@@ -43,6 +43,13 @@ type Config struct {
 	Shutdown   ShutdownConfig `koanf:"shutdown"`
 	SDS        SDSConfig      `koanf:"sds"`
 	Rotation   RotationConfig `koanf:"rotation"`
+	// Webhooks maps a name to an https:// URL that gets every rotation
+	// step as a signed CloudEvent; WebhookKeyFile holds the HMAC key (at
+	// least 16 bytes), WebhookCAFile the CA that signs the receivers'
+	// certificates when not a public one.
+	Webhooks       map[string]string `koanf:"webhooks"`
+	WebhookKeyFile string            `koanf:"webhook_key_file"`
+	WebhookCAFile  string            `koanf:"webhook_ca_file"`
 	// MaxStreamsPerConn bounds one connection's concurrent calls and
 	// streams (HTTP/2 MAX_CONCURRENT_STREAMS): an Envoy holds one SDS
 	// stream per secret without ADS.

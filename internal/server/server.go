@@ -44,6 +44,7 @@ import (
 	"github.com/secretplane/secretplane/controlplane/consumers"
 	"github.com/secretplane/secretplane/controlplane/events"
 	"github.com/secretplane/secretplane/controlplane/logging"
+	"github.com/secretplane/secretplane/controlplane/notify"
 	"github.com/secretplane/secretplane/controlplane/policy"
 	"github.com/secretplane/secretplane/controlplane/resolve"
 	"github.com/secretplane/secretplane/controlplane/rotation"
@@ -83,6 +84,7 @@ type Server struct {
 	hub       *watch.Hub
 	sds       *sds.Server
 	rotations *rotation.Manager
+	notifier  *notify.Notifier
 	sdsLis    net.Listener // SDS's own listener, when configured
 	sdsGRPC   *grpc.Server
 	deps      *consumers.Registry
@@ -161,8 +163,11 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return sds.ResourceVersion(name, kind, res.Fingerprint), nil
 	}
 	s.rotations = rotation.New(s.store, cat, registry, resolver, s.deps, s.audit, expected, rotation.Options{
-		Deadline: cfg.Rotation.Deadline, Horizon: cfg.Rotation.Horizon, AutoRollback: cfg.Rotation.AutoRollback, Log: s.log,
+		Deadline: cfg.Rotation.Deadline, Horizon: cfg.Rotation.Horizon, AutoRollback: cfg.Rotation.AutoRollback, Log: s.log, Events: s.bus,
 	})
+	if s.notifier, err = newNotifier(cfg, s.store, s.bus, s.serverID.String(), s.log); err != nil {
+		return nil, err
+	}
 	s.sds = sds.New(sds.Config{
 		Guard: access.NewGuard(s.engine, s.audit), Catalog: cat, Resolver: resolver, Hub: s.hub, Consumers: s.deps,
 		Events: s.bus, Audit: s.audit, Bundles: s.source, TrustDomains: st.accept,
@@ -274,6 +279,7 @@ func (s *Server) tasks() []func(context.Context) {
 		s.deps.Run,
 		s.sds.Run,
 		s.rotations.Run,
+		s.notifier.Run,
 	}
 	for _, b := range s.backends {
 		if r, ok := b.(interface{ Run(context.Context) }); ok {

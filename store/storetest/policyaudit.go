@@ -261,3 +261,47 @@ func testRotations(t *testing.T, s store.Store) {
 		t.Fatal("list without a limit accepted")
 	}
 }
+
+func testDeliveries(t *testing.T, s store.Store) {
+	c := ctx(t)
+	at := func(sec int) time.Time { return time.Unix(1_800_000_000+int64(sec), 0).UTC() }
+	ds := []store.Delivery{
+		{ID: "ev1/hook-a", Webhook: "hook-a", EventType: "io.secretplane.rotation.completed", Body: []byte(`{"id":"ev1"}`), NextAttempt: at(0)},
+		{ID: "ev1/hook-b", Webhook: "hook-b", EventType: "io.secretplane.rotation.completed", Body: []byte(`{"id":"ev1"}`), NextAttempt: at(5)},
+	}
+	if err := s.EnqueueDeliveries(c, ds); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.EnqueueDeliveries(c, ds[:1]); err != nil { // again: left as it is
+		t.Fatal(err)
+	}
+	due, err := s.DueDeliveries(c, at(1), 10)
+	if err != nil || len(due) != 1 || due[0].ID != "ev1/hook-a" || due[0].State != "pending" || string(due[0].Body) != `{"id":"ev1"}` {
+		t.Fatalf("due: %+v %v", due, err)
+	}
+	d := due[0]
+	d.State, d.Attempts, d.LastError, d.NextAttempt = "pending", 1, "HTTP 500", at(10)
+	if err := s.UpdateDelivery(c, d); err != nil {
+		t.Fatal(err)
+	}
+	if due, _ := s.DueDeliveries(c, at(6), 10); len(due) != 1 || due[0].ID != "ev1/hook-b" {
+		t.Fatalf("due after a failed attempt: %+v", due)
+	}
+	d.State = "dead"
+	if err := s.UpdateDelivery(c, d); err != nil {
+		t.Fatal(err)
+	}
+	if due, _ := s.DueDeliveries(c, at(100), 10); len(due) != 1 {
+		t.Fatalf("a dead delivery is due: %+v", due)
+	}
+	all, err := s.ListDeliveries(c, "hook-a", 10)
+	if err != nil || len(all) != 1 || all[0].State != "dead" || all[0].Attempts != 1 || all[0].LastError != "HTTP 500" {
+		t.Fatalf("list: %+v %v", all, err)
+	}
+	if all, _ := s.ListDeliveries(c, "", 10); len(all) != 2 {
+		t.Fatalf("list all: %+v", all)
+	}
+	if err := s.UpdateDelivery(c, store.Delivery{ID: "missing"}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("update of a missing delivery: %v", err)
+	}
+}

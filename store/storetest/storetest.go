@@ -39,6 +39,7 @@ func Run(t *testing.T, open Opener) {
 		{"AuditConcurrentAppends", testAuditConcurrentAppends},
 		{"Consumers", testConsumers},
 		{"Rotations", testRotations},
+		{"Deliveries", testDeliveries},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
