@@ -43,6 +43,12 @@ echo "   each timed until every stream has received and ACKed it (a minute or so
 echo "   this machine's cores)"
 go test -run='^$' -bench=SDSStreams10k -benchtime=1x -timeout 30m ./e2e | grep -E '^Benchmark' | tee "$out/sds.txt"
 echo
+echo "== rotation: 1,000 Watch consumers (client library, 1,000 identities) and 1,000 SDS streams (50 conns)"
+echo "   held by the load driver internal/rotload in a process of its own against the server (no race"
+echo "   detector); three rotations, each timed from StartRotation to the GetRotation poll (every 10 ms)"
+echo "   that sees it completed, i.e. every consumer acknowledged (the hooks do nothing: no apply time)"
+go test -run='^$' -bench=Rotation1k -benchtime=1x -timeout 20m ./e2e | grep -E '^Benchmark' | tee "$out/rotation.txt"
+echo
 
 cat "$out"/*.txt | awk '
 function metric(line, unit,   i, f, n) {
@@ -66,6 +72,8 @@ function keep3(p, line) { keep(p "c", metric(line, "calls/s")); keep(p "50", met
 /^BenchmarkServerMemory/      { rss = metric($0, "rss-MiB"); cold = metric($0, "cold-resolves/s") }
 /^BenchmarkSDSStreams10k/     { sn = metric($0, "streams"); sc = metric($0, "conns"); srss = metric($0, "rss-MiB"); sbefore = metric($0, "rss-before-MiB"); sbps = metric($0, "bytes/stream")
                                 s50 = metric($0, "fanout-p50-ms"); s99 = metric($0, "fanout-p99-ms"); smax = metric($0, "fanout-max-ms") }
+/^BenchmarkRotation1k/        { rms = metric($0, "rotate-ms"); rmax = metric($0, "rotate-max-ms"); rlast = metric($0, "last-consumer-ms")
+                                rws = metric($0, "watch-streams"); rwi = metric($0, "watch-identities"); rsds = metric($0, "sds-streams"); rcons = metric($0, "consumers") }
 END {
   bc = median("bc"); b50 = median("b50"); b99 = median("b99"); bcpu = median("bcpu")
   rc = median("rc"); r50 = median("r50"); r99 = median("r99"); rcpu = median("rcpu")
@@ -80,4 +88,5 @@ END {
   printf "%-46s %10s   %s\n", "server RSS, 100,000 cached 1 KiB secrets", rss " MiB", (rss < 400 ? "under" : "OVER") " the 400 MiB target; cold resolves " sprintf("%.0f", cold) "/s"
   printf "%-46s %10s   %s\n", sprintf("SDS: server RSS, %d streams (%d conns)", sn, sc), sprintf("%.0f MiB", srss), (srss+0 < 2048 ? "under" : "OVER") " the 2 GiB target; " sprintf("%.0f bytes/stream (%.0f MiB before the streams)", sbps, sbefore)
   printf "%-46s %10s   %s\n", sprintf("SDS fan-out: change -> all %d streams ACKed", sn), "", sprintf("p50 %.0f ms, p99 %.0f ms, last %.0f ms: p99 ", s50, s99, smax) (s99+0 < 1000 ? "under" : "OVER") " the 1 s target"
+  printf "%-46s %10s   %s\n", "rotation: start -> completed, 1,000 Watch + 1,000 SDS", sprintf("%.0f ms", rms), (rms+0 < 2000 ? "under" : "OVER") " the 2 s target (+ apply time; none here): " sprintf("median of 3, slowest %.0f ms; last consumer had it at %.0f ms; %d consumers counted (%d Watch streams as %d identities, %d SDS nodes)", rmax, rlast, rcons, rws, rwi, rsds)
 }'
