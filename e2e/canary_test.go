@@ -266,14 +266,14 @@ func TestCanaryNeverLeaks(t *testing.T) {
 		cancel()
 		env.Close()
 	}
-	deadline = time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(20 * time.Second)
 	for {
-		out, _, _ := cli(t, dataDir, "secret", "consumers", "payments/token", "-o", "json")
+		out, errOut, err := cli(t, dataDir, "secret", "consumers", "payments/token", "-o", "json")
 		if strings.Contains(out, "canary-delta-ads") && strings.Count(out, "withheld") >= 1+len(envoysim.Modes) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the SDS NACKs are not in the consumers registry, or their text is not withheld:\n%s", out)
+			t.Fatalf("the SDS NACKs are not in the consumers registry, or their text is not withheld:\n%s\n%v %s", out, err, errOut)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
