@@ -1,11 +1,9 @@
 package e2e_test
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"os/exec"
@@ -73,64 +71,14 @@ func BenchmarkRotation1kWatch1kSDS(b *testing.B) {
 
 	drv := exec.Command(loadBin, "-addr", ep.Address, "-server-id", ep.ServerID, "-ca-dir", filepath.Join(dataDir, identity.DevCADir), "-name", name,
 		"-watch", strconv.Itoa(watches), "-identities", strconv.Itoa(identities), "-sds", strconv.Itoa(sdsStreams), "-sds-conns", strconv.Itoa(sdsConns))
-	drvErr := &lockedBuffer{}
-	drv.Stderr = drvErr
-	stdin, err := drv.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stdout, err := drv.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := drv.Start(); err != nil {
-		b.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	lines := make(chan []byte)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(make([]byte, 0, 1<<20), 64<<20)
-		for sc.Scan() {
-			lines <- slices.Clone(sc.Bytes())
-		}
-		close(lines)
-		exited <- drv.Wait() // once its output is read to the end
-	}()
-	b.Cleanup(func() {
-		stdin.Close() // end of input ends the driver
-		go func() {
-			for range lines {
-			}
-		}()
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = drv.Process.Kill()
-			<-exited
-		}
-	})
-	read := func(what string, v any) {
-		b.Helper()
-		select {
-		case line, ok := <-lines:
-			if !ok {
-				b.Fatalf("rotload ended before %s:\n%s\nserver:\n%s", what, drvErr.String(), srv.out.String())
-			}
-			if err := json.Unmarshal(line, v); err != nil {
-				b.Fatalf("rotload's %s line: %v: %.500s", what, err, line)
-			}
-		case <-time.After(3 * time.Minute):
-			b.Fatalf("no %s from rotload in 3m:\n%s", what, drvErr.String())
-		}
-	}
+	load := startDriver(b, drv, srv)
 	var ready struct {
 		OpenMS        float64        `json:"open_ms"`
 		WatchValues   map[string]int `json:"watch_values"`
 		WatchVersions map[string]int `json:"watch_versions"`
 		SDSValues     map[string]int `json:"sds_values"`
 	}
-	read("ready", &ready)
+	load.read(b, "ready", &ready)
 	old := rotDigest(initial)
 	if ready.WatchValues[old] != watches || ready.SDSValues[old] != sdsStreams {
 		b.Fatalf("after opening, the Watch consumers hold %v and the SDS streams %v; want all on %s", ready.WatchValues, ready.SDSValues, old)
@@ -149,9 +97,7 @@ func BenchmarkRotation1kWatch1kSDS(b *testing.B) {
 			b.Fatalf("rotation %d: start: %v", k, err)
 		}
 		started := time.Since(start)
-		if _, err := fmt.Fprintf(stdin, "await %d %s\n", start.UnixNano(), old); err != nil {
-			b.Fatal(err)
-		}
+		load.send(b, "await %d %s", start.UnixNano(), old)
 		seen := map[string]time.Duration{r.GetState(): started} // when each state was first seen
 		for !slices.Contains([]string{"completed", "failed", "rolled_back"}, r.GetState()) {
 			if time.Since(start) > 90*time.Second {
@@ -167,7 +113,7 @@ func BenchmarkRotation1kWatch1kSDS(b *testing.B) {
 		}
 		done := seen[r.GetState()]
 		if r.GetState() != "completed" {
-			b.Fatalf("rotation %d: %s after %v: %s\nrotload:\n%s", k, r.GetState(), done, r.GetDetail(), drvErr.String())
+			b.Fatalf("rotation %d: %s after %v: %s\nrotload:\n%s", k, r.GetState(), done, r.GetDetail(), load.stderr.String())
 		}
 		var ch struct {
 			Consumers     int            `json:"consumers"`
@@ -182,10 +128,10 @@ func BenchmarkRotation1kWatch1kSDS(b *testing.B) {
 			FirstError    string         `json:"first_error"`
 			SDSNacks      int            `json:"sds_nacks"`
 		}
-		read("changed", &ch)
+		load.read(b, "changed", &ch)
 		srvUsed, drvUsed := cpuTime(b, srv.cmd.Process.Pid)-srv0, cpuTime(b, drv.Process.Pid)-drv0
 		if ch.Reached != ch.Consumers || ch.Errors > 0 || ch.SDSNacks > 0 {
-			b.Fatalf("rotation %d: %d of %d consumers have the new value, %d errors (first: %s), %d NACKs\nrotload:\n%s", k, ch.Reached, ch.Consumers, ch.Errors, ch.FirstError, ch.SDSNacks, drvErr.String())
+			b.Fatalf("rotation %d: %d of %d consumers have the new value, %d errors (first: %s), %d NACKs\nrotload:\n%s", k, ch.Reached, ch.Consumers, ch.Errors, ch.FirstError, ch.SDSNacks, load.stderr.String())
 		}
 		if len(ch.WatchVersions) != 1 || ch.WatchVersions[r.GetToVersion()] != watches {
 			b.Fatalf("rotation %d to version %s: the Watch consumers hold versions %v", k, r.GetToVersion(), ch.WatchVersions)

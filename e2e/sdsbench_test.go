@@ -1,10 +1,8 @@
 package e2e_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -85,63 +83,13 @@ func BenchmarkSDSStreams10k(b *testing.B) {
 	drv := exec.Command(loadBin, "-addr", ep.Address, "-server-id", ep.ServerID,
 		"-cert", filepath.Join(svid, identity.SVIDCertFile), "-key", filepath.Join(svid, identity.SVIDKeyFile), "-bundle", filepath.Join(svid, identity.BundleFile),
 		"-streams", strconv.Itoa(streams), "-conns", strconv.Itoa(conns), "-name", name, "-mode", "sotw")
-	drvErr := &lockedBuffer{}
-	drv.Stderr = drvErr
-	stdin, err := drv.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	stdout, err := drv.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := drv.Start(); err != nil {
-		b.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	lines := make(chan []byte)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(make([]byte, 0, 1<<20), 64<<20)
-		for sc.Scan() {
-			lines <- slices.Clone(sc.Bytes())
-		}
-		close(lines)
-		exited <- drv.Wait() // once its output is read to the end
-	}()
-	b.Cleanup(func() {
-		stdin.Close() // end of input ends the driver
-		go func() {
-			for range lines {
-			}
-		}()
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = drv.Process.Kill()
-			<-exited
-		}
-	})
-	read := func(what string, v any) {
-		b.Helper()
-		select {
-		case line, ok := <-lines:
-			if !ok {
-				b.Fatalf("sdsload ended before %s:\n%s\nserver:\n%s", what, drvErr.String(), srv.out.String())
-			}
-			if err := json.Unmarshal(line, v); err != nil {
-				b.Fatalf("sdsload's %s line: %v: %.500s", what, err, line)
-			}
-		case <-time.After(3 * time.Minute):
-			b.Fatalf("no %s from sdsload in 3m:\n%s", what, drvErr.String())
-		}
-	}
+	load := startDriver(b, drv, srv)
 	var ready struct {
 		Streams int            `json:"streams"`
 		OpenMS  float64        `json:"open_ms"`
 		Serials map[string]int `json:"serials"`
 	}
-	read("ready", &ready)
+	load.read(b, "ready", &ready)
 	if len(ready.Serials) != 1 || ready.Serials[serial] != streams {
 		b.Fatalf("after opening, the streams hold %v; want all %d on %s", ready.Serials, streams, serial)
 	}
@@ -161,9 +109,7 @@ func BenchmarkSDSStreams10k(b *testing.B) {
 		start := time.Now()
 		bind(ref)
 		bound := time.Since(start)
-		if _, err := fmt.Fprintf(stdin, "expect %s %d\n", serial, start.UnixNano()); err != nil {
-			b.Fatal(err)
-		}
+		load.send(b, "expect %s %d", serial, start.UnixNano())
 		var ch struct {
 			Reached    int     `json:"reached"`
 			Lat        []int64 `json:"lat_us"`
@@ -173,11 +119,11 @@ func BenchmarkSDSStreams10k(b *testing.B) {
 			Acks       int     `json:"acks"`
 			Nacks      int     `json:"nacks"`
 		}
-		read("change", &ch)
+		load.read(b, "change", &ch)
 		srvUsed, drvUsed := cpuTime(b, srv.cmd.Process.Pid)-srv0, cpuTime(b, drv.Process.Pid)-drv0
 		srvCPU, drvCPU = srvCPU+srvUsed, drvCPU+drvUsed
 		if ch.Reached != streams || ch.Errors > 0 || ch.Nacks > 0 {
-			b.Fatalf("change %d: %d of %d streams reached, %d stream errors (first: %s), %d NACKs\nsdsload:\n%s", k, ch.Reached, streams, ch.Errors, ch.FirstError, ch.Nacks, drvErr.String())
+			b.Fatalf("change %d: %d of %d streams reached, %d stream errors (first: %s), %d NACKs\nsdsload:\n%s", k, ch.Reached, streams, ch.Errors, ch.FirstError, ch.Nacks, load.stderr.String())
 		}
 		slices.Sort(ch.Lat)
 		b.Logf("change %d: PutSecret %v; all %d streams ACKed: first %.1f ms, p50 %.1f ms, p99 %.1f ms, last %.1f ms; CPU: server %v, sdsload %v (responses %d, ACKs %d)",
