@@ -91,12 +91,11 @@ func (s *Server) current(ctx context.Context, call *access.Call, name string, f 
 		if s.bundles == nil {
 			return nil, status.Errorf(codes.NotFound, "no trust bundle is served as %s", name)
 		}
-		r := &resource{name: name, bundle: true}
-		(&stream{srv: s, form: f}).loadBundle(r)
-		if r.have == nil {
+		b := s.bundles.built(name, f)
+		if b == nil {
 			return nil, status.Errorf(codes.NotFound, "no trust bundle is served as %s", name)
 		}
-		return r.have, nil
+		return b, nil
 	}
 	ref, canonical, err := s.cfg.Catalog.LookupBinding(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {

@@ -29,7 +29,6 @@ package sds
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -327,11 +326,4 @@ func denialStatus(ctx context.Context, err error) error {
 		return err
 	}
 	return status.Error(codes.InvalidArgument, err.Error())
-}
-
-// errNotServed: a name this stream cannot have (ungranted or malformed).
-var errNotServed = errors.New("not served")
-
-func wrapf(err error, format string, args ...any) error {
-	return fmt.Errorf(format+": %w", append(args, err)...)
 }

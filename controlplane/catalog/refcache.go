@@ -164,14 +164,6 @@ func (c *Catalog) Pin(ctx context.Context, name, version string) {
 	}
 }
 
-// Pinned returns the version name is pinned at ("" when none).
-func (c *Catalog) Pinned(name string) string {
-	if pins := c.pins.Load(); pins != nil {
-		return (*pins)[name]
-	}
-	return ""
-}
-
 // LookupKind returns what the named secret's value is, cached as
 // LookupRef's binding is.
 func (c *Catalog) LookupKind(ctx context.Context, name string) (material.Kind, error) {

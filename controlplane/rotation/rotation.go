@@ -379,10 +379,20 @@ func (m *Manager) create(ctx context.Context, r store.Rotation, ref secretref.Re
 // verify waits until every consumer seen within the horizon has the new
 // version, one of them rejects it, or the deadline passes.
 func (m *Manager) verify(ctx context.Context, r store.Rotation, ref secretref.Ref) (store.Rotation, error) {
+	// The new version, read once: what each channel's consumers must
+	// acknowledge does not change while verifying.
+	pinned := ref
+	pinned.Version = r.ToVersion
+	res, err := m.resolver.RefreshNow(ctx, pinned)
+	if err != nil {
+		return r, fmt.Errorf("read the new version: %w", err)
+	}
+	clear(res.Data)
+	want := map[string]string{}
 	t := time.NewTicker(m.opts.Poll)
 	defer t.Stop()
 	for {
-		lagging, rejected, counted, err := m.laggards(ctx, r, ref)
+		lagging, rejected, counted, err := m.laggards(ctx, r, res, want)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return r, err
@@ -411,20 +421,13 @@ func (m *Manager) verify(ctx context.Context, r store.Rotation, ref secretref.Re
 
 // laggards names the consumers that lack the new version, and those that
 // rejected it, of the counted ones seen within the horizon.
-func (m *Manager) laggards(ctx context.Context, r store.Rotation, ref secretref.Ref) (lagging, rejected []string, counted int, err error) {
+// want caches, per channel, the version its consumers acknowledge.
+func (m *Manager) laggards(ctx context.Context, r store.Rotation, res resolve.Result, want map[string]string) (lagging, rejected []string, counted int, err error) {
 	cs, err := m.consumers.List(ctx, r.Secret)
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	pinned := ref
-	pinned.Version = r.ToVersion
-	res, err := m.resolver.RefreshNow(ctx, pinned)
-	if err != nil {
-		return nil, nil, 0, fmt.Errorf("read the new version: %w", err)
-	}
-	clear(res.Data)
 	horizon := m.opts.Now().Add(-m.opts.Horizon)
-	want := map[string]string{}
 	for _, c := range cs {
 		if c.LastSeen.Before(horizon) {
 			continue
