@@ -126,3 +126,32 @@ func (r *Registry) Write(ctx context.Context, ref secretref.Ref, data []byte) (s
 	}
 	return b.Write(ctx, ref, data)
 }
+
+// Stager is a backend whose new versions can be staged: created under a
+// pending label without becoming current, then promoted (AWS Secrets
+// Manager's rotation contract: AWSPENDING, then AWSCURRENT moved to it and
+// AWSPREVIOUS kept on the one before). Rotation uses it when a backend has
+// it; a backend without it makes the new version current at Write.
+type Stager interface {
+	// Stage creates data as a new version labelled pending, keyed by token
+	// (an idempotency key: staging again with the same token never creates
+	// a second version). A ref naming a version or stage is refused.
+	Stage(ctx context.Context, ref secretref.Ref, data []byte, token string) (version string, err error)
+	// Staged returns the version staged under token, or "" when there is
+	// none: a rotation resumed after a crash adopts it.
+	Staged(ctx context.Context, ref secretref.Ref, token string) (version string, err error)
+	// Promote makes version current: the version current until now is
+	// kept as the previous one, and the pending label is removed. Promoting
+	// the current version is a no-op.
+	Promote(ctx context.Context, ref secretref.Ref, version string) error
+}
+
+// Stager returns ref's backend as a Stager, when it is one.
+func (r *Registry) Stager(ref secretref.Ref) (Stager, bool) {
+	b, err := r.For(ref)
+	if err != nil {
+		return nil, false
+	}
+	s, ok := b.(Stager)
+	return s, ok
+}
