@@ -276,4 +276,6 @@ type DeliveryStore interface {
 	UpdateDelivery(ctx context.Context, d Delivery) error
 	// ListDeliveries returns a webhook's deliveries, newest first ("" for all).
 	ListDeliveries(ctx context.Context, webhook string, limit int) ([]Delivery, error)
+	// DeliveryReader reads it filtered and summarised (outbox.go).
+	DeliveryReader
 }

@@ -63,6 +63,7 @@ func newRootCommand() *cobra.Command {
 		newAuditCommand(g),
 		newResolveCommand(g),
 		newRotateCommand(g),
+		newWebhookCommand(g),
 		newDevCommand(g),
 	)
 	return root

@@ -87,6 +87,14 @@ func rules() map[string]rule {
 		spv1.PolicyService_AuditBindings_FullMethodName: {verb: admin, prefix: everything},
 		spv1.AuditService_Query_FullMethodName:          {verb: admin, prefix: everything},
 		spv1.AuditService_Verify_FullMethodName:         {verb: admin, prefix: everything},
+		// Webhooks belong to the server, not to one secret or team: their
+		// outbox spans every secret's rotations. Like the audit log and
+		// policy management they need admin on everything ("*"), so a
+		// team's admin (admin on "payments/*") does not read other teams'
+		// events; the audit target names the webhook.
+		spv1.WebhookService_ListWebhooks_FullMethodName: {verb: admin, prefix: everything},
+		spv1.WebhookService_ListDeliveries_FullMethodName: {verb: admin, prefix: everything,
+			target: func(r any) string { return "webhook:" + access.Mask(r.(*spv1.ListDeliveriesRequest).GetWebhook()) }},
 
 		spv1.RotationService_StartRotation_FullMethodName: {verb: policy.Rotate, field: "secret", writes: always,
 			names: named(func(r any) string { return r.(*spv1.StartRotationRequest).GetSecret() })},

@@ -35,6 +35,7 @@ func allRPCs() []rpc {
 	pol := func(c *grpc.ClientConn) spv1.PolicyServiceClient { return spv1.NewPolicyServiceClient(c) }
 	aud := func(c *grpc.ClientConn) spv1.AuditServiceClient { return spv1.NewAuditServiceClient(c) }
 	rot := func(c *grpc.ClientConn) spv1.RotationServiceClient { return spv1.NewRotationServiceClient(c) }
+	hook := func(c *grpc.ClientConn) spv1.WebhookServiceClient { return spv1.NewWebhookServiceClient(c) }
 	return []rpc{
 		// An unknown method is refused after the decision: the matrix
 		// starts no rotation.
@@ -122,6 +123,15 @@ func allRPCs() []rpc {
 			_, err := aud(c).Verify(ctx, &spv1.AuditVerifyRequest{})
 			return err
 		}, codes.OK},
+		// No webhook is configured: ListDeliveries of one is NotFound.
+		{"WebhookService.ListWebhooks", policy.Admin, "all", func(ctx context.Context, c *grpc.ClientConn, n string) error {
+			_, err := hook(c).ListWebhooks(ctx, &spv1.ListWebhooksRequest{})
+			return err
+		}, codes.OK},
+		{"WebhookService.ListDeliveries", policy.Admin, "all", func(ctx context.Context, c *grpc.ClientConn, n string) error {
+			_, err := hook(c).ListDeliveries(ctx, &spv1.ListDeliveriesRequest{Webhook: "ops", State: "dead"})
+			return err
+		}, codes.NotFound},
 		{"SecretsService.Resolve", policy.Read, "name", func(ctx context.Context, c *grpc.ClientConn, n string) error {
 			_, err := spv1.NewSecretsServiceClient(c).Resolve(ctx, &spv1.ResolveRequest{Names: []string{n}})
 			return err
@@ -184,7 +194,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 	secrets := []string{"payments/db", "payments/api-key", "billing/db"}
 	rpcs := allRPCs()
 	if got, want := len(rpcs), len(spv1.AdminService_ServiceDesc.Methods)+len(spv1.PolicyService_ServiceDesc.Methods)+len(spv1.AuditService_ServiceDesc.Methods)+
-		len(spv1.SecretsService_ServiceDesc.Methods)+len(spv1.SecretsService_ServiceDesc.Streams)+len(spv1.RotationService_ServiceDesc.Methods); got != want {
+		len(spv1.SecretsService_ServiceDesc.Methods)+len(spv1.SecretsService_ServiceDesc.Streams)+len(spv1.RotationService_ServiceDesc.Methods)+
+		len(spv1.WebhookService_ServiceDesc.Methods); got != want {
 		t.Fatalf("the matrix covers %d RPCs; the API has %d", got, want)
 	}
 	checked := 0

@@ -42,6 +42,8 @@ type Config struct {
 	Watch    *watch.Hub          // keeps watched secrets fresh
 	Consumer *consumers.Registry // the dependents list
 	Rotation Rotations           // rotations (nil: RotationService answers Unimplemented)
+	Webhooks []Webhook           // the configured webhooks, for WebhookService
+	Outbox   Outbox              // their deliveries (nil: WebhookService answers Unimplemented)
 	// Health is the health service to register (one is made when nil):
 	// the assembly sets it NOT_SERVING when it starts draining.
 	Health *health.Server
@@ -114,6 +116,7 @@ func NewServer(cfg Config) *grpc.Server {
 		spv1.RegisterPolicyServiceServer(srv, NewPolicyServer(cfg.Policies, cfg.Log))
 		spv1.RegisterAuditServiceServer(srv, NewAuditServer(cfg.AuditLog, cfg.Log))
 		spv1.RegisterRotationServiceServer(srv, &RotationServer{rotations: cfg.Rotation, log: cfg.Log})
+		spv1.RegisterWebhookServiceServer(srv, NewWebhookServer(cfg.Webhooks, cfg.Outbox, cfg.Log))
 		spv1.RegisterSecretsServiceServer(srv, &SecretsServer{catalog: cfg.Catalog, resolver: cfg.Resolver, hub: cfg.Watch, consumers: cfg.Consumer, authz: authz, log: cfg.Log, drain: cfg.Drain})
 	}
 	if cfg.Extra != nil {

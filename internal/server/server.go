@@ -165,7 +165,8 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.rotations = rotation.New(s.store, cat, registry, resolver, s.deps, s.audit, expected, rotation.Options{
 		Deadline: cfg.Rotation.Deadline, Horizon: cfg.Rotation.Horizon, AutoRollback: cfg.Rotation.AutoRollback, Log: s.log, Events: s.bus,
 	})
-	if s.notifier, err = newNotifier(cfg, s.store, s.bus, s.serverID.String(), s.log); err != nil {
+	var webhooks []api.Webhook
+	if s.notifier, webhooks, err = newNotifier(cfg, s.store, s.bus, s.serverID.String(), s.log); err != nil {
 		return nil, err
 	}
 	s.sds = sds.New(sds.Config{
@@ -180,6 +181,8 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Audit: s.audit, AuditLog: s.audit, Resolver: resolver, Watch: s.hub, Consumer: s.deps,
 		Health: s.health, Drain: s.drain,
 		Rotation: s.rotations,
+		Webhooks: webhooks,
+		Outbox:   s.store,
 		Extra:    s.sds.Register, ExtraServices: sds.Services(), MaxStreamsPerConn: uint32(cfg.MaxStreamsPerConn),
 	}
 	s.grpc = api.NewServer(apiCfg)

@@ -40,6 +40,7 @@ func Run(t *testing.T, open Opener) {
 		{"Consumers", testConsumers},
 		{"Rotations", testRotations},
 		{"Deliveries", testDeliveries},
+		{"DeliveryReads", testDeliveryReads},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

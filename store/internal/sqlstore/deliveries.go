@@ -3,6 +3,8 @@ package sqlstore
 import (
 	"context"
 	"fmt"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/secretplane/secretplane/store"
@@ -40,10 +42,87 @@ func (s *Store) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]
 
 // ListDeliveries implements store.DeliveryStore.
 func (s *Store) ListDeliveries(ctx context.Context, webhook string, limit int) ([]store.Delivery, error) {
-	if webhook == "" {
-		return s.queryDeliveries(ctx, `SELECT `+deliveryColumns+` FROM deliveries ORDER BY create_us DESC, id DESC LIMIT $1`, limit)
+	return s.QueryDeliveries(ctx, store.DeliveryQuery{Webhook: webhook, Limit: limit})
+}
+
+// QueryDeliveries implements store.DeliveryStore.
+func (s *Store) QueryDeliveries(ctx context.Context, q store.DeliveryQuery) ([]store.Delivery, error) {
+	var (
+		where []string
+		args  []any
+	)
+	if q.Webhook != "" {
+		args = append(args, q.Webhook)
+		where = append(where, fmt.Sprintf("webhook = $%d", len(args)))
 	}
-	return s.queryDeliveries(ctx, `SELECT `+deliveryColumns+` FROM deliveries WHERE webhook = $1 ORDER BY create_us DESC, id DESC LIMIT $2`, webhook, limit)
+	if q.State != "" {
+		args = append(args, q.State)
+		where = append(where, fmt.Sprintf("state = $%d", len(args)))
+	}
+	query := `SELECT ` + deliveryColumns + ` FROM deliveries`
+	if len(where) > 0 {
+		query += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	args = append(args, q.Limit)
+	query += fmt.Sprintf(` ORDER BY create_us DESC, id DESC LIMIT $%d`, len(args))
+	return s.queryDeliveries(ctx, query, args...)
+}
+
+// SummarizeDeliveries implements store.DeliveryStore: one statement (one
+// snapshot) that counts each webhook's deliveries by state and joins the
+// delivery whose error was recorded last. A delivered delivery was last
+// updated when it succeeded, so the newest such update is the webhook's
+// last delivery.
+func (s *Store) SummarizeDeliveries(ctx context.Context) ([]store.DeliverySummary, error) {
+	const q = `SELECT c.webhook, c.pending, c.delivered, c.dead, c.delivered_us, c.error_us, COALESCE(e.last_error, ''), COALESCE(e.id, '')
+FROM (SELECT webhook,
+        SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END) AS pending,
+        SUM(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END) AS delivered,
+        SUM(CASE WHEN state = 'dead' THEN 1 ELSE 0 END) AS dead,
+        COALESCE(MAX(CASE WHEN state = 'delivered' THEN update_us END), 0) AS delivered_us,
+        COALESCE(MAX(CASE WHEN last_error <> '' THEN update_us END), 0) AS error_us
+      FROM deliveries GROUP BY webhook) c
+LEFT JOIN deliveries e ON e.webhook = c.webhook AND e.update_us = c.error_us AND e.last_error <> ''`
+	rows, err := s.db.QueryContext(ctx, s.dialect.Rebind(q))
+	if err != nil {
+		return nil, fmt.Errorf("summarize deliveries: %w", err)
+	}
+	defer rows.Close()
+	byName := map[string]int{} // index in out
+	errID := map[string]string{}
+	var out []store.DeliverySummary
+	for rows.Next() {
+		var (
+			d                    store.DeliverySummary
+			pending, done, dead  int64
+			deliveredUS, errorUS int64
+			id                   string
+		)
+		if err := rows.Scan(&d.Webhook, &pending, &done, &dead, &deliveredUS, &errorUS, &d.LastError, &id); err != nil {
+			return nil, fmt.Errorf("summarize deliveries: %w", err)
+		}
+		d.Pending, d.Delivered, d.Dead = int(pending), int(done), int(dead)
+		d.LastDelivered = timeOf(deliveredUS)
+		if d.LastError != "" {
+			d.LastErrorTime = timeOf(errorUS)
+		}
+		i, seen := byName[d.Webhook]
+		switch {
+		case !seen:
+			byName[d.Webhook], errID[d.Webhook] = len(out), id
+			out = append(out, d)
+		case id > errID[d.Webhook]:
+			// Errors recorded in the same microsecond: the greatest id
+			// decides, whatever order the rows came in.
+			out[i].LastError, errID[d.Webhook] = d.LastError, id
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("summarize deliveries: %w", err)
+	}
+	// Sorted here, not in SQL: the backends' collations differ.
+	sort.Slice(out, func(i, j int) bool { return out[i].Webhook < out[j].Webhook })
+	return out, nil
 }
 
 // UpdateDelivery implements store.DeliveryStore.
