@@ -100,6 +100,7 @@ type Store interface {
 	AuditStore
 	ConsumerStore
 	RotationStore
+	RotationPolicyStore
 	DeliveryStore
 
 	// Ping checks that the store is reachable.
@@ -214,6 +215,8 @@ type Rotation struct {
 	State     string // pending, propagating, verifying, completed, failed, rolled_back
 	Actor     string // who started it: a SPIFFE ID, or "system"
 	Emergency bool
+	// Trigger is what started it: manual, cadence, expiry or observed.
+	Trigger string
 	// FromVersion is the backend version served when it started; ToVersion
 	// the one it created ("" until created).
 	FromVersion string
@@ -243,6 +246,37 @@ type RotationStore interface {
 	UpdateRotation(ctx context.Context, r Rotation, fromState string) (Rotation, error)
 	GetRotation(ctx context.Context, id string) (Rotation, error)
 	ListRotations(ctx context.Context, q RotationQuery) ([]Rotation, error)
+}
+
+// RotationPolicy says how and when a secret is rotated. It holds
+// parameters (lengths, formats, issuer paths), never a value.
+type RotationPolicy struct {
+	Secret string
+	Method string            // the rotator
+	Params map[string]string // the rotator's parameters
+	// Every is the cadence (0: none); Window, "HH:MM-HH:MM" in UTC, bounds
+	// when a cadence rotation may start ("": any time).
+	Every  time.Duration
+	Window string
+	// RenewAt is the fraction of a certificate's lifetime at which it is
+	// re-issued (0: not renewed on expiry).
+	RenewAt float64
+
+	CreateTime time.Time
+	UpdateTime time.Time
+}
+
+// RotationPolicyStore persists rotation policies, one per secret.
+type RotationPolicyStore interface {
+	// PutRotationPolicy creates or replaces the secret's policy.
+	PutRotationPolicy(ctx context.Context, p RotationPolicy) (RotationPolicy, error)
+	// GetRotationPolicy returns ErrNotFound when the secret has none.
+	GetRotationPolicy(ctx context.Context, secret string) (RotationPolicy, error)
+	// ListRotationPolicies returns policies by secret name, after the
+	// given one, at most limit (> 0).
+	ListRotationPolicies(ctx context.Context, after string, limit int) ([]RotationPolicy, error)
+	// DeleteRotationPolicy returns ErrNotFound when the secret has none.
+	DeleteRotationPolicy(ctx context.Context, secret string) error
 }
 
 // Rotation states that are final.

@@ -212,7 +212,7 @@ func testRotations(t *testing.T, s store.Store) {
 	r := store.Rotation{ID: "rot-1", Secret: "payments/db", Ref: "local://payments/db#v", Method: "random", State: "pending",
 		Actor: "spiffe://example.org/ops/admin", FromVersion: "3", Deadline: time.Unix(1_800_000_100, 0).UTC()}
 	created, err := s.CreateRotation(c, r)
-	if err != nil || created.CreateTime.IsZero() {
+	if err != nil || created.CreateTime.IsZero() || created.Trigger != "manual" {
 		t.Fatalf("create: %+v %v", created, err)
 	}
 	// One active rotation per secret; other secrets are free.
@@ -303,5 +303,57 @@ func testDeliveries(t *testing.T, s store.Store) {
 	}
 	if err := s.UpdateDelivery(c, store.Delivery{ID: "missing"}); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("update of a missing delivery: %v", err)
+	}
+}
+
+func testRotationPolicies(t *testing.T, s store.Store) {
+	c := ctx(t)
+	if _, err := s.GetRotationPolicy(c, "web/tls"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("get before put: %v", err)
+	}
+	p := store.RotationPolicy{Secret: "web/tls", Method: "certificate", Params: map[string]string{"issuer": "vault", "path": "pki/issue/web"},
+		Every: 720 * time.Hour, Window: "02:00-04:00", RenewAt: 2.0 / 3}
+	created, err := s.PutRotationPolicy(c, p)
+	if err != nil || created.CreateTime.IsZero() || created.Every != p.Every || created.Window != p.Window || created.RenewAt != p.RenewAt ||
+		!reflect.DeepEqual(created.Params, p.Params) {
+		t.Fatalf("put: %+v %v", created, err)
+	}
+	p.Method, p.Params, p.Every, p.Window, p.RenewAt = "random", nil, 0, "", 0
+	time.Sleep(2 * time.Millisecond)
+	replaced, err := s.PutRotationPolicy(c, p)
+	if err != nil || replaced.Method != "random" || replaced.Params != nil || replaced.Every != 0 || !replaced.CreateTime.Equal(created.CreateTime) || !replaced.UpdateTime.After(created.UpdateTime) {
+		t.Fatalf("replace: %+v %v", replaced, err)
+	}
+	if _, err := s.PutRotationPolicy(c, store.RotationPolicy{Secret: "x"}); err == nil {
+		t.Fatal("a policy without a method was stored")
+	}
+	for _, name := range []string{"a/1", "b/2", "c/3"} {
+		if _, err := s.PutRotationPolicy(c, store.RotationPolicy{Secret: name, Method: "random"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	page, err := s.ListRotationPolicies(c, "", 2)
+	if err != nil || len(page) != 2 || page[0].Secret != "a/1" || page[1].Secret != "b/2" {
+		t.Fatalf("first page: %+v %v", page, err)
+	}
+	page, err = s.ListRotationPolicies(c, "b/2", 10)
+	if err != nil || len(page) != 2 || page[0].Secret != "c/3" || page[1].Secret != "web/tls" {
+		t.Fatalf("second page: %+v %v", page, err)
+	}
+	if _, err := s.ListRotationPolicies(c, "", 0); err == nil {
+		t.Fatal("limit 0 accepted")
+	}
+	if err := s.DeleteRotationPolicy(c, "web/tls"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteRotationPolicy(c, "web/tls"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("second delete: %v", err)
+	}
+	r, err := s.CreateRotation(c, store.Rotation{ID: "rot-x", Secret: "web/tls", State: "pending", Trigger: "expiry"})
+	if err != nil || r.Trigger != "expiry" {
+		t.Fatalf("trigger: %+v %v", r, err)
+	}
+	if got, err := s.GetRotation(c, "rot-x"); err != nil || got.Trigger != "expiry" {
+		t.Fatalf("trigger read back: %+v %v", got, err)
 	}
 }

@@ -39,6 +39,7 @@ func Run(t *testing.T, open Opener) {
 		{"AuditConcurrentAppends", testAuditConcurrentAppends},
 		{"Consumers", testConsumers},
 		{"Rotations", testRotations},
+		{"RotationPolicies", testRotationPolicies},
 		{"Deliveries", testDeliveries},
 		{"DeliveryReads", testDeliveryReads},
 	}

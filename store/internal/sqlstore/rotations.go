@@ -11,7 +11,7 @@ import (
 	"github.com/secretplane/secretplane/store"
 )
 
-const rotationColumns = "id, secret, ref, method, state, actor, emergency, from_version, to_version, detail, deadline_us, create_us, update_us"
+const rotationColumns = "id, secret, ref, method, state, actor, emergency, trigger_kind, from_version, to_version, detail, deadline_us, create_us, update_us"
 
 func usOf(t time.Time) int64 {
 	if t.IsZero() {
@@ -34,8 +34,11 @@ func (s *Store) CreateRotation(ctx context.Context, r store.Rotation) (store.Rot
 	}
 	now := s.now().UTC().Truncate(time.Microsecond)
 	r.CreateTime, r.UpdateTime = now, now
-	q := `INSERT INTO rotations (` + rotationColumns + `) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`
-	_, err := s.db.ExecContext(ctx, s.dialect.Rebind(q), r.ID, r.Secret, r.Ref, r.Method, r.State, r.Actor, r.Emergency,
+	q := `INSERT INTO rotations (` + rotationColumns + `) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`
+	if r.Trigger == "" {
+		r.Trigger = "manual"
+	}
+	_, err := s.db.ExecContext(ctx, s.dialect.Rebind(q), r.ID, r.Secret, r.Ref, r.Method, r.State, r.Actor, r.Emergency, r.Trigger,
 		r.FromVersion, r.ToVersion, r.Detail, usOf(r.Deadline), now.UnixMicro(), now.UnixMicro())
 	switch {
 	case err != nil && s.dialect.IsUniqueViolation(err):
@@ -125,7 +128,7 @@ func scanRotation(row scanner) (store.Rotation, error) {
 		r                          store.Rotation
 		deadline, created, updated int64
 	)
-	if err := row.Scan(&r.ID, &r.Secret, &r.Ref, &r.Method, &r.State, &r.Actor, &r.Emergency, &r.FromVersion, &r.ToVersion, &r.Detail, &deadline, &created, &updated); err != nil {
+	if err := row.Scan(&r.ID, &r.Secret, &r.Ref, &r.Method, &r.State, &r.Actor, &r.Emergency, &r.Trigger, &r.FromVersion, &r.ToVersion, &r.Detail, &deadline, &created, &updated); err != nil {
 		return store.Rotation{}, err
 	}
 	r.Deadline, r.CreateTime, r.UpdateTime = timeOf(deadline), timeOf(created), timeOf(updated)
