@@ -181,32 +181,55 @@ func (ca *CA) IssueServingSVID(id spiffeid.ID, ttl time.Duration, hosts ...strin
 	if !id.MemberOf(ca.td) {
 		return nil, fmt.Errorf("issue SVID for %s: not in trust domain %s", id, ca.td)
 	}
+	cert, key, err := ca.issue(ca.now(), ttl, &x509.Certificate{URIs: []*url.URL{id.URL()}}, hosts)
+	if err != nil {
+		return nil, fmt.Errorf("issue SVID for %s: %w", id, err)
+	}
+	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{cert}, PrivateKey: key}, nil
+}
+
+// IssueCertificate issues a TLS certificate (server and client auth) for
+// commonName and hosts (DNS names or IP addresses), valid from now for ttl
+// (capped at the CA's expiry), with a new key: what a rotation re-issues
+// for an Envoy gateway. It returns the leaf and its key as PEM.
+func (ca *CA) IssueCertificate(now time.Time, commonName string, hosts []string, ttl time.Duration) (chainPEM, keyPEM []byte, err error) {
+	cert, key, err := ca.issue(now, ttl, &x509.Certificate{}, append([]string{commonName}, hosts...))
+	if err != nil {
+		return nil, nil, fmt.Errorf("issue a certificate for %s: %w", commonName, err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode the key for %s: %w", commonName, err)
+	}
+	defer clear(der)
+	return encodeCerts(cert), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// issue signs tmpl (its URIs kept) with a new P-256 key, for hosts: the
+// first DNS name is also the subject's common name, as SPIRE does (Vault's
+// certificate auth requires it).
+func (ca *CA) issue(now time.Time, ttl time.Duration, tmpl *x509.Certificate, hosts []string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 	if ttl <= 0 {
-		return nil, fmt.Errorf("issue SVID for %s: ttl must be positive", id)
+		return nil, nil, fmt.Errorf("ttl must be positive")
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("generate SVID key: %w", err)
+		return nil, nil, fmt.Errorf("generate key: %w", err)
 	}
 	serial, err := newSerial()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	now := ca.now()
 	notAfter := now.Add(ttl)
 	if notAfter.After(ca.cert.NotAfter) {
 		notAfter = ca.cert.NotAfter
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{Organization: []string{"secretplane"}},
-		URIs:                  []*url.URL{id.URL()},
-		NotBefore:             now.Add(-time.Minute),
-		NotAfter:              notAfter,
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageKeyAgreement,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
-	}
+	tmpl.SerialNumber = serial
+	tmpl.Subject = pkix.Name{Organization: []string{"secretplane"}}
+	tmpl.NotBefore, tmpl.NotAfter = now.Add(-time.Minute), notAfter
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageKeyAgreement
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	tmpl.BasicConstraintsValid = true
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
 			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
@@ -219,13 +242,13 @@ func (ca *CA) IssueServingSVID(id spiffeid.ID, ttl time.Duration, hosts ...strin
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
 	if err != nil {
-		return nil, fmt.Errorf("sign SVID for %s: %w", id, err)
+		return nil, nil, fmt.Errorf("sign: %w", err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("parse SVID for %s: %w", id, err)
+		return nil, nil, fmt.Errorf("parse: %w", err)
 	}
-	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{cert}, PrivateKey: key}, nil
+	return cert, key, nil
 }
 
 func newSerial() (*big.Int, error) {

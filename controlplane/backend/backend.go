@@ -155,3 +155,19 @@ func (r *Registry) Stager(ref secretref.Ref) (Stager, bool) {
 	s, ok := b.(Stager)
 	return s, ok
 }
+
+// Invalidator is a backend that can make an old version unreadable: an
+// emergency rotation (after a leak) invalidates the version it replaced.
+type Invalidator interface {
+	Invalidate(ctx context.Context, ref secretref.Ref, version string) error
+}
+
+// Invalidator returns ref's backend as an Invalidator, when it is one.
+func (r *Registry) Invalidator(ref secretref.Ref) (Invalidator, bool) {
+	b, err := r.For(ref)
+	if err != nil {
+		return nil, false
+	}
+	i, ok := b.(Invalidator)
+	return i, ok
+}
