@@ -138,6 +138,12 @@ func TestRotationOfAVaultSecret(t *testing.T) {
 	if got := status("rotate", "status", "payments/db"); got.ID != r.ID || !strings.Contains(got.Detail, "all 3 consumers acknowledged 2") {
 		t.Fatalf("status: %+v", got)
 	}
+	timeline := mustCLI(t, dataDir, "rotate", "status", "payments/db")
+	for _, step := range []string{"timeline:", "start", "create_version", "propagating", "verifying", "completed"} {
+		if !strings.Contains(timeline, step) {
+			t.Fatalf("rotate status lacks %s in its timeline:\n%s", step, timeline)
+		}
+	}
 	audit := mustCLI(t, dataDir, "audit", "tail", "-n", "100")
 	for _, step := range []string{"rotation.start", "rotation.create_version", "rotation.propagating", "rotation.verifying", "rotation.completed", "RotationService.StartRotation"} {
 		if !strings.Contains(audit, step) {
@@ -186,5 +192,18 @@ func TestRotationOfAVaultSecret(t *testing.T) {
 	}
 	if !strings.Contains(srv.out.String(), "resuming rotation") {
 		t.Fatal("the restarted server did not say it resumed the rotation")
+	}
+
+	// An emergency rotation (after a leak) pushes at once and invalidates
+	// the version it replaced at Vault; the audit flags it.
+	em := status("rotate", "start", "payments/db", "--emergency", "--wait", "30s")
+	if em.State != "completed" || em.FromVersion != "3" || em.ToVersion != "4" || !strings.Contains(em.Detail, "invalidated at the backend") {
+		t.Fatalf("emergency rotation: %+v", em)
+	}
+	if old, err := root.KVv2("secret").GetVersion(ctx, "payments/db", 3); err == nil && old.VersionMetadata != nil && old.VersionMetadata.DeletionTime.IsZero() {
+		t.Fatal("the leaked version 3 is still readable at Vault")
+	}
+	if audit := mustCLI(t, dataDir, "audit", "tail", "-n", "50"); !strings.Contains(audit, "(emergency)") || !strings.Contains(audit, "rotation.invalidate_previous") {
+		t.Fatalf("the audit does not flag the emergency:\n%s", audit)
 	}
 }

@@ -82,6 +82,7 @@ func settings() []setting {
 		{"rotation.deadline", "rotation-deadline", "how long a rotation waits for every consumer to acknowledge the new version before it fails"},
 		{"rotation.horizon", "rotation-horizon", "consumers not seen for this long are not waited for by rotations"},
 		{"rotation.auto_rollback", "rotation-auto-rollback", "a failed rotation puts every consumer back on the previous version"},
+		{"rotation.check_interval", "rotation-check-interval", "how often rotation policies are looked at for rotations due (cadence, certificate renewal)"},
 		{"webhooks", "webhook", "NAME=https://... receiving every rotation step as a signed CloudEvent (repeatable)"},
 		{"webhook_key_file", "webhook-key-file", "file holding the HMAC-SHA256 key webhooks are signed with (at least 16 bytes)"},
 		{"webhook_ca_file", "webhook-ca-file", "CA certificate(s) that sign webhook receivers' TLS certificates (default: the system's)"},

@@ -47,6 +47,26 @@ func allRPCs() []rpc {
 			_, err := rot(c).GetRotation(ctx, &spv1.GetRotationRequest{Secret: n})
 			return err
 		}, codes.NotFound},
+		{"RotationService.CancelRotation", policy.Rotate, "name", func(ctx context.Context, c *grpc.ClientConn, n string) error {
+			_, err := rot(c).CancelRotation(ctx, &spv1.CancelRotationRequest{Secret: n, Id: "rot-none"})
+			return err
+		}, codes.NotFound},
+		{"RotationService.RollbackRotation", policy.Rotate, "name", func(ctx context.Context, c *grpc.ClientConn, n string) error {
+			_, err := rot(c).RollbackRotation(ctx, &spv1.RollbackRotationRequest{Secret: n})
+			return err
+		}, codes.NotFound},
+		{"RotationService.SetRotationPolicy", policy.Rotate, "name", func(ctx context.Context, c *grpc.ClientConn, n string) error {
+			_, err := rot(c).SetRotationPolicy(ctx, &spv1.SetRotationPolicyRequest{Policy: &spv1.RotationPolicy{Secret: n, Method: "no-such-method"}})
+			return err
+		}, codes.InvalidArgument},
+		{"RotationService.GetRotationPolicy", policy.Rotate, "name", func(ctx context.Context, c *grpc.ClientConn, n string) error {
+			_, err := rot(c).GetRotationPolicy(ctx, &spv1.GetRotationPolicyRequest{Secret: n})
+			return err
+		}, codes.NotFound},
+		{"RotationService.DeleteRotationPolicy", policy.Rotate, "name", func(ctx context.Context, c *grpc.ClientConn, n string) error {
+			_, err := rot(c).DeleteRotationPolicy(ctx, &spv1.DeleteRotationPolicyRequest{Secret: n})
+			return err
+		}, codes.NotFound},
 		{"RotationService.ListRotations", policy.Rotate, "name", func(ctx context.Context, c *grpc.ClientConn, n string) error {
 			_, err := rot(c).ListRotations(ctx, &spv1.ListRotationsRequest{Secret: n})
 			return err

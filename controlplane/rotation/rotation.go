@@ -36,6 +36,7 @@ import (
 	"github.com/secretplane/secretplane/controlplane/events"
 	"github.com/secretplane/secretplane/controlplane/resolve"
 	"github.com/secretplane/secretplane/controlplane/secretref"
+	"github.com/secretplane/secretplane/internal/failpoint"
 	"github.com/secretplane/secretplane/store"
 )
 
@@ -52,6 +53,7 @@ const (
 // Store persists rotations (store.Store).
 type Store interface {
 	store.RotationStore
+	store.RotationPolicyStore
 }
 
 // Catalog binds names to refs and pins a secret's served version
@@ -61,10 +63,13 @@ type Catalog interface {
 	Pin(ctx context.Context, name, version string)
 }
 
-// Backend reads and writes values (backend.Registry).
+// Backend reads and writes values (backend.Registry); a backend that
+// stages new versions (backend.Stager) has them staged, then promoted.
 type Backend interface {
 	Read(ctx context.Context, ref secretref.Ref) (backend.Value, error)
 	Write(ctx context.Context, ref secretref.Ref, data []byte) (string, error)
+	Stager(ref secretref.Ref) (backend.Stager, bool)
+	Invalidator(ref secretref.Ref) (backend.Invalidator, bool)
 }
 
 // Resolver reads a ref afresh and tells its watchers (resolve.Resolver).
@@ -82,9 +87,22 @@ type Recorder interface {
 	RecordOutcome(ctx context.Context, ev audit.Event)
 }
 
-// Rotator makes a secret's next value from its current one.
+// Rotator makes a secret's next value.
 type Rotator interface {
-	Next(ctx context.Context, current backend.Value) ([]byte, error)
+	// Check says what is wrong with params, if anything (at policy put and
+	// at start, so that a rotation never starts with parameters it cannot
+	// use). Parameters are never values: lengths, formats, issuer paths.
+	Check(params map[string]string) error
+	// Next returns the new value. It must not log or keep it.
+	Next(ctx context.Context, req Request) ([]byte, error)
+}
+
+// Request is what a rotator is given.
+type Request struct {
+	RotationID string // the idempotency key of the step
+	Secret     string
+	Params     map[string]string // the secret's rotation policy's, for this method
+	Current    backend.Value     // the value being replaced
 }
 
 // ExpectedVersion is the version a consumer on channel acknowledges for
@@ -106,6 +124,12 @@ type Options struct {
 	// StepTimeout bounds one rotator or backend step; default 30s.
 	StepTimeout time.Duration
 	Rotators    map[string]Rotator // by method; "random" is always there
+	// CheckEvery is how often rotation policies are looked at for
+	// rotations due (cadence, certificate renewal); default 30s.
+	CheckEvery time.Duration
+	// RetryAfter is how long a secret whose scheduled rotation failed
+	// waits before the schedule tries again; default 10m.
+	RetryAfter time.Duration
 	// Events, when set, gets an events.RotationStep for every step
 	// audited (webhooks follow it).
 	Events *events.Bus
@@ -126,7 +150,7 @@ type Manager struct {
 	log       *slog.Logger
 
 	mu      sync.Mutex
-	running map[string]bool // rotation ids being driven here
+	running map[string]*driver // rotation ids being driven here
 	wg      sync.WaitGroup
 	ctx     context.Context // Run's: rotations started later are driven under it
 }
@@ -148,6 +172,12 @@ func New(s Store, c Catalog, b Backend, r Resolver, cons Consumers, a Recorder, 
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.CheckEvery <= 0 {
+		opts.CheckEvery = 30 * time.Second
+	}
+	if opts.RetryAfter <= 0 {
+		opts.RetryAfter = 10 * time.Minute
+	}
 	rotators := map[string]Rotator{"random": Random{}}
 	for k, v := range opts.Rotators {
 		rotators[k] = v
@@ -157,7 +187,7 @@ func New(s Store, c Catalog, b Backend, r Resolver, cons Consumers, a Recorder, 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{store: s, catalog: c, backend: b, resolver: r, consumers: cons, audit: a, expected: expected, opts: opts, log: log, running: map[string]bool{}}
+	return &Manager{store: s, catalog: c, backend: b, resolver: r, consumers: cons, audit: a, expected: expected, opts: opts, log: log, running: map[string]*driver{}}
 }
 
 // StartRequest asks for a rotation.
@@ -166,6 +196,7 @@ type StartRequest struct {
 	Method    string // default "random"
 	Actor     string // SPIFFE ID, or "system"
 	Emergency bool   // do not wait for consumers: push and complete
+	Trigger   string // manual (default), cadence, expiry or observed
 }
 
 // Refusals of Start, wrapped with what was refused.
@@ -173,16 +204,47 @@ var (
 	ErrRunning       = errors.New("a rotation of this secret is already running")
 	ErrFixedVersion  = errors.New("the secret is bound to a fixed version; rebind it to the unversioned ref to rotate it")
 	ErrUnknownMethod = errors.New("unknown rotation method")
+	ErrBadPolicy     = errors.New("invalid rotation policy")
+	ErrFinal         = errors.New("the rotation has ended")
+	ErrSuperseded    = errors.New("the rotation's version has been superseded")
 )
+
+// methods lists the known rotators, for messages.
+func (m *Manager) methods() string {
+	names := make([]string, 0, len(m.opts.Rotators))
+	for k := range m.opts.Rotators {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
+}
 
 // Start records a new rotation in pending and has it driven. A secret
 // with a rotation in flight is refused with that rotation's id.
 func (m *Manager) Start(ctx context.Context, req StartRequest) (store.Rotation, error) {
+	pol, err := m.store.GetRotationPolicy(ctx, req.Secret)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return store.Rotation{}, fmt.Errorf("rotate %s: %w", req.Secret, err)
+	}
+	if req.Method == "" {
+		req.Method = pol.Method
+	}
 	if req.Method == "" {
 		req.Method = "random"
 	}
-	if _, ok := m.opts.Rotators[req.Method]; !ok {
-		return store.Rotation{}, fmt.Errorf("method %.64q: %w (known: random)", req.Method, ErrUnknownMethod)
+	if req.Trigger == "" {
+		req.Trigger = "manual"
+	}
+	rot, ok := m.opts.Rotators[req.Method]
+	if !ok {
+		return store.Rotation{}, fmt.Errorf("method %.64q: %w (known: %s)", req.Method, ErrUnknownMethod, m.methods())
+	}
+	if pol.Method == req.Method {
+		if err := rot.Check(pol.Params); err != nil {
+			return store.Rotation{}, fmt.Errorf("rotate %s: the rotation policy's parameters: %w: %w", req.Secret, ErrBadPolicy, err)
+		}
+	} else if err := rot.Check(nil); err != nil {
+		return store.Rotation{}, fmt.Errorf("rotate %s: method %s needs parameters: set them with a rotation policy: %w: %w", req.Secret, req.Method, ErrBadPolicy, err)
 	}
 	if active, err := m.store.ListRotations(ctx, store.RotationQuery{Secret: req.Secret, ActiveOnly: true, Limit: 1}); err != nil {
 		return store.Rotation{}, fmt.Errorf("rotate %s: %w", req.Secret, err)
@@ -201,7 +263,7 @@ func (m *Manager) Start(ctx context.Context, req StartRequest) (store.Rotation, 
 		return store.Rotation{}, fmt.Errorf("rotate %s: read the current version: %w", req.Secret, err)
 	}
 	clear(cur.Data)
-	r := store.Rotation{ID: newID(), Secret: req.Secret, Ref: canonical, Method: req.Method, State: Pending, Actor: req.Actor, Emergency: req.Emergency, FromVersion: cur.Version}
+	r := store.Rotation{ID: newID(), Secret: req.Secret, Ref: canonical, Method: req.Method, State: Pending, Actor: req.Actor, Emergency: req.Emergency, Trigger: req.Trigger, FromVersion: cur.Version}
 	// Pinned before the rotation exists: from now on the current version
 	// is what is served, whatever the backend's latest becomes.
 	m.catalog.Pin(ctx, req.Secret, cur.Version)
@@ -249,27 +311,66 @@ func (m *Manager) Run(ctx context.Context) {
 		m.log.InfoContext(ctx, "resuming rotation", "rotation", r.ID, "secret_name", r.Secret, "state", r.State)
 		m.drive(r)
 	}
-	<-ctx.Done()
-	m.wg.Wait()
+	t := time.NewTicker(m.opts.CheckEvery)
+	defer t.Stop()
+	for {
+		m.schedule(ctx)
+		select {
+		case <-ctx.Done():
+			m.wg.Wait()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// driver is a rotation being driven here: stop ends its steps, done
+// closes when they have.
+type driver struct {
+	stop context.CancelFunc
+	done chan struct{}
 }
 
 // drive runs r's remaining steps in a goroutine of its own, once.
 func (m *Manager) drive(r store.Rotation) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.running[r.ID] || m.ctx == nil {
+	if m.running[r.ID] != nil || m.ctx == nil {
 		return // already driven, or Run has not started: it resumes r
 	}
-	m.running[r.ID] = true
-	ctx := m.ctx
+	ctx, stop := context.WithCancel(m.ctx)
+	d := &driver{stop: stop, done: make(chan struct{})}
+	m.running[r.ID] = d
 	m.wg.Go(func() {
 		defer func() {
 			m.mu.Lock()
 			delete(m.running, r.ID)
 			m.mu.Unlock()
+			stop()
+			close(d.done)
 		}()
 		m.steps(ctx, r)
 	})
+}
+
+// halt stops the driving of rotation id here and waits until its current
+// step has ended (bounded by the step timeout).
+func (m *Manager) halt(ctx context.Context, id string) error {
+	m.mu.Lock()
+	d := m.running[id]
+	m.mu.Unlock()
+	if d == nil {
+		return nil
+	}
+	d.stop()
+	select {
+	case <-d.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(m.opts.StepTimeout + time.Second):
+		return fmt.Errorf("rotation %s did not stop within %s", id, m.opts.StepTimeout)
+	}
 }
 
 // steps advances r until it is final or ctx ends.
@@ -331,14 +432,20 @@ func (m *Manager) step(ctx context.Context, r store.Rotation) (store.Rotation, e
 		r.State = Propagating
 		return r, nil
 	case Propagating:
-		m.catalog.Pin(ctx, r.Secret, "")
+		failpoint.Hold(ctx, "rotation/propagating")
 		sctx, cancel := context.WithTimeout(ctx, m.opts.StepTimeout)
 		defer cancel()
+		if stager, ok := m.backend.Stager(ref); ok {
+			if err := stager.Promote(sctx, ref, r.ToVersion); err != nil {
+				return r, fmt.Errorf("make the new version current: %w", err)
+			}
+		}
+		m.catalog.Pin(ctx, r.Secret, "")
 		if _, err := m.resolver.RefreshNow(sctx, ref); err != nil {
 			return r, fmt.Errorf("read the new version: %w", err)
 		}
 		if r.Emergency {
-			r.State, r.Detail = Completed, "emergency: pushed without waiting for consumers"
+			r.State, r.Detail = Completed, "emergency: pushed without waiting for consumers; "+m.invalidate(sctx, r, ref)
 			return r, nil
 		}
 		r.State, r.Deadline = Verifying, m.opts.Now().Add(m.opts.Deadline)
@@ -360,20 +467,72 @@ func (m *Manager) create(ctx context.Context, r store.Rotation, ref secretref.Re
 		return "", fmt.Errorf("read the current version: %w", err)
 	}
 	defer clear(cur.Data)
-	if cur.Version != r.FromVersion {
-		m.log.InfoContext(ctx, "rotation adopts the version written before it stopped", "rotation", r.ID, "secret_name", r.Secret, "version", cur.Version)
-		return cur.Version, nil
+	stager, staged := m.backend.Stager(ref)
+	if adopted, err := m.written(sctx, r, ref, cur, stager); err != nil || adopted != "" {
+		return adopted, err
 	}
-	next, err := m.opts.Rotators[r.Method].Next(sctx, cur)
+	failpoint.Hold(ctx, "rotation/pending-before-write")
+	var params map[string]string
+	if pol, err := m.store.GetRotationPolicy(sctx, r.Secret); err == nil && pol.Method == r.Method {
+		params = pol.Params
+	} else if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return "", fmt.Errorf("read the rotation policy: %w", err)
+	}
+	rot, ok := m.opts.Rotators[r.Method]
+	if !ok {
+		return "", fmt.Errorf("method %s: %w", r.Method, ErrUnknownMethod)
+	}
+	next, err := rot.Next(sctx, Request{RotationID: r.ID, Secret: r.Secret, Params: params, Current: cur})
 	if err != nil {
 		return "", fmt.Errorf("%s rotator: %w", r.Method, err)
 	}
 	defer clear(next)
-	v, err := m.backend.Write(sctx, ref, next)
+	var v string
+	if staged {
+		v, err = stager.Stage(sctx, ref, next, r.ID)
+	} else {
+		v, err = m.backend.Write(sctx, ref, next)
+	}
 	if err != nil {
 		return "", fmt.Errorf("write the new version: %w", err)
 	}
+	failpoint.Hold(ctx, "rotation/pending-after-write") // written, not yet recorded
 	return v, nil
+}
+
+// written returns the version an earlier run of r's pending step created
+// before it could record it, or "": a staged version under r's id, or a
+// backend latest that is not the version r started from.
+func (m *Manager) written(ctx context.Context, r store.Rotation, ref secretref.Ref, cur backend.Value, stager backend.Stager) (string, error) {
+	v := ""
+	if stager != nil {
+		var err error
+		if v, err = stager.Staged(ctx, ref, r.ID); err != nil {
+			return "", fmt.Errorf("look for a version staged before: %w", err)
+		}
+	} else if cur.Version != r.FromVersion {
+		v = cur.Version
+	}
+	if v != "" {
+		m.log.InfoContext(ctx, "rotation adopts the version written before it stopped", "rotation", r.ID, "secret_name", r.Secret, "version", v)
+	}
+	return v, nil
+}
+
+// invalidate makes an emergency rotation's previous version unreadable
+// where the backend can, and says what it did.
+func (m *Manager) invalidate(ctx context.Context, r store.Rotation, ref secretref.Ref) string {
+	inv, ok := m.backend.Invalidator(ref)
+	if !ok {
+		return "the previous version " + r.FromVersion + " is kept: this backend cannot invalidate a version"
+	}
+	if err := inv.Invalidate(ctx, ref, r.FromVersion); err != nil {
+		m.log.ErrorContext(ctx, "emergency rotation: the previous version could not be invalidated", "rotation", r.ID, "secret_name", r.Secret, "error", err.Error())
+		m.record(ctx, r, "rotation.invalidate_previous", "Failed")
+		return "the previous version " + r.FromVersion + " could not be invalidated: " + err.Error()
+	}
+	m.record(ctx, r, "rotation.invalidate_previous", audit.OK)
+	return "the previous version " + r.FromVersion + " is invalidated at the backend"
 }
 
 // verify waits until every consumer seen within the horizon has the new
@@ -472,19 +631,9 @@ func (m *Manager) rollback(ctx context.Context, r store.Rotation) store.Rotation
 		return r
 	}
 	m.catalog.Pin(ctx, r.Secret, r.FromVersion) // served at once, while the write happens
-	old := ref
-	old.Version = r.FromVersion
-	prev, err := m.read(ctx, old)
+	restored, err := m.restore(ctx, r, ref)
 	if err != nil {
-		m.log.ErrorContext(ctx, "rollback: the previous version could not be read; the secret stays pinned at it", "rotation", r.ID, "error", err.Error())
-		return r
-	}
-	sctx, cancel := context.WithTimeout(ctx, m.opts.StepTimeout)
-	restored, err := m.backend.Write(sctx, ref, prev.Data)
-	cancel()
-	clear(prev.Data)
-	if err != nil {
-		m.log.ErrorContext(ctx, "rollback: the previous value could not be written back; the secret stays pinned at it", "rotation", r.ID, "error", err.Error())
+		m.log.ErrorContext(ctx, "rollback: the previous value could not be made current; the secret stays pinned at it", "rotation", r.ID, "error", err.Error())
 		return r
 	}
 	m.catalog.Pin(ctx, r.Secret, "")
@@ -494,13 +643,39 @@ func (m *Manager) rollback(ctx context.Context, r store.Rotation) store.Rotation
 	next := r
 	next.State = RolledBack
 	next.Detail = r.Detail + "; rolled back: the value of " + r.FromVersion + " is current again as " + restored
-	saved, err := m.store.UpdateRotation(ctx, next, Failed)
+	saved, err := m.store.UpdateRotation(ctx, next, r.State)
 	if err != nil {
 		m.log.ErrorContext(ctx, "rollback could not be recorded", "rotation", r.ID, "error", err.Error())
 		return r
 	}
 	m.record(ctx, saved, "rotation."+RolledBack, audit.OK)
 	return saved
+}
+
+// restore makes r's previous value current again: promoted back where the
+// backend stages versions (it never stopped existing), else written as the
+// newest version. It returns the version now current.
+func (m *Manager) restore(ctx context.Context, r store.Rotation, ref secretref.Ref) (string, error) {
+	sctx, cancel := context.WithTimeout(ctx, m.opts.StepTimeout)
+	defer cancel()
+	if stager, ok := m.backend.Stager(ref); ok {
+		if err := stager.Promote(sctx, ref, r.FromVersion); err != nil {
+			return "", fmt.Errorf("make %s current again: %w", r.FromVersion, err)
+		}
+		return r.FromVersion, nil
+	}
+	old := ref
+	old.Version = r.FromVersion
+	prev, err := m.backend.Read(sctx, old)
+	if err != nil {
+		return "", fmt.Errorf("read the previous version: %w", err)
+	}
+	defer clear(prev.Data)
+	v, err := m.backend.Write(sctx, ref, prev.Data)
+	if err != nil {
+		return "", fmt.Errorf("write the previous value back: %w", err)
+	}
+	return v, nil
 }
 
 func (m *Manager) read(ctx context.Context, ref secretref.Ref) (backend.Value, error) {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"github.com/secretplane/secretplane/controlplane/rotation"
 	"io"
 	"log/slog"
 	"net"
@@ -72,6 +73,12 @@ type RotationConfig struct {
 	// AutoRollback pins a failed rotation's secret back at its previous
 	// version and pushes it to every consumer.
 	AutoRollback bool `koanf:"auto_rollback"`
+	// CheckInterval is how often rotation policies are looked at for
+	// rotations due (cadence, certificate renewal).
+	CheckInterval time.Duration `koanf:"check_interval"`
+	// Issuers adds certificate issuers to those the server builds (Vault
+	// PKI, the dev CA), by name: for embedding and tests.
+	Issuers map[string]rotation.Issuer `koanf:"-"`
 }
 
 // SDSConfig tunes Envoy SDS, served on the API listener and, when Listen
@@ -202,7 +209,7 @@ func Defaults() Config {
 		Cache:         CacheConfig{TTL: 5 * time.Minute, MaxStale: time.Hour, MaxEntries: 100_000, MaxBytes: 256 << 20},
 		Shutdown:      ShutdownConfig{Timeout: 10 * time.Second},
 		SDS:           SDSConfig{MaxNames: 1000, BundleRefresh: 5 * time.Second, HoldRetry: 10 * time.Second},
-		Rotation:      RotationConfig{Deadline: 2 * time.Minute, Horizon: 24 * time.Hour},
+		Rotation:      RotationConfig{Deadline: 2 * time.Minute, Horizon: 24 * time.Hour, CheckInterval: 30 * time.Second},
 
 		MaxStreamsPerConn: 1000,
 	}

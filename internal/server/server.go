@@ -164,6 +164,8 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	s.rotations = rotation.New(s.store, cat, registry, resolver, s.deps, s.audit, expected, rotation.Options{
 		Deadline: cfg.Rotation.Deadline, Horizon: cfg.Rotation.Horizon, AutoRollback: cfg.Rotation.AutoRollback, Log: s.log, Events: s.bus,
+		CheckEvery: cfg.Rotation.CheckInterval,
+		Rotators:   map[string]rotation.Rotator{"certificate": rotation.Certificate{Issuers: s.issuers()}},
 	})
 	var webhooks []api.Webhook
 	if s.notifier, webhooks, err = newNotifier(cfg, s.store, s.bus, s.serverID.String(), s.log); err != nil {
@@ -440,8 +442,8 @@ func (s *Server) prepare(ctx context.Context) (setup, error) {
 	if cfg.PolicyRefresh < time.Second || cfg.WatchRetry <= 0 {
 		problem("policy_refresh must be at least 1s and watch_retry positive")
 	}
-	if cfg.Rotation.Deadline <= 0 || cfg.Rotation.Horizon <= 0 {
-		problem("rotation: deadline and horizon must be positive")
+	if cfg.Rotation.Deadline <= 0 || cfg.Rotation.Horizon <= 0 || cfg.Rotation.CheckInterval <= 0 {
+		problem("rotation: deadline, horizon and check_interval must be positive")
 	}
 	if cfg.SDS.MaxNames <= 0 || cfg.SDS.BundleRefresh <= 0 || cfg.SDS.HoldRetry <= 0 || cfg.MaxStreamsPerConn <= 0 || cfg.MaxStreamsPerConn > 1<<20 {
 		problem("sds: max_names, bundle_refresh and hold_retry must be positive, and max_streams_per_connection between 1 and 1048576")

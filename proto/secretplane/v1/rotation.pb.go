@@ -36,10 +36,12 @@ type Rotation struct {
 	FromVersion string `protobuf:"bytes,7,opt,name=from_version,json=fromVersion,proto3" json:"from_version,omitempty"`
 	ToVersion   string `protobuf:"bytes,8,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
 	// Why it failed, or what it did: consumers are named, values never.
-	Detail        string                 `protobuf:"bytes,9,opt,name=detail,proto3" json:"detail,omitempty"`
-	Deadline      *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=deadline,proto3" json:"deadline,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	Detail     string                 `protobuf:"bytes,9,opt,name=detail,proto3" json:"detail,omitempty"`
+	Deadline   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// What started it: manual, cadence, expiry or observed.
+	Trigger       string `protobuf:"bytes,13,opt,name=trigger,proto3" json:"trigger,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -156,6 +158,13 @@ func (x *Rotation) GetUpdateTime() *timestamppb.Timestamp {
 		return x.UpdateTime
 	}
 	return nil
+}
+
+func (x *Rotation) GetTrigger() string {
+	if x != nil {
+		return x.Trigger
+	}
+	return ""
 }
 
 type StartRotationRequest struct {
@@ -369,11 +378,391 @@ func (x *ListRotationsResponse) GetRotations() []*Rotation {
 	return nil
 }
 
+type CancelRotationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Secret        string                 `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelRotationRequest) Reset() {
+	*x = CancelRotationRequest{}
+	mi := &file_secretplane_v1_rotation_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelRotationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelRotationRequest) ProtoMessage() {}
+
+func (x *CancelRotationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_secretplane_v1_rotation_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelRotationRequest.ProtoReflect.Descriptor instead.
+func (*CancelRotationRequest) Descriptor() ([]byte, []int) {
+	return file_secretplane_v1_rotation_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CancelRotationRequest) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *CancelRotationRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RollbackRotationRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Secret string                 `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	// Default: the secret's newest rotation.
+	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackRotationRequest) Reset() {
+	*x = RollbackRotationRequest{}
+	mi := &file_secretplane_v1_rotation_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackRotationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackRotationRequest) ProtoMessage() {}
+
+func (x *RollbackRotationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_secretplane_v1_rotation_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackRotationRequest.ProtoReflect.Descriptor instead.
+func (*RollbackRotationRequest) Descriptor() ([]byte, []int) {
+	return file_secretplane_v1_rotation_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RollbackRotationRequest) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *RollbackRotationRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// RotationPolicy holds parameters (lengths, formats, issuer paths), never
+// a value.
+type RotationPolicy struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Secret string                 `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	// The rotator: random (default) or certificate.
+	Method string            `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	Params map[string]string `protobuf:"bytes,3,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Cadence in seconds (0: none), and the UTC window "HH:MM-HH:MM" a
+	// cadence rotation may start in ("": any time).
+	EverySeconds int64  `protobuf:"varint,4,opt,name=every_seconds,json=everySeconds,proto3" json:"every_seconds,omitempty"`
+	Window       string `protobuf:"bytes,5,opt,name=window,proto3" json:"window,omitempty"`
+	// Re-issue a certificate at this fraction of its lifetime (0: not on
+	// expiry; the certificate method defaults to 2/3).
+	RenewAt       float64                `protobuf:"fixed64,6,opt,name=renew_at,json=renewAt,proto3" json:"renew_at,omitempty"`
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotationPolicy) Reset() {
+	*x = RotationPolicy{}
+	mi := &file_secretplane_v1_rotation_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotationPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotationPolicy) ProtoMessage() {}
+
+func (x *RotationPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_secretplane_v1_rotation_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotationPolicy.ProtoReflect.Descriptor instead.
+func (*RotationPolicy) Descriptor() ([]byte, []int) {
+	return file_secretplane_v1_rotation_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RotationPolicy) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *RotationPolicy) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *RotationPolicy) GetParams() map[string]string {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+func (x *RotationPolicy) GetEverySeconds() int64 {
+	if x != nil {
+		return x.EverySeconds
+	}
+	return 0
+}
+
+func (x *RotationPolicy) GetWindow() string {
+	if x != nil {
+		return x.Window
+	}
+	return ""
+}
+
+func (x *RotationPolicy) GetRenewAt() float64 {
+	if x != nil {
+		return x.RenewAt
+	}
+	return 0
+}
+
+func (x *RotationPolicy) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *RotationPolicy) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+type SetRotationPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        *RotationPolicy        `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRotationPolicyRequest) Reset() {
+	*x = SetRotationPolicyRequest{}
+	mi := &file_secretplane_v1_rotation_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRotationPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRotationPolicyRequest) ProtoMessage() {}
+
+func (x *SetRotationPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_secretplane_v1_rotation_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRotationPolicyRequest.ProtoReflect.Descriptor instead.
+func (*SetRotationPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_secretplane_v1_rotation_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *SetRotationPolicyRequest) GetPolicy() *RotationPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+type GetRotationPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Secret        string                 `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRotationPolicyRequest) Reset() {
+	*x = GetRotationPolicyRequest{}
+	mi := &file_secretplane_v1_rotation_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRotationPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRotationPolicyRequest) ProtoMessage() {}
+
+func (x *GetRotationPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_secretplane_v1_rotation_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRotationPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetRotationPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_secretplane_v1_rotation_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GetRotationPolicyRequest) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+type DeleteRotationPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Secret        string                 `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteRotationPolicyRequest) Reset() {
+	*x = DeleteRotationPolicyRequest{}
+	mi := &file_secretplane_v1_rotation_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteRotationPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteRotationPolicyRequest) ProtoMessage() {}
+
+func (x *DeleteRotationPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_secretplane_v1_rotation_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteRotationPolicyRequest.ProtoReflect.Descriptor instead.
+func (*DeleteRotationPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_secretplane_v1_rotation_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *DeleteRotationPolicyRequest) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+type DeleteRotationPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteRotationPolicyResponse) Reset() {
+	*x = DeleteRotationPolicyResponse{}
+	mi := &file_secretplane_v1_rotation_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteRotationPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteRotationPolicyResponse) ProtoMessage() {}
+
+func (x *DeleteRotationPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_secretplane_v1_rotation_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteRotationPolicyResponse.ProtoReflect.Descriptor instead.
+func (*DeleteRotationPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_secretplane_v1_rotation_proto_rawDescGZIP(), []int{11}
+}
+
 var File_secretplane_v1_rotation_proto protoreflect.FileDescriptor
 
 const file_secretplane_v1_rotation_proto_rawDesc = "" +
 	"\n" +
-	"\x1dsecretplane/v1/rotation.proto\x12\x0esecretplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa0\x03\n" +
+	"\x1dsecretplane/v1/rotation.proto\x12\x0esecretplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x03\n" +
 	"\bRotation\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06secret\x18\x02 \x01(\tR\x06secret\x12\x16\n" +
@@ -390,7 +779,8 @@ const file_secretplane_v1_rotation_proto_rawDesc = "" +
 	"\vcreate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"d\n" +
+	"updateTime\x12\x18\n" +
+	"\atrigger\x18\r \x01(\tR\atrigger\"d\n" +
 	"\x14StartRotationRequest\x12\x16\n" +
 	"\x06secret\x18\x01 \x01(\tR\x06secret\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x1c\n" +
@@ -402,11 +792,43 @@ const file_secretplane_v1_rotation_proto_rawDesc = "" +
 	"\x06secret\x18\x01 \x01(\tR\x06secret\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x05R\x05limit\"O\n" +
 	"\x15ListRotationsResponse\x126\n" +
-	"\trotations\x18\x01 \x03(\v2\x18.secretplane.v1.RotationR\trotations2\x8d\x02\n" +
+	"\trotations\x18\x01 \x03(\v2\x18.secretplane.v1.RotationR\trotations\"?\n" +
+	"\x15CancelRotationRequest\x12\x16\n" +
+	"\x06secret\x18\x01 \x01(\tR\x06secret\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"A\n" +
+	"\x17RollbackRotationRequest\x12\x16\n" +
+	"\x06secret\x18\x01 \x01(\tR\x06secret\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"\x91\x03\n" +
+	"\x0eRotationPolicy\x12\x16\n" +
+	"\x06secret\x18\x01 \x01(\tR\x06secret\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12B\n" +
+	"\x06params\x18\x03 \x03(\v2*.secretplane.v1.RotationPolicy.ParamsEntryR\x06params\x12#\n" +
+	"\revery_seconds\x18\x04 \x01(\x03R\feverySeconds\x12\x16\n" +
+	"\x06window\x18\x05 \x01(\tR\x06window\x12\x19\n" +
+	"\brenew_at\x18\x06 \x01(\x01R\arenewAt\x12;\n" +
+	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x1a9\n" +
+	"\vParamsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"R\n" +
+	"\x18SetRotationPolicyRequest\x126\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1e.secretplane.v1.RotationPolicyR\x06policy\"2\n" +
+	"\x18GetRotationPolicyRequest\x12\x16\n" +
+	"\x06secret\x18\x01 \x01(\tR\x06secret\"5\n" +
+	"\x1bDeleteRotationPolicyRequest\x12\x16\n" +
+	"\x06secret\x18\x01 \x01(\tR\x06secret\"\x1e\n" +
+	"\x1cDeleteRotationPolicyResponse2\xe8\x05\n" +
 	"\x0fRotationService\x12O\n" +
 	"\rStartRotation\x12$.secretplane.v1.StartRotationRequest\x1a\x18.secretplane.v1.Rotation\x12K\n" +
 	"\vGetRotation\x12\".secretplane.v1.GetRotationRequest\x1a\x18.secretplane.v1.Rotation\x12\\\n" +
-	"\rListRotations\x12$.secretplane.v1.ListRotationsRequest\x1a%.secretplane.v1.ListRotationsResponseBGZEgithub.com/secretplane/secretplane/proto/secretplane/v1;secretplanev1b\x06proto3"
+	"\rListRotations\x12$.secretplane.v1.ListRotationsRequest\x1a%.secretplane.v1.ListRotationsResponse\x12Q\n" +
+	"\x0eCancelRotation\x12%.secretplane.v1.CancelRotationRequest\x1a\x18.secretplane.v1.Rotation\x12U\n" +
+	"\x10RollbackRotation\x12'.secretplane.v1.RollbackRotationRequest\x1a\x18.secretplane.v1.Rotation\x12]\n" +
+	"\x11SetRotationPolicy\x12(.secretplane.v1.SetRotationPolicyRequest\x1a\x1e.secretplane.v1.RotationPolicy\x12]\n" +
+	"\x11GetRotationPolicy\x12(.secretplane.v1.GetRotationPolicyRequest\x1a\x1e.secretplane.v1.RotationPolicy\x12q\n" +
+	"\x14DeleteRotationPolicy\x12+.secretplane.v1.DeleteRotationPolicyRequest\x1a,.secretplane.v1.DeleteRotationPolicyResponseBGZEgithub.com/secretplane/secretplane/proto/secretplane/v1;secretplanev1b\x06proto3"
 
 var (
 	file_secretplane_v1_rotation_proto_rawDescOnce sync.Once
@@ -420,31 +842,53 @@ func file_secretplane_v1_rotation_proto_rawDescGZIP() []byte {
 	return file_secretplane_v1_rotation_proto_rawDescData
 }
 
-var file_secretplane_v1_rotation_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_secretplane_v1_rotation_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_secretplane_v1_rotation_proto_goTypes = []any{
-	(*Rotation)(nil),              // 0: secretplane.v1.Rotation
-	(*StartRotationRequest)(nil),  // 1: secretplane.v1.StartRotationRequest
-	(*GetRotationRequest)(nil),    // 2: secretplane.v1.GetRotationRequest
-	(*ListRotationsRequest)(nil),  // 3: secretplane.v1.ListRotationsRequest
-	(*ListRotationsResponse)(nil), // 4: secretplane.v1.ListRotationsResponse
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*Rotation)(nil),                     // 0: secretplane.v1.Rotation
+	(*StartRotationRequest)(nil),         // 1: secretplane.v1.StartRotationRequest
+	(*GetRotationRequest)(nil),           // 2: secretplane.v1.GetRotationRequest
+	(*ListRotationsRequest)(nil),         // 3: secretplane.v1.ListRotationsRequest
+	(*ListRotationsResponse)(nil),        // 4: secretplane.v1.ListRotationsResponse
+	(*CancelRotationRequest)(nil),        // 5: secretplane.v1.CancelRotationRequest
+	(*RollbackRotationRequest)(nil),      // 6: secretplane.v1.RollbackRotationRequest
+	(*RotationPolicy)(nil),               // 7: secretplane.v1.RotationPolicy
+	(*SetRotationPolicyRequest)(nil),     // 8: secretplane.v1.SetRotationPolicyRequest
+	(*GetRotationPolicyRequest)(nil),     // 9: secretplane.v1.GetRotationPolicyRequest
+	(*DeleteRotationPolicyRequest)(nil),  // 10: secretplane.v1.DeleteRotationPolicyRequest
+	(*DeleteRotationPolicyResponse)(nil), // 11: secretplane.v1.DeleteRotationPolicyResponse
+	nil,                                  // 12: secretplane.v1.RotationPolicy.ParamsEntry
+	(*timestamppb.Timestamp)(nil),        // 13: google.protobuf.Timestamp
 }
 var file_secretplane_v1_rotation_proto_depIdxs = []int32{
-	5, // 0: secretplane.v1.Rotation.deadline:type_name -> google.protobuf.Timestamp
-	5, // 1: secretplane.v1.Rotation.create_time:type_name -> google.protobuf.Timestamp
-	5, // 2: secretplane.v1.Rotation.update_time:type_name -> google.protobuf.Timestamp
-	0, // 3: secretplane.v1.ListRotationsResponse.rotations:type_name -> secretplane.v1.Rotation
-	1, // 4: secretplane.v1.RotationService.StartRotation:input_type -> secretplane.v1.StartRotationRequest
-	2, // 5: secretplane.v1.RotationService.GetRotation:input_type -> secretplane.v1.GetRotationRequest
-	3, // 6: secretplane.v1.RotationService.ListRotations:input_type -> secretplane.v1.ListRotationsRequest
-	0, // 7: secretplane.v1.RotationService.StartRotation:output_type -> secretplane.v1.Rotation
-	0, // 8: secretplane.v1.RotationService.GetRotation:output_type -> secretplane.v1.Rotation
-	4, // 9: secretplane.v1.RotationService.ListRotations:output_type -> secretplane.v1.ListRotationsResponse
-	7, // [7:10] is the sub-list for method output_type
-	4, // [4:7] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	13, // 0: secretplane.v1.Rotation.deadline:type_name -> google.protobuf.Timestamp
+	13, // 1: secretplane.v1.Rotation.create_time:type_name -> google.protobuf.Timestamp
+	13, // 2: secretplane.v1.Rotation.update_time:type_name -> google.protobuf.Timestamp
+	0,  // 3: secretplane.v1.ListRotationsResponse.rotations:type_name -> secretplane.v1.Rotation
+	12, // 4: secretplane.v1.RotationPolicy.params:type_name -> secretplane.v1.RotationPolicy.ParamsEntry
+	13, // 5: secretplane.v1.RotationPolicy.create_time:type_name -> google.protobuf.Timestamp
+	13, // 6: secretplane.v1.RotationPolicy.update_time:type_name -> google.protobuf.Timestamp
+	7,  // 7: secretplane.v1.SetRotationPolicyRequest.policy:type_name -> secretplane.v1.RotationPolicy
+	1,  // 8: secretplane.v1.RotationService.StartRotation:input_type -> secretplane.v1.StartRotationRequest
+	2,  // 9: secretplane.v1.RotationService.GetRotation:input_type -> secretplane.v1.GetRotationRequest
+	3,  // 10: secretplane.v1.RotationService.ListRotations:input_type -> secretplane.v1.ListRotationsRequest
+	5,  // 11: secretplane.v1.RotationService.CancelRotation:input_type -> secretplane.v1.CancelRotationRequest
+	6,  // 12: secretplane.v1.RotationService.RollbackRotation:input_type -> secretplane.v1.RollbackRotationRequest
+	8,  // 13: secretplane.v1.RotationService.SetRotationPolicy:input_type -> secretplane.v1.SetRotationPolicyRequest
+	9,  // 14: secretplane.v1.RotationService.GetRotationPolicy:input_type -> secretplane.v1.GetRotationPolicyRequest
+	10, // 15: secretplane.v1.RotationService.DeleteRotationPolicy:input_type -> secretplane.v1.DeleteRotationPolicyRequest
+	0,  // 16: secretplane.v1.RotationService.StartRotation:output_type -> secretplane.v1.Rotation
+	0,  // 17: secretplane.v1.RotationService.GetRotation:output_type -> secretplane.v1.Rotation
+	4,  // 18: secretplane.v1.RotationService.ListRotations:output_type -> secretplane.v1.ListRotationsResponse
+	0,  // 19: secretplane.v1.RotationService.CancelRotation:output_type -> secretplane.v1.Rotation
+	0,  // 20: secretplane.v1.RotationService.RollbackRotation:output_type -> secretplane.v1.Rotation
+	7,  // 21: secretplane.v1.RotationService.SetRotationPolicy:output_type -> secretplane.v1.RotationPolicy
+	7,  // 22: secretplane.v1.RotationService.GetRotationPolicy:output_type -> secretplane.v1.RotationPolicy
+	11, // 23: secretplane.v1.RotationService.DeleteRotationPolicy:output_type -> secretplane.v1.DeleteRotationPolicyResponse
+	16, // [16:24] is the sub-list for method output_type
+	8,  // [8:16] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_secretplane_v1_rotation_proto_init() }
@@ -458,7 +902,7 @@ func file_secretplane_v1_rotation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_secretplane_v1_rotation_proto_rawDesc), len(file_secretplane_v1_rotation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,9 +19,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	RotationService_StartRotation_FullMethodName = "/secretplane.v1.RotationService/StartRotation"
-	RotationService_GetRotation_FullMethodName   = "/secretplane.v1.RotationService/GetRotation"
-	RotationService_ListRotations_FullMethodName = "/secretplane.v1.RotationService/ListRotations"
+	RotationService_StartRotation_FullMethodName        = "/secretplane.v1.RotationService/StartRotation"
+	RotationService_GetRotation_FullMethodName          = "/secretplane.v1.RotationService/GetRotation"
+	RotationService_ListRotations_FullMethodName        = "/secretplane.v1.RotationService/ListRotations"
+	RotationService_CancelRotation_FullMethodName       = "/secretplane.v1.RotationService/CancelRotation"
+	RotationService_RollbackRotation_FullMethodName     = "/secretplane.v1.RotationService/RollbackRotation"
+	RotationService_SetRotationPolicy_FullMethodName    = "/secretplane.v1.RotationService/SetRotationPolicy"
+	RotationService_GetRotationPolicy_FullMethodName    = "/secretplane.v1.RotationService/GetRotationPolicy"
+	RotationService_DeleteRotationPolicy_FullMethodName = "/secretplane.v1.RotationService/DeleteRotationPolicy"
 )
 
 // RotationServiceClient is the client API for RotationService service.
@@ -39,6 +44,18 @@ type RotationServiceClient interface {
 	GetRotation(ctx context.Context, in *GetRotationRequest, opts ...grpc.CallOption) (*Rotation, error)
 	// The secret's rotations, newest first.
 	ListRotations(ctx context.Context, in *ListRotationsRequest, opts ...grpc.CallOption) (*ListRotationsResponse, error)
+	// Stops a rotation in flight and puts every consumer back on the version
+	// it started from; FAILED_PRECONDITION once it has ended.
+	CancelRotation(ctx context.Context, in *CancelRotationRequest, opts ...grpc.CallOption) (*Rotation, error)
+	// Puts every consumer back on the version the secret's newest rotation
+	// started from; FAILED_PRECONDITION, naming the current version, when
+	// the backend has moved on since.
+	RollbackRotation(ctx context.Context, in *RollbackRotationRequest, opts ...grpc.CallOption) (*Rotation, error)
+	// Sets how and when the secret is rotated: the rotator and its
+	// parameters, a cadence, a certificate's renewal point.
+	SetRotationPolicy(ctx context.Context, in *SetRotationPolicyRequest, opts ...grpc.CallOption) (*RotationPolicy, error)
+	GetRotationPolicy(ctx context.Context, in *GetRotationPolicyRequest, opts ...grpc.CallOption) (*RotationPolicy, error)
+	DeleteRotationPolicy(ctx context.Context, in *DeleteRotationPolicyRequest, opts ...grpc.CallOption) (*DeleteRotationPolicyResponse, error)
 }
 
 type rotationServiceClient struct {
@@ -79,6 +96,56 @@ func (c *rotationServiceClient) ListRotations(ctx context.Context, in *ListRotat
 	return out, nil
 }
 
+func (c *rotationServiceClient) CancelRotation(ctx context.Context, in *CancelRotationRequest, opts ...grpc.CallOption) (*Rotation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Rotation)
+	err := c.cc.Invoke(ctx, RotationService_CancelRotation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *rotationServiceClient) RollbackRotation(ctx context.Context, in *RollbackRotationRequest, opts ...grpc.CallOption) (*Rotation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Rotation)
+	err := c.cc.Invoke(ctx, RotationService_RollbackRotation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *rotationServiceClient) SetRotationPolicy(ctx context.Context, in *SetRotationPolicyRequest, opts ...grpc.CallOption) (*RotationPolicy, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotationPolicy)
+	err := c.cc.Invoke(ctx, RotationService_SetRotationPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *rotationServiceClient) GetRotationPolicy(ctx context.Context, in *GetRotationPolicyRequest, opts ...grpc.CallOption) (*RotationPolicy, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotationPolicy)
+	err := c.cc.Invoke(ctx, RotationService_GetRotationPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *rotationServiceClient) DeleteRotationPolicy(ctx context.Context, in *DeleteRotationPolicyRequest, opts ...grpc.CallOption) (*DeleteRotationPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteRotationPolicyResponse)
+	err := c.cc.Invoke(ctx, RotationService_DeleteRotationPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RotationServiceServer is the server API for RotationService service.
 // All implementations must embed UnimplementedRotationServiceServer
 // for forward compatibility.
@@ -94,6 +161,18 @@ type RotationServiceServer interface {
 	GetRotation(context.Context, *GetRotationRequest) (*Rotation, error)
 	// The secret's rotations, newest first.
 	ListRotations(context.Context, *ListRotationsRequest) (*ListRotationsResponse, error)
+	// Stops a rotation in flight and puts every consumer back on the version
+	// it started from; FAILED_PRECONDITION once it has ended.
+	CancelRotation(context.Context, *CancelRotationRequest) (*Rotation, error)
+	// Puts every consumer back on the version the secret's newest rotation
+	// started from; FAILED_PRECONDITION, naming the current version, when
+	// the backend has moved on since.
+	RollbackRotation(context.Context, *RollbackRotationRequest) (*Rotation, error)
+	// Sets how and when the secret is rotated: the rotator and its
+	// parameters, a cadence, a certificate's renewal point.
+	SetRotationPolicy(context.Context, *SetRotationPolicyRequest) (*RotationPolicy, error)
+	GetRotationPolicy(context.Context, *GetRotationPolicyRequest) (*RotationPolicy, error)
+	DeleteRotationPolicy(context.Context, *DeleteRotationPolicyRequest) (*DeleteRotationPolicyResponse, error)
 	mustEmbedUnimplementedRotationServiceServer()
 }
 
@@ -112,6 +191,21 @@ func (UnimplementedRotationServiceServer) GetRotation(context.Context, *GetRotat
 }
 func (UnimplementedRotationServiceServer) ListRotations(context.Context, *ListRotationsRequest) (*ListRotationsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListRotations not implemented")
+}
+func (UnimplementedRotationServiceServer) CancelRotation(context.Context, *CancelRotationRequest) (*Rotation, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelRotation not implemented")
+}
+func (UnimplementedRotationServiceServer) RollbackRotation(context.Context, *RollbackRotationRequest) (*Rotation, error) {
+	return nil, status.Error(codes.Unimplemented, "method RollbackRotation not implemented")
+}
+func (UnimplementedRotationServiceServer) SetRotationPolicy(context.Context, *SetRotationPolicyRequest) (*RotationPolicy, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetRotationPolicy not implemented")
+}
+func (UnimplementedRotationServiceServer) GetRotationPolicy(context.Context, *GetRotationPolicyRequest) (*RotationPolicy, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRotationPolicy not implemented")
+}
+func (UnimplementedRotationServiceServer) DeleteRotationPolicy(context.Context, *DeleteRotationPolicyRequest) (*DeleteRotationPolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteRotationPolicy not implemented")
 }
 func (UnimplementedRotationServiceServer) mustEmbedUnimplementedRotationServiceServer() {}
 func (UnimplementedRotationServiceServer) testEmbeddedByValue()                         {}
@@ -188,6 +282,96 @@ func _RotationService_ListRotations_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RotationService_CancelRotation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelRotationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RotationServiceServer).CancelRotation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RotationService_CancelRotation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RotationServiceServer).CancelRotation(ctx, req.(*CancelRotationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RotationService_RollbackRotation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RollbackRotationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RotationServiceServer).RollbackRotation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RotationService_RollbackRotation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RotationServiceServer).RollbackRotation(ctx, req.(*RollbackRotationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RotationService_SetRotationPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetRotationPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RotationServiceServer).SetRotationPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RotationService_SetRotationPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RotationServiceServer).SetRotationPolicy(ctx, req.(*SetRotationPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RotationService_GetRotationPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRotationPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RotationServiceServer).GetRotationPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RotationService_GetRotationPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RotationServiceServer).GetRotationPolicy(ctx, req.(*GetRotationPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RotationService_DeleteRotationPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteRotationPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RotationServiceServer).DeleteRotationPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RotationService_DeleteRotationPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RotationServiceServer).DeleteRotationPolicy(ctx, req.(*DeleteRotationPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RotationService_ServiceDesc is the grpc.ServiceDesc for RotationService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -206,6 +390,26 @@ var RotationService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListRotations",
 			Handler:    _RotationService_ListRotations_Handler,
+		},
+		{
+			MethodName: "CancelRotation",
+			Handler:    _RotationService_CancelRotation_Handler,
+		},
+		{
+			MethodName: "RollbackRotation",
+			Handler:    _RotationService_RollbackRotation_Handler,
+		},
+		{
+			MethodName: "SetRotationPolicy",
+			Handler:    _RotationService_SetRotationPolicy_Handler,
+		},
+		{
+			MethodName: "GetRotationPolicy",
+			Handler:    _RotationService_GetRotationPolicy_Handler,
+		},
+		{
+			MethodName: "DeleteRotationPolicy",
+			Handler:    _RotationService_DeleteRotationPolicy_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
