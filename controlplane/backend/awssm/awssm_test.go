@@ -9,22 +9,19 @@ import (
 	"github.com/secretplane/secretplane/controlplane/backend"
 	"github.com/secretplane/secretplane/controlplane/backend/awssm"
 	"github.com/secretplane/secretplane/controlplane/secretref"
+	"github.com/secretplane/secretplane/internal/awsfake"
 )
 
 func TestAgainstTheProtocol(t *testing.T) {
 	// The SDK's default credential chain, fed from the environment.
-	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "test-only-not-a-secret")
-	t.Setenv("AWS_SESSION_TOKEN", "")
-	t.Setenv("AWS_CONFIG_FILE", "/nonexistent")
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-	f, srv := newFakeSM(t)
-	v1 := f.put("prod/db", `{"password":"pw-1","user":"app","port":5432}`)
-	f.put("prod/db", `{"password":"pw-2","user":"app","port":5432}`)
-	f.put("prod/token", "plain-token")
-	f.putBinary("prod/cert", []byte("binary-ok"))
-	f.putBinary("prod/garbled", []byte{0xff, 0xfe, 's', 'e', 'c', 'r', 'e', 't'})
-	f.put("prod/huge", strings.Repeat("h", backend.MaxValueBytes+1))
+	awsfake.Credentials(t)
+	f, srv := awsfake.New(t)
+	v1 := f.Put("prod/db", `{"password":"pw-1","user":"app","port":5432}`)
+	f.Put("prod/db", `{"password":"pw-2","user":"app","port":5432}`)
+	f.Put("prod/token", "plain-token")
+	f.PutBinary("prod/cert", []byte("binary-ok"))
+	f.PutBinary("prod/garbled", []byte{0xff, 0xfe, 's', 'e', 'c', 'r', 'e', 't'})
+	f.Put("prod/huge", strings.Repeat("h", backend.MaxValueBytes+1))
 	ctx := context.Background()
 	b, err := awssm.New(ctx, awssm.Config{Region: "us-east-1", Endpoint: srv.URL})
 	if err != nil {

@@ -16,23 +16,20 @@ import (
 	"github.com/secretplane/secretplane/controlplane/backend"
 	"github.com/secretplane/secretplane/controlplane/backend/awssm"
 	"github.com/secretplane/secretplane/controlplane/secretref"
+	"github.com/secretplane/secretplane/internal/awsfake"
 )
 
 // newStagingBackend returns a fake seeded with prod/db (version old1
 // AWSPREVIOUS, old2 AWSCURRENT) and a Backend against it, with credentials
 // from the environment (SigV4 signs, the fake checks a signature is there)
 // and one attempt per call, so that an injected 5xx is not retried.
-func newStagingBackend(t *testing.T) (f *fakeSM, b *awssm.Backend, old1, old2 string) {
+func newStagingBackend(t *testing.T) (f *awsfake.Server, b *awssm.Backend, old1, old2 string) {
 	t.Helper()
-	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "test-only-not-a-secret")
-	t.Setenv("AWS_SESSION_TOKEN", "")
-	t.Setenv("AWS_CONFIG_FILE", "/nonexistent")
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+	awsfake.Credentials(t)
 	t.Setenv("AWS_MAX_ATTEMPTS", "1")
-	f, srv := newFakeSM(t)
-	old1 = f.put("prod/db", `{"password":"pw-0","user":"app","port":5432}`)
-	old2 = f.put("prod/db", `{"password":"pw-1","user":"app","port":5432,"id":12345678901234567890}`)
+	f, srv := awsfake.New(t)
+	old1 = f.Put("prod/db", `{"password":"pw-0","user":"app","port":5432}`)
+	old2 = f.Put("prod/db", `{"password":"pw-1","user":"app","port":5432,"id":12345678901234567890}`)
 	b, err := awssm.New(context.Background(), awssm.Config{Region: "us-east-1", Endpoint: srv.URL})
 	if err != nil {
 		t.Fatal(err)
@@ -67,9 +64,9 @@ func TestStagedWrites(t *testing.T) {
 
 	cases := []struct {
 		name string
-		run  func(t *testing.T, f *fakeSM, b *awssm.Backend, old1, old2 string)
+		run  func(t *testing.T, f *awsfake.Server, b *awssm.Backend, old1, old2 string)
 	}{
-		{"derived token", func(t *testing.T, f *fakeSM, b *awssm.Backend, old1, old2 string) {
+		{"derived token", func(t *testing.T, f *awsfake.Server, b *awssm.Backend, old1, old2 string) {
 			if got := awssm.StagedVersionID(token); got != id {
 				t.Fatalf("StagedVersionID(%q) = %s, want %s", token, got, id)
 			}
@@ -80,8 +77,8 @@ func TestStagedWrites(t *testing.T) {
 				t.Fatal("two tokens derive one version id")
 			}
 		}},
-		{"whole rotation: Stage, Staged, Promote", func(t *testing.T, f *fakeSM, b *awssm.Backend, old1, old2 string) {
-			f.resetCalls()
+		{"whole rotation: Stage, Staged, Promote", func(t *testing.T, f *awsfake.Server, b *awssm.Backend, old1, old2 string) {
+			f.ResetCalls()
 			v, err := b.Stage(ctx, ref, []byte(newValue), token)
 			if err != nil || v != id {
 				t.Fatalf("stage: %q %v, want %s", v, err, id)
@@ -119,7 +116,7 @@ func TestStagedWrites(t *testing.T) {
 				t.Fatalf("describe after promote: %+v %v", md, err)
 			}
 		}},
-		{"Stage twice with one token makes one version", func(t *testing.T, f *fakeSM, b *awssm.Backend, old1, old2 string) {
+		{"Stage twice with one token makes one version", func(t *testing.T, f *awsfake.Server, b *awssm.Backend, old1, old2 string) {
 			for i := range 2 {
 				v, err := b.Stage(ctx, field, []byte("pw-2"), token)
 				if err != nil || v != id {
@@ -131,14 +128,14 @@ func TestStagedWrites(t *testing.T) {
 			if v, err := b.Stage(ctx, field, []byte("pw-3"), token); err != nil || v != id {
 				t.Fatalf("stage with another value: %q %v, want %s", v, err, id)
 			}
-			if n := len(f.versions("prod/db")); n != 3 {
+			if n := len(f.Versions("prod/db")); n != 3 {
 				t.Fatalf("%d versions at AWS, want 3 (2 seeded + 1 staged)", n)
 			}
 			if got := pendingValue(t, f); got["password"] != "pw-2" {
 				t.Fatalf("staged password %v, want pw-2", got["password"])
 			}
 			puts := 0
-			for _, c := range f.callLog() {
+			for _, c := range f.Calls() {
 				if c.Op == "PutSecretValue" {
 					puts++
 					if c.ClientRequestToken != id || !slices.Equal(c.VersionStages, []string{"AWSPENDING"}) {
@@ -151,8 +148,8 @@ func TestStagedWrites(t *testing.T) {
 			}
 			wantStages(t, f, map[string][]string{id: {"AWSPENDING"}, old2: {"AWSCURRENT"}, old1: {"AWSPREVIOUS"}})
 		}},
-		{"Staged before and after Stage", func(t *testing.T, f *fakeSM, b *awssm.Backend, old1, old2 string) {
-			f.resetCalls()
+		{"Staged before and after Stage", func(t *testing.T, f *awsfake.Server, b *awssm.Backend, old1, old2 string) {
+			f.ResetCalls()
 			if s, err := b.Staged(ctx, ref, token); err != nil || s != "" {
 				t.Fatalf("staged before stage: %q %v", s, err)
 			}
@@ -185,8 +182,8 @@ func TestStagedWrites(t *testing.T) {
 				t.Fatalf("staged: %q %v, want %s", s, err, other)
 			}
 		}},
-		{"Promote of the current version is a no-op", func(t *testing.T, f *fakeSM, b *awssm.Backend, old1, old2 string) {
-			f.resetCalls()
+		{"Promote of the current version is a no-op", func(t *testing.T, f *awsfake.Server, b *awssm.Backend, old1, old2 string) {
+			f.ResetCalls()
 			if err := b.Promote(ctx, ref, old2); err != nil {
 				t.Fatal(err)
 			}
@@ -197,37 +194,34 @@ func TestStagedWrites(t *testing.T) {
 			if err := b.Promote(ctx, ref, id); err != nil {
 				t.Fatal(err)
 			}
-			f.resetCalls()
+			f.ResetCalls()
 			if err := b.Promote(ctx, ref, id); err != nil {
 				t.Fatal(err)
 			}
 			wantCalls(t, f, "DescribeSecret")
 			wantStages(t, f, map[string][]string{id: {"AWSCURRENT"}, old2: {"AWSPREVIOUS"}})
 		}},
-		{"Promote interrupted after AWSCURRENT moved removes AWSPENDING only", func(t *testing.T, f *fakeSM, b *awssm.Backend, old1, old2 string) {
+		{"Promote interrupted after AWSCURRENT moved removes AWSPENDING only", func(t *testing.T, f *awsfake.Server, b *awssm.Backend, old1, old2 string) {
 			if _, err := b.Stage(ctx, ref, []byte(newValue), token); err != nil {
 				t.Fatal(err)
 			}
-			f.mu.Lock()
-			s := f.secrets["prod/db"]
-			s.attach("AWSCURRENT", s.version(id)) // the first half of a Promote that then stopped
-			f.mu.Unlock()
+			f.Attach("prod/db", "AWSCURRENT", id) // the first half of a Promote that then stopped
 			wantStages(t, f, map[string][]string{id: {"AWSPENDING", "AWSCURRENT"}, old2: {"AWSPREVIOUS"}})
-			f.resetCalls()
+			f.ResetCalls()
 			if err := b.Promote(ctx, ref, id); err != nil {
 				t.Fatal(err)
 			}
 			wantCalls(t, f, "DescribeSecret", "UpdateSecretVersionStage AWSPENDING remove="+id)
 			wantStages(t, f, map[string][]string{id: {"AWSCURRENT"}, old2: {"AWSPREVIOUS"}})
 		}},
-		{"Promote of the previous version rolls back", func(t *testing.T, f *fakeSM, b *awssm.Backend, old1, old2 string) {
+		{"Promote of the previous version rolls back", func(t *testing.T, f *awsfake.Server, b *awssm.Backend, old1, old2 string) {
 			if _, err := b.Stage(ctx, ref, []byte(newValue), token); err != nil {
 				t.Fatal(err)
 			}
 			if err := b.Promote(ctx, ref, id); err != nil {
 				t.Fatal(err)
 			}
-			f.resetCalls()
+			f.ResetCalls()
 			if err := b.Promote(ctx, ref, old2); err != nil {
 				t.Fatal(err)
 			}
@@ -237,7 +231,7 @@ func TestStagedWrites(t *testing.T) {
 				t.Fatalf("read after rollback: %q %s %v", got.Data, got.Version, err)
 			}
 		}},
-		{"Stage with a field keeps the other keys", func(t *testing.T, f *fakeSM, b *awssm.Backend, old1, old2 string) {
+		{"Stage with a field keeps the other keys", func(t *testing.T, f *awsfake.Server, b *awssm.Backend, old1, old2 string) {
 			if _, err := b.Stage(ctx, field, []byte("pw-2"), token); err != nil {
 				t.Fatal(err)
 			}
@@ -249,17 +243,16 @@ func TestStagedWrites(t *testing.T) {
 				t.Fatalf("current password changed at Stage: %q %v", got.Data, err)
 			}
 		}},
-		{"AWSCURRENT moved by another writer during Promote", func(t *testing.T, f *fakeSM, b *awssm.Backend, old1, old2 string) {
+		{"AWSCURRENT moved by another writer during Promote", func(t *testing.T, f *awsfake.Server, b *awssm.Backend, old1, old2 string) {
 			if _, err := b.Stage(ctx, ref, []byte(newValue), token); err != nil {
 				t.Fatal(err)
 			}
-			f.hook = func(c fakeCall) { // runs with f.mu held
+			f.OnCall(func(c awsfake.Call) { // before the call is served
 				if c.Op == "UpdateSecretVersionStage" {
-					s := f.secrets["prod/db"]
-					s.attach("AWSCURRENT", s.version(old1))
-					f.hook = nil
+					f.Attach("prod/db", "AWSCURRENT", old1)
+					f.OnCall(nil)
 				}
-			}
+			})
 			err := b.Promote(ctx, ref, id)
 			if err == nil || !strings.Contains(err.Error(), "InvalidParameterException") {
 				t.Fatalf("promote after AWSCURRENT moved: %v, want AWS's refusal", err)
@@ -268,7 +261,7 @@ func TestStagedWrites(t *testing.T) {
 			// still pending.
 			wantStages(t, f, map[string][]string{id: {"AWSPENDING"}, old1: {"AWSCURRENT"}, old2: {"AWSPREVIOUS"}})
 		}},
-		{"bad input and backend errors", func(t *testing.T, f *fakeSM, b *awssm.Backend, old1, old2 string) {
+		{"bad input and backend errors", func(t *testing.T, f *awsfake.Server, b *awssm.Backend, old1, old2 string) {
 			errCases := []struct {
 				name   string
 				fault  string // operation the fake fails
@@ -338,12 +331,12 @@ func TestStagedWrites(t *testing.T) {
 			}
 			for _, tc := range errCases {
 				t.Run(tc.name, func(t *testing.T) {
-					before := f.versions("prod/db")
+					before := f.Versions("prod/db")
 					if tc.fault != "" {
-						f.fail(tc.fault, tc.status, tc.code)
-						defer f.fail(tc.fault, 0, "")
+						f.Fail(tc.fault, tc.status, tc.code)
+						defer f.Fail(tc.fault, 0, "")
 					}
-					f.resetCalls()
+					f.ResetCalls()
 					err := tc.op()
 					if !errors.Is(err, tc.want) {
 						t.Fatalf("got %v, want %v", err, tc.want)
@@ -353,10 +346,10 @@ func TestStagedWrites(t *testing.T) {
 							t.Fatalf("error repeats a value: %v", err)
 						}
 					}
-					if n := len(f.callLog()); !tc.calls && n != 0 {
-						t.Fatalf("refused input still made %d calls: %v", n, f.callLog())
+					if n := len(f.Calls()); !tc.calls && n != 0 {
+						t.Fatalf("refused input still made %d calls: %v", n, f.Calls())
 					}
-					if after := f.versions("prod/db"); !reflect.DeepEqual(before, after) {
+					if after := f.Versions("prod/db"); !reflect.DeepEqual(before, after) {
 						t.Fatalf("a failed call changed the secret: %v -> %v", before, after)
 					}
 				})
@@ -369,50 +362,4 @@ func TestStagedWrites(t *testing.T) {
 			tc.run(t, f, b, old1, old2)
 		})
 	}
-}
-
-// wantCalls asserts the exact sequence of calls since the last resetCalls.
-func wantCalls(t *testing.T, f *fakeSM, want ...string) {
-	t.Helper()
-	var got []string
-	for _, c := range f.callLog() {
-		got = append(got, c.String())
-	}
-	if !slices.Equal(got, want) {
-		t.Fatalf("calls at AWS:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
-	}
-}
-
-// wantStages asserts VersionIdsToStages at the fake (labels in any order).
-func wantStages(t *testing.T, f *fakeSM, want map[string][]string) {
-	t.Helper()
-	got := f.stages("prod/db")
-	norm := func(m map[string][]string) map[string][]string {
-		out := map[string][]string{}
-		for k, v := range m {
-			out[k] = slices.Sorted(slices.Values(v))
-		}
-		return out
-	}
-	if !reflect.DeepEqual(norm(got), norm(want)) {
-		t.Fatalf("labels at AWS %v, want %v", got, want)
-	}
-}
-
-// pendingValue is the JSON document of the version labelled AWSPENDING.
-func pendingValue(t *testing.T, f *fakeSM) map[string]any {
-	t.Helper()
-	for _, v := range f.versions("prod/db") {
-		if contains(v.stages, "AWSPENDING") {
-			var doc map[string]any
-			dec := json.NewDecoder(strings.NewReader(v.value))
-			dec.UseNumber()
-			if err := dec.Decode(&doc); err != nil {
-				t.Fatalf("staged value is not JSON: %v", err)
-			}
-			return doc
-		}
-	}
-	t.Fatal("no version is AWSPENDING")
-	return nil
 }
