@@ -15,10 +15,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
 	"time"
@@ -241,6 +243,12 @@ func (n *Notifier) post(ctx context.Context, w Webhook, body []byte) error {
 	req.Header.Set(Signature, Sign(w.Key, n.opts.Now(), body))
 	resp, err := n.opts.Client.Do(req)
 	if err != nil {
+		// net/http's *url.Error quotes the whole URL, whose query may
+		// carry the receiver's token: keep what went wrong, not where.
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
 		return fmt.Errorf("POST: %w", err)
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
