@@ -384,8 +384,11 @@ func (m *Manager) steps(ctx context.Context, r store.Rotation) {
 			m.log.WarnContext(ctx, "rotation step failed", "rotation", r.ID, "secret_name", r.Secret, "state", r.State, "error", err.Error())
 			next = r
 			next.State, next.Detail = Failed, err.Error()
-			if r.State == Pending && r.ToVersion == "" {
-				m.catalog.Pin(ctx, r.Secret, "") // nothing new was served
+			if r.State == Pending && r.ToVersion == "" || r.State == Propagating {
+				// Nothing new was served, or it failed on its way out
+				// (a refused promotion): consumers get what the backend
+				// has current, and the secret can be rotated again.
+				m.catalog.Pin(ctx, r.Secret, "")
 			}
 		}
 		saved, err := m.store.UpdateRotation(ctx, next, r.State)
@@ -440,10 +443,12 @@ func (m *Manager) step(ctx context.Context, r store.Rotation) (store.Rotation, e
 				return r, fmt.Errorf("make the new version current: %w", err)
 			}
 		}
-		m.catalog.Pin(ctx, r.Secret, "")
+		// Read before the pin is lifted: consumers that follow the
+		// unpinned ref find it fresh, never the cached value before it.
 		if _, err := m.resolver.RefreshNow(sctx, ref); err != nil {
 			return r, fmt.Errorf("read the new version: %w", err)
 		}
+		m.catalog.Pin(ctx, r.Secret, "")
 		if r.Emergency {
 			r.State, r.Detail = Completed, "emergency: pushed without waiting for consumers; "+m.invalidate(sctx, r, ref)
 			return r, nil
@@ -636,10 +641,12 @@ func (m *Manager) rollback(ctx context.Context, r store.Rotation) store.Rotation
 		m.log.ErrorContext(ctx, "rollback: the previous value could not be made current; the secret stays pinned at it", "rotation", r.ID, "error", err.Error())
 		return r
 	}
-	m.catalog.Pin(ctx, r.Secret, "")
+	// Read before the pin is lifted, so that no consumer is given the
+	// rolled-back value again from the cache.
 	if _, err := m.resolver.RefreshNow(ctx, ref); err != nil {
 		m.log.WarnContext(ctx, "rolled-back value could not be read; watchers keep polling", "rotation", r.ID, "error", err.Error())
 	}
+	m.catalog.Pin(ctx, r.Secret, "")
 	next := r
 	next.State = RolledBack
 	next.Detail = r.Detail + "; rolled back: the value of " + r.FromVersion + " is current again as " + restored
