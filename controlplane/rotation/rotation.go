@@ -97,6 +97,19 @@ type Rotator interface {
 	Next(ctx context.Context, req Request) ([]byte, error)
 }
 
+// Stepper is a rotator with steps of its own around the new version, as
+// AWS's rotation functions have (an external hook for a database user or a
+// third-party API key): Set applies the new value where it is used, Test
+// checks that it works there, both before any consumer is given it; Finish
+// ends the rotation there (revoking the previous credential, say) once
+// every consumer has acknowledged the new one. Each step is keyed by the
+// rotation id and must be idempotent: a resumed rotation runs it again.
+type Stepper interface {
+	Set(ctx context.Context, req Request, value []byte) error
+	Test(ctx context.Context, req Request, value []byte) error
+	Finish(ctx context.Context, req Request) error
+}
+
 // Request is what a rotator is given.
 type Request struct {
 	RotationID string // the idempotency key of the step
@@ -436,6 +449,9 @@ func (m *Manager) step(ctx context.Context, r store.Rotation) (store.Rotation, e
 		return r, nil
 	case Propagating:
 		failpoint.Hold(ctx, "rotation/propagating")
+		if err := m.setAndTest(ctx, r, ref); err != nil {
+			return r, err
+		}
 		sctx, cancel := context.WithTimeout(ctx, m.opts.StepTimeout)
 		defer cancel()
 		if stager, ok := m.backend.Stager(ref); ok {
@@ -505,6 +521,68 @@ func (m *Manager) create(ctx context.Context, r store.Rotation, ref secretref.Re
 	return v, nil
 }
 
+// stepper returns r's rotator as a Stepper with its request, when it is one.
+func (m *Manager) stepper(ctx context.Context, r store.Rotation) (Stepper, Request, error) {
+	st, ok := m.opts.Rotators[r.Method].(Stepper)
+	if !ok {
+		return nil, Request{}, nil
+	}
+	req := Request{RotationID: r.ID, Secret: r.Secret}
+	pol, err := m.store.GetRotationPolicy(ctx, r.Secret)
+	switch {
+	case err == nil && pol.Method == r.Method:
+		req.Params = pol.Params
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		return nil, Request{}, fmt.Errorf("read the rotation policy: %w", err)
+	}
+	return st, req, nil
+}
+
+// setAndTest runs a Stepper's set and test steps on the new version.
+func (m *Manager) setAndTest(ctx context.Context, r store.Rotation, ref secretref.Ref) error {
+	st, req, err := m.stepper(ctx, r)
+	if err != nil || st == nil {
+		return err
+	}
+	sctx, cancel := context.WithTimeout(ctx, m.opts.StepTimeout)
+	defer cancel()
+	at := ref
+	at.Version = r.ToVersion
+	v, err := m.backend.Read(sctx, at)
+	if err != nil {
+		return fmt.Errorf("read the new version for the %s rotator: %w", r.Method, err)
+	}
+	defer clear(v.Data)
+	req.Current = backend.Value{Version: v.Version}
+	for _, step := range []struct {
+		name string
+		run  func(context.Context, Request, []byte) error
+	}{{"set", st.Set}, {"test", st.Test}} {
+		if err := step.run(sctx, req, v.Data); err != nil {
+			m.record(ctx, r, "rotation.hook_"+step.name, "Failed")
+			return fmt.Errorf("%s rotator, %s step: %w", r.Method, step.name, err)
+		}
+		m.record(ctx, r, "rotation.hook_"+step.name, audit.OK)
+	}
+	return nil
+}
+
+// finish runs a Stepper's finish step.
+func (m *Manager) finish(ctx context.Context, r store.Rotation) error {
+	st, req, err := m.stepper(ctx, r)
+	if err != nil || st == nil {
+		return err
+	}
+	sctx, cancel := context.WithTimeout(ctx, m.opts.StepTimeout)
+	defer cancel()
+	if err := st.Finish(sctx, req); err != nil {
+		m.record(ctx, r, "rotation.hook_finish", "Failed")
+		return fmt.Errorf("%s rotator, finish step: %w", r.Method, err)
+	}
+	m.record(ctx, r, "rotation.hook_finish", audit.OK)
+	return nil
+}
+
 // written returns the version an earlier run of r's pending step created
 // before it could record it, or "": a staged version under r's id, or a
 // backend latest that is not the version r started from.
@@ -569,6 +647,9 @@ func (m *Manager) verify(ctx context.Context, r store.Rotation, ref secretref.Re
 			r.State, r.Detail = Completed, "no consumer seen within the horizon: nothing to wait for"
 			return r, nil
 		case len(lagging) == 0:
+			if err := m.finish(ctx, r); err != nil {
+				return r, err
+			}
 			r.State, r.Detail = Completed, fmt.Sprintf("all %d consumers acknowledged %s", counted, r.ToVersion)
 			return r, nil
 		case !m.opts.Now().Before(r.Deadline):
