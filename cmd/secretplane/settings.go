@@ -83,6 +83,7 @@ func settings() []setting {
 		{"rotation.horizon", "rotation-horizon", "consumers not seen for this long are not waited for by rotations"},
 		{"rotation.auto_rollback", "rotation-auto-rollback", "a failed rotation puts every consumer back on the previous version"},
 		{"rotation.check_interval", "rotation-check-interval", "how often rotation policies are looked at for rotations due (cadence, certificate renewal)"},
+		{"rotation.observe", "rotation-observe", "a new backend version made outside secretplane becomes a recorded rotation, verified as any other"},
 		{"webhooks", "webhook", "NAME=https://... receiving every rotation step as a signed CloudEvent (repeatable)"},
 		{"webhook_key_file", "webhook-key-file", "file holding the HMAC-SHA256 key webhooks are signed with (at least 16 bytes)"},
 		{"webhook_ca_file", "webhook-ca-file", "CA certificate(s) that sign webhook receivers' TLS certificates (default: the system's)"},

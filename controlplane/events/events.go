@@ -30,6 +30,7 @@ type NewVersion struct {
 	Ref            string // canonical
 	Version        string // the backend's version id, when it has one
 	Fingerprint    string
+	OldVersion     string // the version the cache had before
 	OldFingerprint string
 }
 

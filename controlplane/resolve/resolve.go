@@ -336,7 +336,7 @@ func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string, mod
 		return fetched{res, started}, nil
 	}
 	e.newest = started
-	old := e.res.Fingerprint
+	old, oldVersion := e.res.Fingerprint, e.res.Version
 	r.dropDataLocked(e)
 	e.res, e.err = res, nil
 	e.res.Data = clone(res.Data)
@@ -344,7 +344,7 @@ func (r *Resolver) fetch(ctx context.Context, ref secretref.Ref, key string, mod
 	r.evictLocked()
 	r.mu.Unlock()
 	if old != "" && old != res.Fingerprint {
-		r.opts.Events.Publish(events.NewVersion{Ref: key, Version: res.Version, Fingerprint: res.Fingerprint, OldFingerprint: old})
+		r.opts.Events.Publish(events.NewVersion{Ref: key, Version: res.Version, Fingerprint: res.Fingerprint, OldVersion: oldVersion, OldFingerprint: old})
 	}
 	return fetched{res, started}, nil
 }

@@ -328,3 +328,54 @@ func leafOf(t *testing.T, chain []byte) *x509.Certificate {
 	}
 	return c
 }
+
+// A new version written outside secretplane, once the cache sees it,
+// becomes a recorded rotation (method observe, trigger observed, actor
+// system) verified as any other: it completes when the consumer has it.
+// Versions a rotation here made current are not taken for outside ones.
+func TestOutsideChangeIsObservedAndVerified(t *testing.T) {
+	f := newFixture(t, func(c *server.Config) { c.Cache.TTL = 300 * time.Millisecond })
+	f.seed("payments/db", "initial-value")
+	ctx := context.Background()
+	m := f.srv.Rotations()
+	var applied atomic.Int64
+	_, w := f.watcher(ctx, "/app/one", "payments/db", &applied)
+	r, err := m.Start(ctx, rotation.StartRequest{Secret: "payments/db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done := wait(t, m, r.ID); done.State != rotation.Completed {
+		t.Fatalf("rotation %+v", done)
+	}
+	time.Sleep(time.Second) // the cache refreshed past it: nothing observed
+	if rs, _ := m.List(ctx, store.RotationQuery{Secret: "payments/db", Limit: 10}); len(rs) != 1 {
+		t.Fatalf("a rotation of ours was observed as an outside change: %+v", rs)
+	}
+	outside, err := f.local.Write(ctx, secretref.MustParse("local://payments/db#v"), []byte("written-outside"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	var obs store.Rotation
+	for {
+		rs, err := m.List(ctx, store.RotationQuery{Secret: "payments/db", Limit: 10})
+		if err == nil && len(rs) == 2 && rs[0].State == rotation.Completed {
+			obs = rs[0]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("rotations: %+v %v", rs, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if obs.Method != rotation.Observe || obs.Trigger != "observed" || obs.Actor != "system" || obs.ToVersion != outside ||
+		obs.FromVersion == "" || !strings.Contains(obs.Detail, "acknowledged") {
+		t.Fatalf("observed rotation %+v", obs)
+	}
+	if got, _ := w.Get("payments/db"); string(got.Value) != "written-outside" {
+		t.Fatalf("the watcher holds version %s", got.Version)
+	}
+	if _, err := m.Start(ctx, rotation.StartRequest{Secret: "payments/db", Method: rotation.Observe}); !errors.Is(err, rotation.ErrUnknownMethod) {
+		t.Fatalf("observe started by hand: %v", err)
+	}
+}

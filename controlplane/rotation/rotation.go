@@ -54,6 +54,7 @@ const (
 type Store interface {
 	store.RotationStore
 	store.RotationPolicyStore
+	SecretsByRef(ctx context.Context, ref string) ([]store.Secret, error)
 }
 
 // Catalog binds names to refs and pins a secret's served version
@@ -146,6 +147,10 @@ type Options struct {
 	// Events, when set, gets an events.RotationStep for every step
 	// audited (webhooks follow it).
 	Events *events.Bus
+	// Observe records a rotation, verified as any other, for every new
+	// backend version the cache sees that no rotation here made (Events
+	// must be set).
+	Observe bool
 	Log    *slog.Logger
 	Now    func() time.Time
 }
@@ -163,7 +168,8 @@ type Manager struct {
 	log       *slog.Logger
 
 	mu      sync.Mutex
-	running map[string]*driver // rotation ids being driven here
+	running map[string]*driver   // rotation ids being driven here
+	own     map[string]time.Time // ref and version made current here, when
 	wg      sync.WaitGroup
 	ctx     context.Context // Run's: rotations started later are driven under it
 }
@@ -200,7 +206,7 @@ func New(s Store, c Catalog, b Backend, r Resolver, cons Consumers, a Recorder, 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{store: s, catalog: c, backend: b, resolver: r, consumers: cons, audit: a, expected: expected, opts: opts, log: log, running: map[string]*driver{}}
+	return &Manager{store: s, catalog: c, backend: b, resolver: r, consumers: cons, audit: a, expected: expected, opts: opts, log: log, running: map[string]*driver{}, own: map[string]time.Time{}}
 }
 
 // StartRequest asks for a rotation.
@@ -313,6 +319,10 @@ func (m *Manager) Run(ctx context.Context) {
 	m.mu.Lock()
 	m.ctx = ctx
 	m.mu.Unlock()
+	if m.opts.Events != nil && m.opts.Observe {
+		sub := m.opts.Events.Subscribe("rotation-observe", 0)
+		m.wg.Go(func() { m.observe(ctx, sub) })
+	}
 	active, err := m.store.ListRotations(ctx, store.RotationQuery{ActiveOnly: true, Limit: 10_000})
 	if err != nil {
 		m.log.ErrorContext(ctx, "rotations in flight could not be listed; they resume at the next start", "error", err.Error())
@@ -461,6 +471,7 @@ func (m *Manager) step(ctx context.Context, r store.Rotation) (store.Rotation, e
 		}
 		// Read before the pin is lifted: consumers that follow the
 		// unpinned ref find it fresh, never the cached value before it.
+		m.expectVersion(ref.String(), r.ToVersion)
 		if _, err := m.resolver.RefreshNow(sctx, ref); err != nil {
 			return r, fmt.Errorf("read the new version: %w", err)
 		}
@@ -724,6 +735,7 @@ func (m *Manager) rollback(ctx context.Context, r store.Rotation) store.Rotation
 	}
 	// Read before the pin is lifted, so that no consumer is given the
 	// rolled-back value again from the cache.
+	m.expectVersion(ref.String(), restored)
 	if _, err := m.resolver.RefreshNow(ctx, ref); err != nil {
 		m.log.WarnContext(ctx, "rolled-back value could not be read; watchers keep polling", "rotation", r.ID, "error", err.Error())
 	}

@@ -76,6 +76,9 @@ type RotationConfig struct {
 	// CheckInterval is how often rotation policies are looked at for
 	// rotations due (cadence, certificate renewal).
 	CheckInterval time.Duration `koanf:"check_interval"`
+	// Observe records a rotation, verified as any other, for every new
+	// backend version made outside secretplane that the cache sees.
+	Observe bool `koanf:"observe"`
 	// Issuers adds certificate issuers to those the server builds (Vault
 	// PKI, the dev CA), by name: for embedding and tests.
 	Issuers map[string]rotation.Issuer `koanf:"-"`
@@ -209,7 +212,7 @@ func Defaults() Config {
 		Cache:         CacheConfig{TTL: 5 * time.Minute, MaxStale: time.Hour, MaxEntries: 100_000, MaxBytes: 256 << 20},
 		Shutdown:      ShutdownConfig{Timeout: 10 * time.Second},
 		SDS:           SDSConfig{MaxNames: 1000, BundleRefresh: 5 * time.Second, HoldRetry: 10 * time.Second},
-		Rotation:      RotationConfig{Deadline: 2 * time.Minute, Horizon: 24 * time.Hour, CheckInterval: 30 * time.Second},
+		Rotation:      RotationConfig{Deadline: 2 * time.Minute, Horizon: 24 * time.Hour, CheckInterval: 30 * time.Second, Observe: true},
 
 		MaxStreamsPerConn: 1000,
 	}

@@ -164,8 +164,8 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	s.rotations = rotation.New(s.store, cat, registry, resolver, s.deps, s.audit, expected, rotation.Options{
 		Deadline: cfg.Rotation.Deadline, Horizon: cfg.Rotation.Horizon, AutoRollback: cfg.Rotation.AutoRollback, Log: s.log, Events: s.bus,
-		CheckEvery: cfg.Rotation.CheckInterval,
-		Rotators:   map[string]rotation.Rotator{"certificate": rotation.Certificate{Issuers: s.issuers()}},
+		CheckEvery: cfg.Rotation.CheckInterval, Observe: cfg.Rotation.Observe,
+		Rotators: map[string]rotation.Rotator{"certificate": rotation.Certificate{Issuers: s.issuers()}},
 	})
 	var webhooks []api.Webhook
 	if s.notifier, webhooks, err = newNotifier(cfg, s.store, s.bus, s.serverID.String(), s.log); err != nil {
