@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -50,6 +51,10 @@ type Config struct {
 	// Backoff.Min and doubles (with jitter) up to Backoff.Max; defaults
 	// 200ms and 30s.
 	Backoff Backoff
+	// Instance tells this process apart from the other instances of the
+	// service (replicas sharing its identity): each is a consumer a
+	// rotation waits for. Default: host name and process id.
+	Instance string
 	// Log receives the library's own events (never values); default discard.
 	Log *slog.Logger
 	// DialOptions are added to the gRPC connection's options.
@@ -95,6 +100,10 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	if cfg.MaxStale <= 0 {
 		cfg.MaxStale = time.Hour
+	}
+	if cfg.Instance == "" {
+		host, _ := os.Hostname()
+		cfg.Instance = fmt.Sprintf("%s:%d", host, os.Getpid())
 	}
 	if cfg.Backoff.Min <= 0 {
 		cfg.Backoff.Min = 200 * time.Millisecond

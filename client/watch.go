@@ -151,7 +151,7 @@ func (w *Watcher) session(ctx context.Context, onReady func()) (bool, error) {
 	}
 	for i := 0; i < len(w.names); i += maxSubscribe {
 		chunk := w.names[i:min(i+maxSubscribe, len(w.names))]
-		if err := st.Send(&spv1.WatchRequest{Request: &spv1.WatchRequest_Subscribe{Subscribe: &spv1.WatchSubscribe{Names: chunk}}}); err != nil {
+		if err := st.Send(&spv1.WatchRequest{Request: &spv1.WatchRequest_Subscribe{Subscribe: &spv1.WatchSubscribe{Names: chunk, Instance: w.c.cfg.Instance}}}); err != nil {
 			_, rerr := st.Recv() // the stream's status says why
 			return false, errors.Join(err, rerr)
 		}

@@ -68,6 +68,7 @@ type Resolver interface {
 type Consumers interface {
 	SeenNode(identity, node, secret, channel, version string)
 	AckedNode(identity, node, secret, channel, version, errMsg string)
+	Hold(identity, node, secret, channel string) (release func())
 }
 
 // Config assembles the SDS server.

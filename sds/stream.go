@@ -69,6 +69,15 @@ type resource struct {
 	nacked  string // version last NACKed: not sent again
 	initial string // version the Envoy says it has (reconnect)
 	held    bool   // a secret that does not exist yet
+	live    func() // releases the registry's hold of this consumer
+}
+
+// release ends the registry's hold of r's consumer, if any.
+func (r *resource) release() {
+	if r.live != nil {
+		r.live()
+		r.live = nil
+	}
 }
 
 // sent is what one response carried.
@@ -102,6 +111,7 @@ func (st *stream) close() {
 		if r.held {
 			st.srv.unhold(n, st)
 		}
+		r.release()
 	}
 }
 
@@ -277,6 +287,7 @@ func (st *stream) unsubscribe(names []string) {
 		if r.held {
 			st.srv.unhold(n, st)
 		}
+		r.release()
 		delete(st.res, n)
 		delete(st.deferred, n)
 		if !r.bundle {
@@ -347,6 +358,7 @@ func (st *stream) withdraw(r *resource) {
 		r.held = false
 		st.srv.unhold(r.name, st)
 	}
+	r.release()
 	r.denied, r.have, r.sent, r.initial = true, nil, "", ""
 	if !r.bundle {
 		st.sub.Remove(r.name)
@@ -402,6 +414,7 @@ func (st *stream) gone(r *resource) {
 	if st.delta && (r.sent != "" || r.initial != "") {
 		st.removed = append(st.removed, r.name)
 	}
+	r.release()
 	r.have, r.fp, r.sent, r.initial = nil, "", "", ""
 	if !r.held {
 		r.held = true
@@ -481,6 +494,9 @@ func (st *stream) delivered(r *resource) {
 		st.sub.Sent(r.name, r.fp)
 	}
 	st.srv.cfg.Consumers.SeenNode(st.actorStr, st.node, r.name, consumers.SDS, r.sent)
+	if r.live == nil && !r.bundle {
+		r.live = st.srv.cfg.Consumers.Hold(st.actorStr, st.node, r.name, consumers.SDS)
+	}
 }
 
 // acknowledge applies an ACK (detail nil) or NACK of the response nonce

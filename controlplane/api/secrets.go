@@ -33,7 +33,9 @@ const MaxWatchNames = 1000
 // Consumers records who reads and watches what (consumers.Registry).
 type Consumers interface {
 	Seen(identity, secret, channel, version string)
-	Acked(identity, secret, channel, version, errMsg string)
+	SeenNode(identity, node, secret, channel, version string)
+	AckedNode(identity, node, secret, channel, version, errMsg string)
+	Hold(identity, node, secret, channel string) (release func())
 }
 
 // SecretsServer implements secretplane.v1.SecretsService. Authorisation of
@@ -76,8 +78,13 @@ func (s *SecretsServer) Resolve(ctx context.Context, req *spv1.ResolveRequest) (
 func (s *SecretsServer) Watch(stream spv1.SecretsService_WatchServer) error {
 	ctx := stream.Context()
 	id, _ := PeerID(ctx)
-	w := &watcher{s: s, stream: stream, id: id.String(), sub: s.hub.Subscribe(), sent: map[string][]byte{}, prev: map[string][]byte{}}
+	w := &watcher{s: s, stream: stream, id: id.String(), sub: s.hub.Subscribe(), sent: map[string][]byte{}, prev: map[string][]byte{}, held: map[string]func(){}}
 	defer w.sub.Close()
+	defer func() {
+		for _, release := range w.held {
+			release()
+		}
+	}()
 	reqs, recvErr := make(chan *spv1.WatchRequest), make(chan error, 1)
 	go func() {
 		for {
@@ -121,7 +128,10 @@ type watcher struct {
 	s      *SecretsServer
 	stream spv1.SecretsService_WatchServer
 	id     string
+	node   string // the client's instance (WatchSubscribe.instance)
 	sub    *watch.Subscription
+	// held releases, per name, the registry's hold of this consumer.
+	held map[string]func()
 	// sent and prev are, per name, the value last sent and the one before
 	// it: what an ack's error text may quote and must not carry.
 	sent, prev map[string][]byte
@@ -138,6 +148,18 @@ func (w *watcher) handle(ctx context.Context, req *spv1.WatchRequest) error {
 	s := w.s
 	switch m := req.GetRequest().(type) {
 	case *spv1.WatchRequest_Subscribe:
+		if inst := m.Subscribe.GetInstance(); inst != "" {
+			if err := validate.Text(inst, 128); err != nil {
+				return status.Errorf(codes.InvalidArgument, "subscribe.instance: %v", err)
+			}
+			if err := validate.Identifier(inst); err != nil {
+				return status.Errorf(codes.InvalidArgument, "subscribe.instance: %v", err)
+			}
+			if w.node != "" && w.node != inst {
+				return status.Error(codes.InvalidArgument, "subscribe.instance: a stream is one instance; it cannot change")
+			}
+			w.node = inst
+		}
 		// The guard validates the names and their number, decides, and
 		// audits a refusal; what follows is audited with its outcome.
 		names := m.Subscribe.GetNames()
@@ -180,6 +202,9 @@ func (w *watcher) handle(ctx context.Context, req *spv1.WatchRequest) error {
 			}
 		}
 		w.sub.Add(fresh...)
+		for _, n := range fresh {
+			w.held[n] = s.consumers.Hold(w.id, w.node, n, consumers.Watch)
+		}
 		return nil
 	case *spv1.WatchRequest_Ack:
 		name := m.Ack.GetName()
@@ -190,7 +215,7 @@ func (w *watcher) handle(ctx context.Context, req *spv1.WatchRequest) error {
 		if err := validate.Text(version, 256); err != nil || version == "" {
 			return status.Error(codes.InvalidArgument, "ack.version: must be the version the stream sent, at most 256 printable bytes")
 		}
-		s.consumers.Acked(w.id, name, consumers.Watch, version, w.ackError(name, m.Ack.GetError()))
+		s.consumers.AckedNode(w.id, w.node, name, consumers.Watch, version, w.ackError(name, m.Ack.GetError()))
 		return nil
 	}
 	return status.Error(codes.InvalidArgument, "a watch request must carry subscribe or ack")
@@ -232,7 +257,7 @@ func (w *watcher) send(v *spv1.SecretValue) error {
 	}
 	w.sub.Sent(v.GetName(), v.GetFingerprint())
 	w.prev[v.GetName()], w.sent[v.GetName()] = w.sent[v.GetName()], v.GetValue()
-	w.s.consumers.Seen(w.id, v.GetName(), consumers.Watch, v.GetVersion())
+	w.s.consumers.SeenNode(w.id, w.node, v.GetName(), consumers.Watch, v.GetVersion())
 	return nil
 }
 

@@ -136,6 +136,9 @@ func TestWatch(t *testing.T) {
 		{"not granted", subscribe("billing/db"), codes.PermissionDenied},
 		{"missing in the backend", subscribe("payments/gone"), codes.NotFound},
 		{"not registered", subscribe("payments/unknown"), codes.NotFound},
+		{"instance with control characters", &spv1.WatchRequest{Request: &spv1.WatchRequest_Subscribe{Subscribe: &spv1.WatchSubscribe{Names: []string{"payments/db"}, Instance: "pod\x07"}}}, codes.InvalidArgument},
+		{"instance too long", &spv1.WatchRequest{Request: &spv1.WatchRequest_Subscribe{Subscribe: &spv1.WatchSubscribe{Names: []string{"payments/db"}, Instance: strings.Repeat("p", 129)}}}, codes.InvalidArgument},
+		{"instance that looks like a secret", &spv1.WatchRequest{Request: &spv1.WatchRequest_Subscribe{Subscribe: &spv1.WatchSubscribe{Names: []string{"payments/db"}, Instance: "ghp_0123456789abcdefghijABCDEFGHIJ012345"}}}, codes.InvalidArgument},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {

@@ -49,6 +49,7 @@ type entry struct {
 	c           store.Consumer
 	dirty       bool
 	flushedSeen time.Time
+	holds       int // open streams of this consumer: it is seen while they last
 }
 
 // Registry records sightings and acknowledgements. Safe for concurrent use.
@@ -110,6 +111,27 @@ func (r *Registry) SeenNode(identity, node, secret, channel, version string) {
 	e.c.LastSeen, e.c.Version = now, version
 }
 
+// Hold records that a stream of identity (node: one of several sharing
+// it) delivering secret over channel is open: while it is, the consumer is
+// seen at every flush (at Resolution), idle or not, so that a rotation's
+// horizon tells a live consumer from one gone since. release ends it.
+func (r *Registry) Hold(identity, node, secret, channel string) (release func()) {
+	k := key{secret, identity, channel, node}
+	r.mu.Lock()
+	r.entryLocked(k, r.opts.Now()).holds++
+	r.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if e := r.entries[k]; e != nil && e.holds > 0 {
+				e.holds--
+			}
+		})
+	}
+}
+
 // Acked records that identity reports having applied version of secret
 // (errMsg set: it failed to).
 func (r *Registry) Acked(identity, secret, channel, version, errMsg string) {
@@ -135,7 +157,11 @@ func (r *Registry) Flush(ctx context.Context) error {
 	r.mu.Lock()
 	var batch []store.Consumer
 	var keys []key
+	now := r.opts.Now()
 	for k, e := range r.entries {
+		if e.holds > 0 && now.Sub(e.c.LastSeen) >= r.opts.Resolution {
+			e.c.LastSeen, e.dirty = now, true
+		}
 		if e.dirty {
 			batch = append(batch, e.c)
 			keys = append(keys, k)
@@ -168,7 +194,7 @@ func (r *Registry) Flush(ctx context.Context) error {
 			if len(r.entries) <= r.opts.MaxEntries {
 				break
 			}
-			if !e.dirty {
+			if !e.dirty && e.holds == 0 {
 				delete(r.entries, k)
 			}
 		}

@@ -116,3 +116,53 @@ func TestRunFlushesAndStops(t *testing.T) {
 		t.Fatalf("after stop: %+v %v", got, err)
 	}
 }
+
+// A held consumer (an open stream) is seen at every resolution while it is
+// held, idle or not; once released its LastSeen stops, so that a horizon
+// tells it apart from a live one. Consumers sharing an identity are told
+// apart by node.
+func TestHeldConsumersAreSeenWhileOpen(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "store.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	clk := &clock{t: time.Unix(1_800_000_000, 0).UTC()}
+	r := consumers.New(st, consumers.Options{Resolution: 30 * time.Second, Now: clk.now})
+	const api, sec = "spiffe://example.org/payments/api", "payments/db"
+	r.SeenNode(api, "pod-a", sec, consumers.Watch, "1")
+	r.SeenNode(api, "pod-b", sec, consumers.Watch, "1")
+	releaseA := r.Hold(api, "pod-a", sec, consumers.Watch)
+	releaseB := r.Hold(api, "pod-b", sec, consumers.Watch)
+	start := clk.now()
+	releaseB()
+	releaseB() // twice is once
+	clk.advance(10 * time.Minute)
+	got, err := r.List(ctx, sec)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("consumers: %+v %v", got, err)
+	}
+	for _, c := range got {
+		switch c.Node {
+		case "pod-a":
+			if !c.LastSeen.Equal(clk.now()) {
+				t.Fatalf("the held consumer was last seen %s, want %s", c.LastSeen, clk.now())
+			}
+		case "pod-b":
+			if !c.LastSeen.Equal(start) {
+				t.Fatalf("the released consumer was last seen %s, want %s", c.LastSeen, start)
+			}
+		default:
+			t.Fatalf("unexpected node %q", c.Node)
+		}
+	}
+	releaseA()
+	clk.advance(10 * time.Minute)
+	got, _ = r.List(ctx, sec)
+	for _, c := range got {
+		if c.Node == "pod-a" && !c.LastSeen.Equal(start.Add(10*time.Minute)) {
+			t.Fatalf("released, pod-a was still seen at %s", c.LastSeen)
+		}
+	}
+}

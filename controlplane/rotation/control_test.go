@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/secretplane/secretplane/client"
 	"github.com/secretplane/secretplane/controlplane/rotation"
 	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/internal/envoysim"
@@ -377,5 +378,56 @@ func TestOutsideChangeIsObservedAndVerified(t *testing.T) {
 	}
 	if _, err := m.Start(ctx, rotation.StartRequest{Secret: "payments/db", Method: rotation.Observe}); !errors.Is(err, rotation.ErrUnknownMethod) {
 		t.Fatalf("observe started by hand: %v", err)
+	}
+}
+
+// Replicas of one service (one SPIFFE ID, two instances) are each a
+// consumer: the rotation completes only once the slower one has applied
+// the new version too.
+func TestReplicasSharingAnIdentityAreEachWaitedFor(t *testing.T) {
+	f := newFixture(t, nil)
+	f.seed("payments/db", "initial-value")
+	ctx := context.Background()
+	var slowApplied atomic.Int64
+	for _, inst := range []string{"pod-a", "pod-b"} {
+		c, err := client.New(ctx, client.Config{Address: f.srv.Addr(), ServerID: f.id, Source: f.source("/app/one"), Instance: inst})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		w, err := c.Watch(ctx, []string{"payments/db"}, func(_ context.Context, old, _ client.Secret) error {
+			if inst == "pod-b" && old.Version != "" {
+				time.Sleep(1500 * time.Millisecond) // applies slowly
+				slowApplied.Store(time.Now().UnixNano())
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(w.Close)
+	}
+	m := f.srv.Rotations()
+	r, err := m.Start(ctx, rotation.StartRequest{Secret: "payments/db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := wait(t, m, r.ID)
+	if done.State != rotation.Completed || !strings.Contains(done.Detail, "all 2 consumers acknowledged") {
+		t.Fatalf("rotation %+v", done)
+	}
+	if at := slowApplied.Load(); at == 0 || done.UpdateTime.UnixNano() < at {
+		t.Fatalf("completed at %s, before the slow replica applied (%d)", done.UpdateTime, at)
+	}
+	cs, err := f.srv.Store().ListConsumers(ctx, "payments/db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := map[string]bool{}
+	for _, c := range cs {
+		nodes[c.Node] = true
+	}
+	if !nodes["pod-a"] || !nodes["pod-b"] {
+		t.Fatalf("consumers %+v", cs)
 	}
 }

@@ -128,7 +128,8 @@ type ExpectedVersion func(ctx context.Context, channel, secret string, res resol
 type Options struct {
 	// Deadline bounds verifying; default 2m.
 	Deadline time.Duration
-	// Horizon: consumers not seen for longer are not waited for; default 24h.
+	// Horizon: consumers not seen for longer are not waited for; default
+	// 10m (an open Watch or SDS stream is seen continuously).
 	Horizon time.Duration
 	// AutoRollback pins a failed rotation's secret back at the previous
 	// version.
@@ -151,8 +152,8 @@ type Options struct {
 	// backend version the cache sees that no rotation here made (Events
 	// must be set).
 	Observe bool
-	Log    *slog.Logger
-	Now    func() time.Time
+	Log     *slog.Logger
+	Now     func() time.Time
 }
 
 // Manager starts, drives and resumes rotations. Safe for concurrent use.
@@ -180,7 +181,7 @@ func New(s Store, c Catalog, b Backend, r Resolver, cons Consumers, a Recorder, 
 		opts.Deadline = 2 * time.Minute
 	}
 	if opts.Horizon <= 0 {
-		opts.Horizon = 24 * time.Hour
+		opts.Horizon = 10 * time.Minute
 	}
 	if opts.Poll <= 0 {
 		opts.Poll = 200 * time.Millisecond
@@ -645,7 +646,7 @@ func (m *Manager) verify(ctx context.Context, r store.Rotation, ref secretref.Re
 	t := time.NewTicker(m.opts.Poll)
 	defer t.Stop()
 	for {
-		lagging, rejected, counted, err := m.laggards(ctx, r, res, want)
+		lagging, rejected, gone, counted, err := m.laggards(ctx, r, res, want)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return r, err
@@ -655,16 +656,16 @@ func (m *Manager) verify(ctx context.Context, r store.Rotation, ref secretref.Re
 			r.State, r.Detail = Failed, "rejected by "+strings.Join(rejected, ", ")
 			return r, nil
 		case len(lagging) == 0 && counted == 0:
-			r.State, r.Detail = Completed, "no consumer seen within the horizon: nothing to wait for"
+			r.State, r.Detail = Completed, "no consumer seen within the horizon: nothing to wait for"+notWaited(gone)
 			return r, nil
 		case len(lagging) == 0:
 			if err := m.finish(ctx, r); err != nil {
 				return r, err
 			}
-			r.State, r.Detail = Completed, fmt.Sprintf("all %d consumers acknowledged %s", counted, r.ToVersion)
+			r.State, r.Detail = Completed, fmt.Sprintf("all %d consumers acknowledged %s", counted, r.ToVersion)+notWaited(gone)
 			return r, nil
 		case !m.opts.Now().Before(r.Deadline):
-			r.State, r.Detail = Failed, "deadline passed; not acknowledged by "+strings.Join(lagging, ", ")
+			r.State, r.Detail = Failed, "deadline passed; not acknowledged by "+strings.Join(lagging, ", ")+notWaited(gone)
 			return r, nil
 		}
 		select {
@@ -678,20 +679,21 @@ func (m *Manager) verify(ctx context.Context, r store.Rotation, ref secretref.Re
 // laggards names the consumers that lack the new version, and those that
 // rejected it, of the counted ones seen within the horizon.
 // want caches, per channel, the version its consumers acknowledge.
-func (m *Manager) laggards(ctx context.Context, r store.Rotation, res resolve.Result, want map[string]string) (lagging, rejected []string, counted int, err error) {
+func (m *Manager) laggards(ctx context.Context, r store.Rotation, res resolve.Result, want map[string]string) (lagging, rejected, gone []string, counted int, err error) {
 	cs, err := m.consumers.List(ctx, r.Secret)
 	if err != nil {
-		return nil, nil, 0, err
+		return nil, nil, nil, 0, err
 	}
 	horizon := m.opts.Now().Add(-m.opts.Horizon)
 	for _, c := range cs {
 		if c.LastSeen.Before(horizon) {
+			gone = append(gone, describe(c))
 			continue
 		}
 		v, ok := want[c.Channel]
 		if !ok {
 			if v, err = m.expected(ctx, c.Channel, r.Secret, res); err != nil {
-				return nil, nil, 0, err
+				return nil, nil, nil, 0, err
 			}
 			want[c.Channel] = v
 		}
@@ -708,7 +710,19 @@ func (m *Manager) laggards(ctx context.Context, r store.Rotation, res resolve.Re
 			lagging = append(lagging, who)
 		}
 	}
-	return lagging, rejected, counted, nil
+	return lagging, rejected, gone, counted, nil
+}
+
+// notWaited says which consumers were past the horizon (at most five by
+// name).
+func notWaited(gone []string) string {
+	switch {
+	case len(gone) == 0:
+		return ""
+	case len(gone) > 5:
+		return fmt.Sprintf("; %d consumers not seen within the horizon were not waited for: %s and %d more", len(gone), strings.Join(gone[:5], ", "), len(gone)-5)
+	}
+	return fmt.Sprintf("; %d not seen within the horizon, not waited for: %s", len(gone), strings.Join(gone, ", "))
 }
 
 func describe(c store.Consumer) string {

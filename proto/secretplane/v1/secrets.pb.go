@@ -284,8 +284,13 @@ func (*WatchRequest_Subscribe) isWatchRequest_Request() {}
 func (*WatchRequest_Ack) isWatchRequest_Request() {}
 
 type WatchSubscribe struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Names         []string               `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Names []string               `protobuf:"bytes,1,rep,name=names,proto3" json:"names,omitempty"`
+	// Tells apart the instances of a service sharing one identity (replicas):
+	// each is a consumer a rotation waits for. Set once per stream (the first
+	// subscribe that has it); at most 128 printable bytes, never a secret.
+	// The client library sends host name and process id.
+	Instance      string `protobuf:"bytes,2,opt,name=instance,proto3" json:"instance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -325,6 +330,13 @@ func (x *WatchSubscribe) GetNames() []string {
 		return x.Names
 	}
 	return nil
+}
+
+func (x *WatchSubscribe) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
 }
 
 type WatchAck struct {
@@ -452,9 +464,10 @@ const file_secretplane_v1_secrets_proto_rawDesc = "" +
 	"\fWatchRequest\x12>\n" +
 	"\tsubscribe\x18\x01 \x01(\v2\x1e.secretplane.v1.WatchSubscribeH\x00R\tsubscribe\x12,\n" +
 	"\x03ack\x18\x02 \x01(\v2\x18.secretplane.v1.WatchAckH\x00R\x03ackB\t\n" +
-	"\arequest\"&\n" +
+	"\arequest\"B\n" +
 	"\x0eWatchSubscribe\x12\x14\n" +
-	"\x05names\x18\x01 \x03(\tR\x05names\"N\n" +
+	"\x05names\x18\x01 \x03(\tR\x05names\x12\x1a\n" +
+	"\binstance\x18\x02 \x01(\tR\binstance\"N\n" +
 	"\bWatchAck\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
