@@ -78,7 +78,7 @@ func TestSettingDefaults(t *testing.T) {
 		"dev": false, "audit.fail_open": false,
 		"sds.max_names": 1000, "sds.bundle_refresh": 5 * time.Second, "sds.hold_retry": 10 * time.Second,
 		"max_streams_per_connection": 1000,
-		"rotation.deadline":          2 * time.Minute, "rotation.horizon": 24 * time.Hour, "rotation.auto_rollback": false,
+		"rotation.deadline":          2 * time.Minute, "rotation.horizon": 10 * time.Minute, "rotation.auto_rollback": false,
 		"rotation.check_interval": 30 * time.Second, "rotation.observe": true,
 	}
 	for _, st := range settings() {

@@ -212,7 +212,7 @@ func Defaults() Config {
 		Cache:         CacheConfig{TTL: 5 * time.Minute, MaxStale: time.Hour, MaxEntries: 100_000, MaxBytes: 256 << 20},
 		Shutdown:      ShutdownConfig{Timeout: 10 * time.Second},
 		SDS:           SDSConfig{MaxNames: 1000, BundleRefresh: 5 * time.Second, HoldRetry: 10 * time.Second},
-		Rotation:      RotationConfig{Deadline: 2 * time.Minute, Horizon: 24 * time.Hour, CheckInterval: 30 * time.Second, Observe: true},
+		Rotation:      RotationConfig{Deadline: 2 * time.Minute, Horizon: 10 * time.Minute, CheckInterval: 30 * time.Second, Observe: true},
 
 		MaxStreamsPerConn: 1000,
 	}
