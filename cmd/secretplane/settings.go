@@ -84,6 +84,7 @@ func settings() []setting {
 		{"rotation.auto_rollback", "rotation-auto-rollback", "a failed rotation puts every consumer back on the previous version"},
 		{"rotation.check_interval", "rotation-check-interval", "how often rotation policies are looked at for rotations due (cadence, certificate renewal)"},
 		{"rotation.observe", "rotation-observe", "a new backend version made outside secretplane becomes a recorded rotation, verified as any other"},
+		{"rotation.hooks", "rotation-hook", "NAME=https://host/path or NAME=exec:/absolute/path: an external rotation hook, selected by a policy of method hook with --param hook=NAME (repeatable; https hooks are signed with --webhook-key-file)"},
 		{"webhooks", "webhook", "NAME=https://... receiving every rotation step as a signed CloudEvent (repeatable)"},
 		{"webhook_key_file", "webhook-key-file", "file holding the HMAC-SHA256 key webhooks are signed with (at least 16 bytes)"},
 		{"webhook_ca_file", "webhook-ca-file", "CA certificate(s) that sign webhook receivers' TLS certificates (default: the system's)"},
@@ -331,7 +332,7 @@ func environ(getenv func(string) string) func() []string {
 }
 
 // isMapEntry reports whether k is an entry of a map-valued setting
-// (federated_bundles, webhooks).
+// (federated_bundles, webhooks, rotation.hooks).
 func isMapEntry(byPath map[string]setting, k string) bool {
 	for p, s := range byPath {
 		if f, ok := field(s.key); ok && f.Type == reflect.TypeFor[map[string]string]() && strings.HasPrefix(k, p+delim) {

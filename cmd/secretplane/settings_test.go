@@ -308,3 +308,35 @@ func flagString(v any, typ reflect.Type) string {
 	}
 	return fs.Lookup("f").DefValue
 }
+
+// --rotation-hook is repeatable, as --webhook is; a file's rotation.hooks
+// and the environment's NAME=TARGET list give the same map, exec: paths
+// and URLs whole.
+func TestRotationHookSetting(t *testing.T) {
+	want := map[string]string{"db": "exec:/usr/local/bin/rotate-db", "api-keys": "https://hooks.example.com/rotate?team=ops"}
+	fs := pflag.NewFlagSet("server", pflag.ContinueOnError)
+	registerSettings(fs)
+	if err := fs.Parse([]string{"--rotation-hook=db=exec:/usr/local/bin/rotate-db", "--rotation-hook", "api-keys=https://hooks.example.com/rotate?team=ops"}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := loadSettings("", noEnv, fs); err != nil || !reflect.DeepEqual(cfg.Rotation.Hooks, want) {
+		t.Fatalf("flags: %v %v", cfg.Rotation.Hooks, err)
+	}
+	path := filepath.Join(t.TempDir(), "server.yaml")
+	raw := "rotation:\n  hooks:\n    db: exec:/usr/local/bin/rotate-db\n    api-keys: https://hooks.example.com/rotate?team=ops\n"
+	if err := os.WriteFile(path, []byte(raw), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := loadSettings(path, noEnv, nil); err != nil || !reflect.DeepEqual(cfg.Rotation.Hooks, want) {
+		t.Fatalf("file: %v %v", cfg.Rotation.Hooks, err)
+	}
+	env := func(name string) string {
+		if name == "SECRETPLANE_ROTATION_HOOK" {
+			return "db=exec:/usr/local/bin/rotate-db,api-keys=https://hooks.example.com/rotate?team=ops"
+		}
+		return ""
+	}
+	if cfg, err := loadSettings("", env, nil); err != nil || !reflect.DeepEqual(cfg.Rotation.Hooks, want) {
+		t.Fatalf("environment: %v %v", cfg.Rotation.Hooks, err)
+	}
+}

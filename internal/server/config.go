@@ -79,6 +79,12 @@ type RotationConfig struct {
 	// Observe records a rotation, verified as any other, for every new
 	// backend version made outside secretplane that the cache sees.
 	Observe bool `koanf:"observe"`
+	// Hooks maps a name to an external hook, the method hook's policies
+	// select with --param hook=NAME: https://host/path (POSTed each step
+	// as JSON, signed with the webhook key when there is one) or
+	// exec:/absolute/path/to/command (run with the step as its argument).
+	// Configured here only: a policy never names a command or a URL.
+	Hooks map[string]string `koanf:"hooks"`
 	// Issuers adds certificate issuers to those the server builds (Vault
 	// PKI, the dev CA), by name: for embedding and tests.
 	Issuers map[string]rotation.Issuer `koanf:"-"`

@@ -25,9 +25,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -48,6 +50,7 @@ import (
 	"github.com/secretplane/secretplane/controlplane/policy"
 	"github.com/secretplane/secretplane/controlplane/resolve"
 	"github.com/secretplane/secretplane/controlplane/rotation"
+	"github.com/secretplane/secretplane/controlplane/rotation/hook"
 	"github.com/secretplane/secretplane/controlplane/watch"
 	"github.com/secretplane/secretplane/identity"
 	"github.com/secretplane/secretplane/sds"
@@ -162,10 +165,14 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 		return sds.ResourceVersion(name, kind, res.Fingerprint), nil
 	}
+	hooks, err := newHookRotator(cfg)
+	if err != nil {
+		return nil, err
+	}
 	s.rotations = rotation.New(s.store, cat, registry, resolver, s.deps, s.audit, expected, rotation.Options{
 		Deadline: cfg.Rotation.Deadline, Horizon: cfg.Rotation.Horizon, AutoRollback: cfg.Rotation.AutoRollback, Log: s.log, Events: s.bus,
 		CheckEvery: cfg.Rotation.CheckInterval, Observe: cfg.Rotation.Observe,
-		Rotators: map[string]rotation.Rotator{"certificate": rotation.Certificate{Issuers: s.issuers()}},
+		Rotators: map[string]rotation.Rotator{"certificate": rotation.Certificate{Issuers: s.issuers()}, "hook": hooks},
 	})
 	var webhooks []api.Webhook
 	if s.notifier, webhooks, err = newNotifier(cfg, s.store, s.bus, s.serverID.String(), s.log); err != nil {
@@ -444,6 +451,11 @@ func (s *Server) prepare(ctx context.Context) (setup, error) {
 	}
 	if cfg.Rotation.Deadline <= 0 || cfg.Rotation.Horizon <= 0 || cfg.Rotation.CheckInterval <= 0 {
 		problem("rotation: deadline, horizon and check_interval must be positive")
+	}
+	for _, name := range slices.Sorted(maps.Keys(cfg.Rotation.Hooks)) {
+		if err := hook.CheckTarget(name, cfg.Rotation.Hooks[name]); err != nil {
+			problem("rotation.hooks: %v", err)
+		}
 	}
 	if cfg.SDS.MaxNames <= 0 || cfg.SDS.BundleRefresh <= 0 || cfg.SDS.HoldRetry <= 0 || cfg.MaxStreamsPerConn <= 0 || cfg.MaxStreamsPerConn > 1<<20 {
 		problem("sds: max_names, bundle_refresh and hold_retry must be positive, and max_streams_per_connection between 1 and 1048576")

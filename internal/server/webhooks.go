@@ -27,13 +27,12 @@ func newNotifier(cfg Config, st store.Store, bus *events.Bus, source string, log
 		shown []api.Webhook
 	)
 	if len(cfg.Webhooks) > 0 {
-		raw, err := os.ReadFile(cfg.WebhookKeyFile)
-		if err != nil {
-			return nil, nil, fmt.Errorf("webhook_key_file: webhooks need a signing key: %w", err)
-		}
-		key := bytes.TrimSpace(raw)
-		if len(key) < 16 {
-			return nil, nil, fmt.Errorf("webhook_key_file %s: the key must be at least 16 bytes", cfg.WebhookKeyFile)
+		key, err := webhookKey(cfg)
+		switch {
+		case err != nil:
+			return nil, nil, fmt.Errorf("webhooks need a signing key: %w", err)
+		case key == nil:
+			return nil, nil, fmt.Errorf("webhook_key_file: webhooks need a signing key")
 		}
 		names := make([]string, 0, len(cfg.Webhooks))
 		for n := range cfg.Webhooks {
@@ -49,18 +48,46 @@ func newNotifier(cfg Config, st store.Store, bus *events.Bus, source string, log
 			shown = append(shown, api.Webhook{Name: n, URL: u.String()})
 		}
 	}
+	client, err := webhookClient(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return notify.New(st, bus, notify.Options{Webhooks: hooks, Source: source, Client: client, Log: log}), shown, nil
+}
+
+// webhookKey reads the HMAC key webhooks (and https rotation hooks) are
+// signed with: at least 16 bytes, from webhook_key_file; nil when the
+// setting is empty.
+func webhookKey(cfg Config) ([]byte, error) {
+	if cfg.WebhookKeyFile == "" {
+		return nil, nil
+	}
+	raw, err := os.ReadFile(cfg.WebhookKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("webhook_key_file: %w", err)
+	}
+	key := bytes.TrimSpace(raw)
+	if len(key) < 16 {
+		return nil, fmt.Errorf("webhook_key_file %s: the key must be at least 16 bytes", cfg.WebhookKeyFile)
+	}
+	return key, nil
+}
+
+// webhookClient is the HTTP client of webhooks and https rotation hooks:
+// TLS 1.2 at least, receivers' certificates signed by webhook_ca_file's
+// CAs when it is set, the system's otherwise.
+func webhookClient(cfg Config) (*http.Client, error) {
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if cfg.WebhookCAFile != "" {
 		pem, err := os.ReadFile(cfg.WebhookCAFile)
 		if err != nil {
-			return nil, nil, fmt.Errorf("webhook_ca_file: %w", err)
+			return nil, fmt.Errorf("webhook_ca_file: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, nil, fmt.Errorf("webhook_ca_file %s: no PEM certificate", cfg.WebhookCAFile)
+			return nil, fmt.Errorf("webhook_ca_file %s: no PEM certificate", cfg.WebhookCAFile)
 		}
 		tlsCfg.RootCAs = pool
 	}
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment}}
-	return notify.New(st, bus, notify.Options{Webhooks: hooks, Source: source, Client: client, Log: log}), shown, nil
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment}}, nil
 }
