@@ -487,9 +487,10 @@ func TestAWSRotationRefusedInPending(t *testing.T) {
 }
 
 // AWS refusing the promotion (AWSCURRENT cannot be moved) fails the
-// rotation in propagating, naming the step; without auto-rollback the
-// secret is not left pinned: consumers keep what AWS has current, and the
-// next rotation starts and completes.
+// rotation in propagating, naming the step, and rolls it back (even
+// without auto-rollback: nothing new was served); the secret is not left
+// pinned: consumers keep what AWS has current, and the next rotation
+// starts and completes.
 func TestAWSRotationRefusedAtPromotion(t *testing.T) {
 	const ref = "aws-sm://" + awsSecret
 	a := newAWSFixture(t, nil)
@@ -503,9 +504,9 @@ func TestAWSRotationRefusedAtPromotion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := wait(t, m, r.ID)
-	if done.State != rotation.Failed || !strings.Contains(done.Detail, "make the new version current") || !strings.Contains(done.Detail, "AccessDeniedException") {
-		t.Fatalf("rotation %+v, want failed at the promotion", done)
+	done := wait(t, m, r.ID, rotation.RolledBack)
+	if !strings.Contains(done.Detail, "make the new version current") || !strings.Contains(done.Detail, "AccessDeniedException") {
+		t.Fatalf("rotation %+v, want failed at the promotion and rolled back", done)
 	}
 	holds(t, w, "initial-value", old)
 	next, err := m.Start(ctx, rotation.StartRequest{Secret: awsSecret})

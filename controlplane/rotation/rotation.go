@@ -171,6 +171,7 @@ type Manager struct {
 	mu      sync.Mutex
 	running map[string]*driver   // rotation ids being driven here
 	own     map[string]time.Time // ref and version made current here, when
+	undo    map[string]int       // secrets whose failed rotation is being rolled back
 	wg      sync.WaitGroup
 	ctx     context.Context // Run's: rotations started later are driven under it
 }
@@ -207,7 +208,7 @@ func New(s Store, c Catalog, b Backend, r Resolver, cons Consumers, a Recorder, 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{store: s, catalog: c, backend: b, resolver: r, consumers: cons, audit: a, expected: expected, opts: opts, log: log, running: map[string]*driver{}, own: map[string]time.Time{}}
+	return &Manager{store: s, catalog: c, backend: b, resolver: r, consumers: cons, audit: a, expected: expected, opts: opts, log: log, running: map[string]*driver{}, own: map[string]time.Time{}, undo: map[string]int{}}
 }
 
 // StartRequest asks for a rotation.
@@ -270,6 +271,9 @@ func (m *Manager) Start(ctx context.Context, req StartRequest) (store.Rotation, 
 		return store.Rotation{}, fmt.Errorf("rotate %s: %w", req.Secret, err)
 	} else if len(active) > 0 {
 		return store.Rotation{}, fmt.Errorf("rotate %s: %w (rotation %s, %s)", req.Secret, ErrRunning, active[0].ID, active[0].State)
+	}
+	if m.undoing(req.Secret) {
+		return store.Rotation{}, fmt.Errorf("rotate %s: %w (its last rotation is being rolled back)", req.Secret, ErrRunning)
 	}
 	ref, canonical, err := m.catalog.LookupBinding(ctx, req.Secret)
 	if err != nil {
@@ -377,6 +381,22 @@ func (m *Manager) drive(r store.Rotation) {
 	})
 }
 
+// undoing reports whether a failed rotation of secret is being rolled
+// back here; markUndo counts them.
+func (m *Manager) undoing(secret string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.undo[secret] > 0
+}
+
+func (m *Manager) markUndo(secret string, n int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.undo[secret] += n; m.undo[secret] <= 0 {
+		delete(m.undo, secret)
+	}
+}
+
 // halt stops the driving of rotation id here and waits until its current
 // step has ended (bounded by the step timeout).
 func (m *Manager) halt(ctx context.Context, id string) error {
@@ -408,15 +428,24 @@ func (m *Manager) steps(ctx context.Context, r store.Rotation) {
 			m.log.WarnContext(ctx, "rotation step failed", "rotation", r.ID, "secret_name", r.Secret, "state", r.State, "error", err.Error())
 			next = r
 			next.State, next.Detail = Failed, err.Error()
-			if r.State == Pending && r.ToVersion == "" || r.State == Propagating {
-				// Nothing new was served, or it failed on its way out
-				// (a refused promotion): consumers get what the backend
-				// has current, and the secret can be rotated again.
-				m.catalog.Pin(ctx, r.Secret, "")
+			if r.State == Pending && r.ToVersion == "" {
+				m.catalog.Pin(ctx, r.Secret, "") // nothing new was written
 			}
+		}
+		// A rotation failing on its way out (a hook's set or test, a
+		// refused promotion) is rolled back whatever AutoRollback says:
+		// its new version was never served, and a backend that does not
+		// stage versions already has it as its latest.
+		undo := r.State == Propagating && err != nil
+		rollingBack := next.State == Failed && (m.opts.AutoRollback || undo) && next.ToVersion != ""
+		if rollingBack {
+			m.markUndo(r.Secret, 1) // no start between failed and rolled back
 		}
 		saved, err := m.store.UpdateRotation(ctx, next, r.State)
 		if err != nil {
+			if rollingBack {
+				m.markUndo(r.Secret, -1)
+			}
 			m.log.ErrorContext(ctx, "rotation state could not be recorded; retrying", "rotation", r.ID, "error", err.Error())
 			select {
 			case <-ctx.Done():
@@ -434,8 +463,9 @@ func (m *Manager) steps(ctx context.Context, r store.Rotation) {
 		}
 		m.record(ctx, saved, "rotation."+saved.State, outcome)
 		r = saved
-		if r.State == Failed && m.opts.AutoRollback && r.ToVersion != "" {
+		if rollingBack {
 			r = m.rollback(ctx, r)
+			m.markUndo(r.Secret, -1)
 		}
 	}
 }
@@ -478,7 +508,11 @@ func (m *Manager) step(ctx context.Context, r store.Rotation) (store.Rotation, e
 		}
 		m.catalog.Pin(ctx, r.Secret, "")
 		if r.Emergency {
-			r.State, r.Detail = Completed, "emergency: pushed without waiting for consumers; "+m.invalidate(sctx, r, ref)
+			detail := "emergency: pushed without waiting for consumers; " + m.invalidate(sctx, r, ref)
+			if err := m.finish(ctx, r); err != nil {
+				return r, err
+			}
+			r.State, r.Detail = Completed, detail
 			return r, nil
 		}
 		r.State, r.Deadline = Verifying, m.opts.Now().Add(m.opts.Deadline)
@@ -587,6 +621,7 @@ func (m *Manager) finish(ctx context.Context, r store.Rotation) error {
 	}
 	sctx, cancel := context.WithTimeout(ctx, m.opts.StepTimeout)
 	defer cancel()
+	req.Current = backend.Value{Version: r.FromVersion} // the one it replaced
 	if err := st.Finish(sctx, req); err != nil {
 		m.record(ctx, r, "rotation.hook_finish", "Failed")
 		return fmt.Errorf("%s rotator, finish step: %w", r.Method, err)
@@ -656,6 +691,9 @@ func (m *Manager) verify(ctx context.Context, r store.Rotation, ref secretref.Re
 			r.State, r.Detail = Failed, "rejected by "+strings.Join(rejected, ", ")
 			return r, nil
 		case len(lagging) == 0 && counted == 0:
+			if err := m.finish(ctx, r); err != nil {
+				return r, err
+			}
 			r.State, r.Detail = Completed, "no consumer seen within the horizon: nothing to wait for"+notWaited(gone)
 			return r, nil
 		case len(lagging) == 0:
