@@ -79,11 +79,15 @@ func TestCanaryNeverLeaks(t *testing.T) {
 	shapes := lowerCanaries(t)
 
 	var transcript strings.Builder
+	generated := "" // the value a rotation below makes
 	leaks := func(text string) bool {
 		for _, c := range append([]string{canary, lower, canary[4:], rotated, rotated[4:]}, shapes...) {
 			if strings.Contains(text, c) {
 				return true
 			}
+		}
+		if generated != "" && strings.Contains(text, generated) {
+			return true
 		}
 		// The hex bodies alone, too: a prefix dropped is still a leak.
 		for _, c := range shapes[:3] {
@@ -252,19 +256,20 @@ func TestCanaryNeverLeaks(t *testing.T) {
 		env := envoysim.New(sdsConn, envoysim.Options{Mode: mode, NodeID: "canary-" + mode.String(), Reject: func(_ string, s *tlsv3.Secret) error {
 			return fmt.Errorf("bad generic secret %s", s.GetGenericSecret().GetSecret().GetInlineBytes())
 		}})
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		env.Subscribe(sctx, "payments/token")
-		for {
+		// Open until the registry has its NACK: closed at once (or its
+		// stream's context ended), the NACK counted here may not have
+		// reached the server.
+		defer env.Close()
+		env.Subscribe(ctx, "payments/token")
+		for deadline := time.Now().Add(10 * time.Second); ; {
 			if _, _, nacks := env.Counts(); nacks > 0 {
 				break
 			}
-			if sctx.Err() != nil {
+			if time.Now().After(deadline) {
 				t.Fatalf("%s: no SDS response to NACK", mode)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
-		cancel()
-		env.Close()
 	}
 	deadline = time.Now().Add(20 * time.Second)
 	for {
@@ -278,6 +283,26 @@ func TestCanaryNeverLeaks(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	run("", "secret", "consumers", "payments/token", "-o", "json")
+
+	// A rotation of it through the API, with a policy whose parameter is
+	// the canary first (refused: parameters are not values). The value it
+	// generates reaches the watching client only, and it fails: the
+	// client's hook and the Envoys reject it, quoting it.
+	run("", "rotate", "policy", "set", "payments/token", "--param", "format="+canary)
+	run("", "rotate", "policy", "set", "payments/token", "--param", "format="+lower)
+	run("", "rotate", "policy", "set", "payments/token", "--param", "format=password", "--param", "length=40")
+	run("", "rotate", "start", "payments/token", "--wait", "30s")
+	select {
+	case generated = <-hooked:
+		if len(generated) != 40 {
+			t.Fatalf("the rotation generated a value of %d characters, the policy asks 40", len(generated))
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the rotated value never reached the watching client")
+	}
+	run("", "rotate", "status", "payments/token")
+	run("", "rotate", "list", "payments/token", "-o", "json")
+	run("", "rotate", "policy", "show", "payments/token", "-o", "json")
 
 	// Reads after the attempts.
 	run("", "secret", "list", "-o", "json")
