@@ -352,6 +352,36 @@ func (b *Backend) Promote(ctx context.Context, ref secretref.Ref, version string
 	return nil
 }
 
+// Invalidate implements backend.Invalidator for an emergency rotation:
+// every label is taken off the version (AWSPREVIOUS, usually), so that no
+// stage names it: Secrets Manager treats a version without labels as
+// deprecated and deletes it in time. Until then it can still be read by
+// its id, which the rotation's status says. The current version is never
+// invalidated.
+func (b *Backend) Invalidate(ctx context.Context, ref secretref.Ref, version string) error {
+	if err := backend.CheckWrite(ref); err != nil {
+		return err
+	}
+	stages, err := b.versionStages(ctx, ref)
+	if err != nil {
+		return fmt.Errorf("%s: invalidate %s: %w", ref, version, err)
+	}
+	if slices.Contains(stages[version], stageCurrent) {
+		return fmt.Errorf("%s: invalidate %s: it is %s: %w", ref, version, stageCurrent, backend.ErrInvalidValue)
+	}
+	for _, st := range stages[version] {
+		_, err := b.client.UpdateSecretVersionStage(ctx, &secretsmanager.UpdateSecretVersionStageInput{
+			SecretId:            aws.String(ref.Path),
+			VersionStage:        aws.String(st),
+			RemoveFromVersionId: aws.String(version),
+		}, regionFor(ref))
+		if err != nil {
+			return fmt.Errorf("%s: invalidate %s: remove %s from it: %w", ref, version, st, classify(err))
+		}
+	}
+	return nil
+}
+
 // versionStages returns DescribeSecret's VersionIdsToStages: the labels of
 // every version that has one.
 func (b *Backend) versionStages(ctx context.Context, ref secretref.Ref) (map[string][]string, error) {

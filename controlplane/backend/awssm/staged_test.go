@@ -363,3 +363,26 @@ func TestStagedWrites(t *testing.T) {
 		})
 	}
 }
+
+// Invalidate takes every label off a version, so that no stage names it;
+// the current version is refused.
+func TestInvalidate(t *testing.T) {
+	f, b, old1, old2 := newStagingBackend(t)
+	ctx := context.Background()
+	ref := secretref.MustParse("aws-sm://prod/db")
+	if err := b.Invalidate(ctx, ref, old2); !errors.Is(err, backend.ErrInvalidValue) {
+		t.Fatalf("invalidate the current version: %v", err)
+	}
+	if err := b.Invalidate(ctx, ref, old1); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Stages("prod/db"); len(got[old1]) != 0 || !slices.Equal(got[old2], []string{"AWSCURRENT"}) {
+		t.Fatalf("stages after invalidating %s: %v", old1, got)
+	}
+	if err := b.Invalidate(ctx, ref, old1); err != nil {
+		t.Fatalf("invalidate twice: %v", err)
+	}
+	if _, err := b.Read(ctx, ref); err != nil {
+		t.Fatalf("the current version after: %v", err)
+	}
+}
