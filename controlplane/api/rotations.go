@@ -54,20 +54,9 @@ func (s *RotationServer) GetRotation(ctx context.Context, req *spv1.GetRotationR
 	if s.rotations == nil {
 		return nil, status.Error(codes.Unimplemented, "rotations are not configured on this server")
 	}
-	if req.GetId() == "" {
-		rs, err := s.rotations.List(ctx, store.RotationQuery{Secret: req.GetSecret(), Limit: 1})
-		if err != nil {
-			return nil, toStatus(ctx, s.log, err)
-		}
-		if len(rs) == 0 {
-			return nil, status.Errorf(codes.NotFound, "secret %s has no rotation", req.GetSecret())
-		}
-		return rotationToProto(rs[0]), nil
-	}
-	r, err := s.rotations.Get(ctx, req.GetId())
-	if err != nil || r.Secret != req.GetSecret() {
-		// Another secret's rotation is as absent as a missing one.
-		return nil, status.Errorf(codes.NotFound, "secret %s has no rotation %.64q", req.GetSecret(), req.GetId())
+	r, err := s.rotationOf(ctx, req.GetSecret(), req.GetId())
+	if err != nil {
+		return nil, err
 	}
 	return rotationToProto(r), nil
 }

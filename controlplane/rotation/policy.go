@@ -208,7 +208,10 @@ func (m *Manager) renewalPoint(ctx context.Context, p store.RotationPolicy) (tim
 	if err != nil {
 		return time.Time{}, err
 	}
-	cur, err := m.read(ctx, ref)
+	// Through the cache: the schedule looks at every certificate each
+	// tick, and its value changes only when it is rotated (which refreshes
+	// the cache) or written outside (which the cache's refresh finds).
+	cur, err := m.resolver.Get(ctx, ref)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("read the certificate: %w", err)
 	}

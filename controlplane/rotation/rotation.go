@@ -75,6 +75,7 @@ type Backend interface {
 
 // Resolver reads a ref afresh and tells its watchers (resolve.Resolver).
 type Resolver interface {
+	Get(ctx context.Context, ref secretref.Ref) (resolve.Result, error)
 	RefreshNow(ctx context.Context, ref secretref.Ref) (resolve.Result, error)
 }
 
@@ -539,11 +540,9 @@ func (m *Manager) create(ctx context.Context, r store.Rotation, ref secretref.Re
 		return adopted, err
 	}
 	failpoint.Hold(ctx, "rotation/pending-before-write")
-	var params map[string]string
-	if pol, err := m.store.GetRotationPolicy(sctx, r.Secret); err == nil && pol.Method == r.Method {
-		params = pol.Params
-	} else if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return "", fmt.Errorf("read the rotation policy: %w", err)
+	params, err := m.params(sctx, r)
+	if err != nil {
+		return "", err
 	}
 	rot, ok := m.opts.Rotators[r.Method]
 	if !ok {
@@ -573,15 +572,26 @@ func (m *Manager) stepper(ctx context.Context, r store.Rotation) (Stepper, Reque
 	if !ok {
 		return nil, Request{}, nil
 	}
-	req := Request{RotationID: r.ID, Secret: r.Secret}
+	params, err := m.params(ctx, r)
+	if err != nil {
+		return nil, Request{}, err
+	}
+	return st, Request{RotationID: r.ID, Secret: r.Secret, Params: params}, nil
+}
+
+// params are the parameters r's rotator is given: its secret's policy's,
+// when the policy names r's method.
+func (m *Manager) params(ctx context.Context, r store.Rotation) (map[string]string, error) {
 	pol, err := m.store.GetRotationPolicy(ctx, r.Secret)
 	switch {
-	case err == nil && pol.Method == r.Method:
-		req.Params = pol.Params
-	case err != nil && !errors.Is(err, store.ErrNotFound):
-		return nil, Request{}, fmt.Errorf("read the rotation policy: %w", err)
+	case errors.Is(err, store.ErrNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("read the rotation policy: %w", err)
+	case pol.Method != r.Method:
+		return nil, nil
 	}
-	return st, req, nil
+	return pol.Params, nil
 }
 
 // setAndTest runs a Stepper's set and test steps on the new version.
