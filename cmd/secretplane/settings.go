@@ -89,6 +89,11 @@ func settings() []setting {
 		{"webhook_key_file", "webhook-key-file", "file holding the HMAC-SHA256 key webhooks are signed with (at least 16 bytes)"},
 		{"webhook_ca_file", "webhook-ca-file", "CA certificate(s) that sign webhook receivers' TLS certificates (default: the system's)"},
 		{"max_streams_per_connection", "max-streams-per-connection", "bound on one connection's concurrent calls and streams (HTTP/2 MAX_CONCURRENT_STREAMS)"},
+		{"metrics.listen", "metrics-listen", "serve Prometheus /metrics and the /healthz and /readyz probes over HTTP on this address (off unless set; dev default " + server.DevMetricsListen + ")"},
+		{"alerts.lead_times", "alert-lead-time", "how long before a secret expires its owner's webhook is told (repeatable; once for each)"},
+		{"alerts.routes", "alert-route", "OWNER=WEBHOOK: the webhook (of --webhook) that gets the alerts of secrets this owner owns (repeatable)"},
+		{"alerts.default_route", "alert-default-route", "the webhook that gets the alerts of secrets whose owner has no route"},
+		{"startup.required_timeout", "startup-required-timeout", "bound on resolving every required secret before serving; those not resolved by then refuse the start"},
 		{"shutdown.delay", "shutdown-delay", "on shutdown, how long health checks answer NOT_SERVING while calls are still served (for load balancers)"},
 		{"shutdown.timeout", "shutdown-timeout", "on shutdown, how long calls in flight may finish before they are cut off"},
 	}
@@ -125,6 +130,21 @@ func field(key string) (reflect.StructField, bool) {
 	return f, true
 }
 
+// defaultOf is the server.Defaults value of a dotted koanf key (one that
+// field found).
+func defaultOf(key string) any {
+	v := reflect.ValueOf(server.Defaults())
+	for _, part := range strings.Split(key, ".") {
+		for i := 0; i < v.NumField(); i++ {
+			if v.Type().Field(i).Tag.Get("koanf") == part {
+				v = v.Field(i)
+				break
+			}
+		}
+	}
+	return v.Interface()
+}
+
 // registerSettings adds a flag for every setting to fs, typed and
 // defaulted from server.Config and server.Defaults. (The server's
 // --data-dir shadows every command's, with the same meaning, so that it
@@ -151,6 +171,8 @@ func registerSettings(fs *pflag.FlagSet) {
 			fs.Int64(s.flag, defaults.Int64(s.path()), help)
 		case reflect.TypeFor[[]string]():
 			fs.StringSlice(s.flag, defaults.Strings(s.path()), help)
+		case reflect.TypeFor[[]time.Duration]():
+			fs.DurationSlice(s.flag, defaultOf(s.key).([]time.Duration), help)
 		case reflect.TypeFor[map[string]string]():
 			fs.StringToString(s.flag, defaults.StringMap(s.path()), help)
 		default:
@@ -192,7 +214,7 @@ func loadSettings(path string, getenv func(string) string, fs *pflag.FlagSet) (s
 				return "", nil
 			}
 			switch f, _ := field(s.key); f.Type {
-			case reflect.TypeFor[[]string]():
+			case reflect.TypeFor[[]string](), reflect.TypeFor[[]time.Duration]():
 				return s.path(), splitList(v)
 			case reflect.TypeFor[map[string]string]():
 				return s.path(), splitMap(v)

@@ -80,6 +80,8 @@ func TestSettingDefaults(t *testing.T) {
 		"max_streams_per_connection": 1000,
 		"rotation.deadline":          2 * time.Minute, "rotation.horizon": 10 * time.Minute, "rotation.auto_rollback": false,
 		"rotation.check_interval": 30 * time.Second, "rotation.observe": true,
+		"alerts.lead_times":        []time.Duration{720 * time.Hour, 168 * time.Hour, 24 * time.Hour},
+		"startup.required_timeout": 30 * time.Second,
 	}
 	for _, st := range settings() {
 		v := fieldValue(got, st.key)
@@ -226,6 +228,8 @@ func samples(t *testing.T, typ reflect.Type) sample {
 		return sample{11, "22", []string{"33"}, int64(11), int64(22), int64(33)}
 	case reflect.TypeFor[[]string]():
 		return sample{[]string{"f1", "f2"}, "e1,e2", []string{"c1", "c2"}, []string{"f1", "f2"}, []string{"e1", "e2"}, []string{"c1", "c2"}}
+	case reflect.TypeFor[[]time.Duration]():
+		return sample{[]string{"1h", "2h"}, "3h,4h", []string{"5h", "6h"}, []time.Duration{time.Hour, 2 * time.Hour}, []time.Duration{3 * time.Hour, 4 * time.Hour}, []time.Duration{5 * time.Hour, 6 * time.Hour}}
 	case reflect.TypeFor[map[string]string]():
 		return sample{map[string]string{"file.test": "/f.pem"}, "env.test=/e.pem", []string{"flag.test=/c.pem"},
 			map[string]string{"file.test": "/f.pem"}, map[string]string{"env.test": "/e.pem"}, map[string]string{"flag.test": "/c.pem"}}
@@ -303,6 +307,8 @@ func flagString(v any, typ reflect.Type) string {
 		fs.Int64("f", v.(int64), "")
 	case reflect.TypeFor[[]string]():
 		fs.StringSlice("f", v.([]string), "")
+	case reflect.TypeFor[[]time.Duration]():
+		fs.DurationSlice("f", v.([]time.Duration), "")
 	case reflect.TypeFor[map[string]string]():
 		fs.StringToString("f", v.(map[string]string), "")
 	}

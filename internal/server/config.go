@@ -54,7 +54,10 @@ type Config struct {
 	// MaxStreamsPerConn bounds one connection's concurrent calls and
 	// streams (HTTP/2 MAX_CONCURRENT_STREAMS): an Envoy holds one SDS
 	// stream per secret without ADS.
-	MaxStreamsPerConn int `koanf:"max_streams_per_connection"`
+	MaxStreamsPerConn int           `koanf:"max_streams_per_connection"`
+	Metrics           MetricsConfig `koanf:"metrics"`
+	Alerts            AlertsConfig  `koanf:"alerts"`
+	Startup           StartupConfig `koanf:"startup"`
 
 	// Set in code only.
 
@@ -62,6 +65,36 @@ type Config struct {
 	Listener net.Listener `koanf:"-"`
 	// Logger, when set, is used instead of one built from Log.
 	Logger *slog.Logger `koanf:"-"`
+}
+
+// MetricsConfig is the operations listener: Prometheus metrics on
+// /metrics and Kubernetes probes on /healthz and /readyz, over plain HTTP
+// (it serves no secret). Off when Listen is empty; dev mode's default is
+// DevMetricsListen.
+type MetricsConfig struct {
+	Listen string `koanf:"listen"`
+}
+
+// AlertsConfig is the server's own alerting, for teams without Prometheus:
+// a signed CloudEvent to the owner's webhook at each lead time before a
+// secret expires and on every failed rotation.
+type AlertsConfig struct {
+	// LeadTimes are how long before a secret's expiry its owner is told,
+	// once for each.
+	LeadTimes []time.Duration `koanf:"lead_times"`
+	// Routes maps a secret's owner to the name of a webhook (of Webhooks).
+	Routes map[string]string `koanf:"routes"`
+	// DefaultRoute is the webhook of secrets whose owner has no route
+	// ("" tells nobody of those).
+	DefaultRoute string `koanf:"default_route"`
+}
+
+// StartupConfig tunes the checks run before serving.
+type StartupConfig struct {
+	// RequiredTimeout bounds the time spent resolving every secret marked
+	// required before the server serves: past it, those not resolved are
+	// reported as failures and the server refuses to start.
+	RequiredTimeout time.Duration `koanf:"required_timeout"`
 }
 
 // RotationConfig tunes rotations.
@@ -203,6 +236,8 @@ type ShutdownConfig struct {
 const (
 	DevListen      = "127.0.0.1:7443"
 	DevTrustDomain = "secretplane.test"
+	// DevMetricsListen is dev mode's metrics and probes listener.
+	DevMetricsListen = "127.0.0.1:7444"
 )
 
 // Defaults returns the settings a zero Config field takes: the one place
@@ -220,6 +255,9 @@ func Defaults() Config {
 		SDS:           SDSConfig{MaxNames: 1000, BundleRefresh: 5 * time.Second, HoldRetry: 10 * time.Second},
 		Rotation:      RotationConfig{Deadline: 2 * time.Minute, Horizon: 10 * time.Minute, CheckInterval: 30 * time.Second, Observe: true},
 
+		Alerts:  AlertsConfig{LeadTimes: []time.Duration{30 * 24 * time.Hour, 7 * 24 * time.Hour, 24 * time.Hour}},
+		Startup: StartupConfig{RequiredTimeout: 30 * time.Second},
+
 		MaxStreamsPerConn: 1000,
 	}
 }
@@ -235,6 +273,9 @@ func withDevDefaults(c Config) Config {
 		}
 		if c.TrustDomain == "" {
 			c.TrustDomain = DevTrustDomain
+		}
+		if c.Metrics.Listen == "" {
+			c.Metrics.Listen = DevMetricsListen
 		}
 	}
 	return c
