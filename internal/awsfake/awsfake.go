@@ -112,6 +112,7 @@ type fault struct {
 type secret struct {
 	name     string
 	versions []*Version
+	kmsKeyID string // "": AWS's managed key, aws/secretsmanager
 }
 
 // New starts a fake, closed when t ends, and returns it with its HTTP
@@ -177,6 +178,21 @@ func (f *Server) put(name, value string, binary bool, stages []string) string {
 	id := fmt.Sprintf("EXAMPLE%d-90ab-cdef-fedc-ba987SECRET1", len(s.versions)+1)
 	s.add(id, value, binary, stages)
 	return id
+}
+
+// SetKMSKey has name encrypted with the KMS key keyID (a key id, ARN or
+// alias), as CreateSecret's or UpdateSecret's KmsKeyId would; "" is AWS's
+// managed key (aws/secretsmanager), for which DescribeSecret omits
+// KmsKeyId. It reports whether name exists.
+func (f *Server) SetKMSKey(name, keyID string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.secrets[name]
+	if s == nil {
+		return false
+	}
+	s.kmsKeyID = keyID
+	return true
 }
 
 // Attach puts label on version id of name as another writer would
@@ -435,8 +451,12 @@ func (f *Server) handle(w http.ResponseWriter, op string, c Call, in map[string]
 			}
 		}
 		last := s.versions[len(s.versions)-1]
-		writeJSON(w, map[string]any{"ARN": ARN(s.name), "Name": s.name, "VersionIdsToStages": stages,
-			"CreatedDate": float64(s.versions[0].Created.Unix()), "LastChangedDate": float64(last.Created.Unix())})
+		out := map[string]any{"ARN": ARN(s.name), "Name": s.name, "VersionIdsToStages": stages,
+			"CreatedDate": float64(s.versions[0].Created.Unix()), "LastChangedDate": float64(last.Created.Unix())}
+		if s.kmsKeyID != "" { // AWS leaves it out for its managed key
+			out["KmsKeyId"] = s.kmsKeyID
+		}
+		writeJSON(w, out)
 	case "PutSecretValue":
 		value, isString := in["SecretString"].(string)
 		b64, isBinary := in["SecretBinary"].(string)

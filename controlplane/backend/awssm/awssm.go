@@ -160,6 +160,30 @@ func (b *Backend) Describe(ctx context.Context, ref secretref.Ref) (backend.Meta
 	return md, nil
 }
 
+// DefaultKMSKey is the alias of the KMS key AWS manages for Secrets
+// Manager, used when a secret is created without a customer key.
+const DefaultKMSKey = "alias/aws/secretsmanager"
+
+// EncryptionKey describes ref's secret (DescribeSecret: metadata only,
+// never the value) and returns the KMS key that encrypts it, as
+// DescribeSecret's KmsKeyId names it (a key id, key ARN or alias ARN), or
+// "" when AWS's managed key for Secrets Manager (DefaultKMSKey) is used:
+// AWS omits KmsKeyId then. Like Describe, it proves the ref reachable.
+func (b *Backend) EncryptionKey(ctx context.Context, ref secretref.Ref) (string, error) {
+	out, err := b.client.DescribeSecret(ctx, &secretsmanager.DescribeSecretInput{SecretId: aws.String(ref.Path)}, regionFor(ref))
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", ref, classify(err))
+	}
+	return aws.ToString(out.KmsKeyId), nil
+}
+
+// IsDefaultKMSKey reports whether keyID, as EncryptionKey returns it, is
+// AWS's managed key for Secrets Manager rather than a customer key: empty,
+// the alias, or the alias's ARN.
+func IsDefaultKMSKey(keyID string) bool {
+	return keyID == "" || keyID == DefaultKMSKey || strings.HasSuffix(keyID, ":"+DefaultKMSKey)
+}
+
 // Write implements backend.Backend: PutSecretValue makes a new AWSCURRENT
 // version (AWS moves AWSPREVIOUS). With a field, the other JSON keys of the
 // current version are kept.
