@@ -294,6 +294,67 @@ func (b *Backend) loginAt(ctx context.Context, mount, what string, body map[stri
 	return s, nil
 }
 
+// TokenInfo is what Vault says of the backend's own token
+// (auth/token/lookup-self): its lifetime figures, never the token.
+type TokenInfo struct {
+	// TTL is the time left before the token expires; 0 for a token that
+	// does not expire (a root token).
+	TTL time.Duration
+	// CreationTTL is the TTL it was created with.
+	CreationTTL time.Duration
+	// ExplicitMaxTTL caps its life from IssueTime however it is renewed
+	// (0: no explicit cap; the mount's or system's max TTL still applies).
+	ExplicitMaxTTL time.Duration
+	IssueTime      time.Time
+	Renewable      bool
+	// Relogin is true when the backend logs in again as the token ends
+	// (AppRole, certificate, JWT-SVID), false for a static token file.
+	Relogin bool
+}
+
+// TokenInfo looks the backend's token up (auth/token/lookup-self).
+func (b *Backend) TokenInfo(ctx context.Context) (TokenInfo, error) {
+	s, err := b.client.Auth().Token().LookupSelfWithContext(ctx)
+	if err != nil {
+		return TokenInfo{}, fmt.Errorf("vault: token lookup: %w", classify(err))
+	}
+	if s == nil || s.Data == nil {
+		return TokenInfo{}, fmt.Errorf("vault: token lookup: empty answer: %w", backend.ErrUnavailable)
+	}
+	info := TokenInfo{Relogin: b.login != nil}
+	seconds := func(key string) (time.Duration, error) {
+		v, ok := s.Data[key]
+		if !ok || v == nil {
+			return 0, nil
+		}
+		n, ok := v.(json.Number)
+		if !ok {
+			return 0, fmt.Errorf("vault: token lookup: %s is not a number", key)
+		}
+		i, err := n.Int64()
+		if err != nil {
+			return 0, fmt.Errorf("vault: token lookup: %s: %w", key, err)
+		}
+		return time.Duration(i) * time.Second, nil
+	}
+	if info.TTL, err = seconds("ttl"); err != nil {
+		return TokenInfo{}, err
+	}
+	if info.CreationTTL, err = seconds("creation_ttl"); err != nil {
+		return TokenInfo{}, err
+	}
+	if info.ExplicitMaxTTL, err = seconds("explicit_max_ttl"); err != nil {
+		return TokenInfo{}, err
+	}
+	info.Renewable, _ = s.Data["renewable"].(bool)
+	if t, ok := s.Data["issue_time"].(string); ok && t != "" {
+		if info.IssueTime, err = time.Parse(time.RFC3339Nano, t); err != nil {
+			return TokenInfo{}, fmt.Errorf("vault: token lookup: issue_time: %w", err)
+		}
+	}
+	return info, nil
+}
+
 // Scheme implements backend.Backend.
 func (b *Backend) Scheme() secretref.Scheme { return secretref.SchemeVault }
 
