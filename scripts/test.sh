@@ -16,6 +16,20 @@ if [ ! -x "$pg_bindir/initdb" ] && [ -z "${SECRETPLANE_TEST_POSTGRES_DSN:-}" ]; 
   fi
 fi
 
+# promtool, from Debian's prometheus package, for the alert rule tests in
+# deploy/; SECRETPLANE_REQUIRE_PROMTOOL makes them fail rather than skip
+# without it.
+if ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing prometheus (Debian, for promtool)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "promtool is missing: apt-get install -y prometheus" >&2
+    exit 1
+  fi
+fi
+export SECRETPLANE_REQUIRE_PROMTOOL=1
+
 # SPIRE 1.13.3 (server and agent) and Vault 1.19.0 for the identity and
 # backend tests: built once, in parallel, from the Go module proxy into the
 # user's cache (about 12 and 5 minutes cold on 2 cores), reused by every
