@@ -96,6 +96,10 @@ func rules() map[string]rule {
 		spv1.WebhookService_ListDeliveries_FullMethodName: {verb: admin, prefix: everything,
 			target: func(r any) string { return "webhook:" + access.Mask(r.(*spv1.ListDeliveriesRequest).GetWebhook()) }},
 
+		// Doctor looks at every secret, policy and backend of the server,
+		// as the audit log does: admin on everything.
+		spv1.DoctorService_Diagnose_FullMethodName: {verb: admin, prefix: everything},
+
 		spv1.RotationService_StartRotation_FullMethodName: {verb: policy.Rotate, field: "secret", writes: always,
 			names: named(func(r any) string { return r.(*spv1.StartRotationRequest).GetSecret() })},
 		spv1.RotationService_GetRotation_FullMethodName: {verb: policy.Rotate, field: "secret",

@@ -152,6 +152,10 @@ func allRPCs() []rpc {
 			_, err := hook(c).ListDeliveries(ctx, &spv1.ListDeliveriesRequest{Webhook: "ops", State: "dead"})
 			return err
 		}, codes.NotFound},
+		{"DoctorService.Diagnose", policy.Admin, "all", func(ctx context.Context, c *grpc.ClientConn, n string) error {
+			_, err := spv1.NewDoctorServiceClient(c).Diagnose(ctx, &spv1.DiagnoseRequest{})
+			return err
+		}, codes.OK},
 		{"SecretsService.Resolve", policy.Read, "name", func(ctx context.Context, c *grpc.ClientConn, n string) error {
 			_, err := spv1.NewSecretsServiceClient(c).Resolve(ctx, &spv1.ResolveRequest{Names: []string{n}})
 			return err
@@ -215,7 +219,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	rpcs := allRPCs()
 	if got, want := len(rpcs), len(spv1.AdminService_ServiceDesc.Methods)+len(spv1.PolicyService_ServiceDesc.Methods)+len(spv1.AuditService_ServiceDesc.Methods)+
 		len(spv1.SecretsService_ServiceDesc.Methods)+len(spv1.SecretsService_ServiceDesc.Streams)+len(spv1.RotationService_ServiceDesc.Methods)+
-		len(spv1.WebhookService_ServiceDesc.Methods); got != want {
+		len(spv1.WebhookService_ServiceDesc.Methods)+len(spv1.DoctorService_ServiceDesc.Methods); got != want {
 		t.Fatalf("the matrix covers %d RPCs; the API has %d", got, want)
 	}
 	checked := 0
