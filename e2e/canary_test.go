@@ -73,7 +73,7 @@ func TestCanaryNeverLeaks(t *testing.T) {
 	// A short TTL so that a new version is seen within seconds by the
 	// watching client below.
 	mirror := filepath.Join(dataDir, "audit-mirror.jsonl")
-	srv := startDevServer(t, dataDir, "--cache-ttl", "2s", "--audit-file", mirror)
+	srv := startDevServer(t, dataDir, "--cache-ttl", "2s", "--audit-file", mirror, "--metrics-refresh", "200ms")
 	canary, rotated := newCanary(t), newCanary(t)
 	lower := strings.ToLower(canary)
 	shapes := lowerCanaries(t)
@@ -309,12 +309,31 @@ func TestCanaryNeverLeaks(t *testing.T) {
 	run("", "secret", "get", "payments/token", "-o", "json")
 	run("", "config", "get", "payments/api", "-o", "json")
 	run("", "audit", "tail", "-n", "200", "-o", "json")
+	// What operators scrape: after an inventory refresh has seen the
+	// rotated secret.
+	var scraped string
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		scraped = srv.scrapeMetrics(t)
+		if strings.Contains(scraped, `secretplane_rotation_state{secret="payments/token"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the metrics never showed the rotation of payments/token:\n%s", scraped)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, want := range []string{"secretplane_cache_hits_total", `grpc_method="Resolve"`, "secretplane_sds_nacks_total"} {
+		if !strings.Contains(scraped, want) {
+			t.Fatalf("the scrape lacks %s: scanning the wrong text?", want)
+		}
+	}
 	srv.stop(t)
 
 	// Check every place: responses (CLI output), logs, database files.
 	places := map[string]string{
 		"CLI responses and errors": transcript.String(),
 		"server output and logs":   srv.out.String(),
+		"metrics":                  scraped,
 	}
 	// The database, SQLite's WAL and the audit journal (secretplane.db-audit/).
 	err = filepath.WalkDir(dataDir, func(path string, d fs.DirEntry, err error) error {

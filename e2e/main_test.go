@@ -7,7 +7,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -81,7 +83,7 @@ func startDevServer(t testing.TB, dataDir string, extra ...string) *server {
 func startDevServerBinary(t testing.TB, bin, dataDir string, extra ...string) *server {
 	t.Helper()
 	os.Remove(filepath.Join(dataDir, "dev.json"))
-	args := append([]string{"server", "--dev", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--log-format", "json"}, extra...)
+	args := append([]string{"server", "--dev", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log-format", "json"}, extra...)
 	s := &server{cmd: exec.Command(bin, args...), dataDir: dataDir, out: &lockedBuffer{}, done: make(chan error, 1)}
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	if err := s.cmd.Start(); err != nil {
@@ -202,4 +204,35 @@ func devConn(t testing.TB, dataDir, svidDir string) *grpc.ClientConn {
 func adminConn(t testing.TB, dataDir string) *grpc.ClientConn {
 	t.Helper()
 	return devConn(t, dataDir, filepath.Join(dataDir, "admin"))
+}
+
+// metricsAddr is the dev server's metrics listener, from its dev.json.
+func (s *server) metricsAddr(t testing.TB) string {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(s.dataDir, "dev.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ep struct {
+		MetricsAddress string `json:"metrics_address"`
+	}
+	if err := json.Unmarshal(raw, &ep); err != nil || ep.MetricsAddress == "" {
+		t.Fatalf("dev.json names no metrics address (%v): %s", err, raw)
+	}
+	return ep.MetricsAddress
+}
+
+// scrapeMetrics is one scrape of the dev server's /metrics.
+func (s *server) scrapeMetrics(t testing.TB) string {
+	t.Helper()
+	resp, err := http.Get("http://" + s.metricsAddr(t) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape: %d %v", resp.StatusCode, err)
+	}
+	return string(body)
 }

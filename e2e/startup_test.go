@@ -61,7 +61,7 @@ func TestStartupFailsClosed(t *testing.T) {
 		})
 	}
 	t.Run("DSN password refused even with valid identity", func(t *testing.T) {
-		out, err := exec.Command(binary, "server", "--dev", "--data-dir", filepath.Join(dir, "d3"), "--listen", "127.0.0.1:0",
+		out, err := exec.Command(binary, "server", "--dev", "--data-dir", filepath.Join(dir, "d3"), "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
 			"--store", "postgres://app:Hunter2Pw@127.0.0.1:1/app?sslmode=disable").CombinedOutput()
 		if err == nil || !strings.Contains(string(out), "carries a password") || strings.Contains(string(out), "Hunter2Pw") {
 			t.Fatalf("err=%v output:\n%s", err, out)

@@ -31,6 +31,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -109,6 +110,22 @@ type Server struct {
 	mu      sync.Mutex
 	waiters map[string]map[*stream]struct{} // names held because they do not exist yet
 	streams map[*stream]struct{}            // every open stream, to decide again after a policy change
+
+	pushes, acks, nacks atomic.Uint64
+}
+
+// Stats are SDS's figures for metrics.
+type Stats struct {
+	Streams             int    // open SDS and ADS streams
+	Pushes, Acks, Nacks uint64 // responses sent, and the ACKs and NACKs of them
+}
+
+// Stats returns SDS's current figures.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	n := len(s.streams)
+	s.mu.Unlock()
+	return Stats{Streams: n, Pushes: s.pushes.Load(), Acks: s.acks.Load(), Nacks: s.nacks.Load()}
 }
 
 // New returns an SDS server; call Run to follow bundles and events.

@@ -489,6 +489,7 @@ func (st *stream) nextNonce(r *resource) string {
 
 // delivered records what a response carried, once it is sent.
 func (st *stream) delivered(r *resource) {
+	st.srv.pushes.Add(1)
 	r.sent = r.have.version
 	if !r.bundle {
 		st.sub.Sent(r.name, r.fp)
@@ -512,11 +513,13 @@ func (st *stream) acknowledge(nonce string, detail *rpcstatus.Status) bool {
 		return true
 	}
 	if detail == nil {
+		st.srv.acks.Add(1)
 		st.srv.cfg.Consumers.AckedNode(st.actorStr, st.node, c.name, consumers.SDS, c.b.version, "")
 		return true
 	}
 	// The Envoy rejected it: not sent again until the content changes. Its
 	// text may quote what it was sent, or what it had before.
+	st.srv.nacks.Add(1)
 	r.nacked = c.b.version
 	quoted := c.b.quoted
 	if r.have != nil && r.have != c.b {

@@ -90,6 +90,7 @@ func settings() []setting {
 		{"webhook_ca_file", "webhook-ca-file", "CA certificate(s) that sign webhook receivers' TLS certificates (default: the system's)"},
 		{"max_streams_per_connection", "max-streams-per-connection", "bound on one connection's concurrent calls and streams (HTTP/2 MAX_CONCURRENT_STREAMS)"},
 		{"metrics.listen", "metrics-listen", "serve Prometheus /metrics and the /healthz and /readyz probes over HTTP on this address (off unless set; dev default " + server.DevMetricsListen + ")"},
+		{"metrics.refresh", "metrics-refresh", "how often per-secret figures (expiry, rotations, lagging consumers, required secrets) are gathered for metrics, /readyz and expiry alerts"},
 		{"alerts.lead_times", "alert-lead-time", "how long before a secret expires its owner's webhook is told (repeatable; once for each)"},
 		{"alerts.routes", "alert-route", "OWNER=WEBHOOK: the webhook (of --webhook) that gets the alerts of secrets this owner owns (repeatable)"},
 		{"alerts.default_route", "alert-default-route", "the webhook that gets the alerts of secrets whose owner has no route"},

@@ -82,6 +82,7 @@ func TestSettingDefaults(t *testing.T) {
 		"rotation.check_interval": 30 * time.Second, "rotation.observe": true,
 		"alerts.lead_times":        []time.Duration{720 * time.Hour, 168 * time.Hour, 24 * time.Hour},
 		"startup.required_timeout": 30 * time.Second,
+		"metrics.refresh":          30 * time.Second,
 	}
 	for _, st := range settings() {
 		v := fieldValue(got, st.key)

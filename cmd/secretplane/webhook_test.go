@@ -34,6 +34,7 @@ func startDevServer(t *testing.T, tune func(*server.Config)) (*server.Server, st
 	}
 	cfg := server.Defaults()
 	cfg.Dev, cfg.DataDir, cfg.Listener = true, dir, lis
+	cfg.Metrics.Listen = "127.0.0.1:0" // not dev mode's fixed port
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	if tune != nil {
 		tune(&cfg)

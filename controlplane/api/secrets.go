@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -50,6 +51,7 @@ type SecretsServer struct {
 	authz     *authorizer
 	log       *slog.Logger
 	drain     <-chan struct{} // closed: the server is shutting down
+	streams   *atomic.Int64   // open Watch streams (nil: not counted)
 }
 
 // Resolve implements SecretsService.Resolve. The names were validated and
@@ -77,6 +79,10 @@ func (s *SecretsServer) Resolve(ctx context.Context, req *spv1.ResolveRequest) (
 // one answers them and sends updates, so sends never race.
 func (s *SecretsServer) Watch(stream spv1.SecretsService_WatchServer) error {
 	ctx := stream.Context()
+	if s.streams != nil {
+		s.streams.Add(1)
+		defer s.streams.Add(-1)
+	}
 	id, _ := PeerID(ctx)
 	w := &watcher{s: s, stream: stream, id: id.String(), sub: s.hub.Subscribe(), sent: map[string][]byte{}, prev: map[string][]byte{}, held: map[string]func(){}}
 	defer w.sub.Close()

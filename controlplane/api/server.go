@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"log/slog"
 	"runtime"
+	"slices"
+	"sync/atomic"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
@@ -44,6 +46,7 @@ type Config struct {
 	Rotation Rotations           // rotations (nil: RotationService answers Unimplemented)
 	Webhooks []Webhook           // the configured webhooks, for WebhookService
 	Outbox   Outbox              // their deliveries (nil: WebhookService answers Unimplemented)
+	Doctor   Doctor              // doctor's checks (nil: DoctorService answers Unimplemented)
 	// Health is the health service to register (one is made when nil):
 	// the assembly sets it NOT_SERVING when it starts draining.
 	Health *health.Server
@@ -64,6 +67,12 @@ type Config struct {
 	// MaxStreamsPerConn bounds the concurrent calls and streams of one
 	// connection (HTTP/2 MAX_CONCURRENT_STREAMS); default 1000.
 	MaxStreamsPerConn uint32
+	// Unary and Stream run first on every call, before the server's own
+	// chain (metrics: they see every call and the code it ended with).
+	Unary  []grpc.UnaryServerInterceptor
+	Stream []grpc.StreamServerInterceptor
+	// WatchStreams, when set, counts the open Watch streams.
+	WatchStreams *atomic.Int64
 }
 
 // NewServer returns a gRPC server with every service registered and the
@@ -92,7 +101,7 @@ func NewServer(cfg Config) *grpc.Server {
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.NumStreamWorkers(streamWorkers()),
 		grpc.MaxConcurrentStreams(cfg.MaxStreamsPerConn),
-		grpc.ChainUnaryInterceptor(
+		grpc.ChainUnaryInterceptor(append(slices.Clone(cfg.Unary),
 			drain.unary,
 			guard.unary,
 			requestIDUnary,
@@ -100,8 +109,8 @@ func NewServer(cfg Config) *grpc.Server {
 			recovery.UnaryServerInterceptor(recover),
 			auth.UnaryServerInterceptor(authenticate),
 			selector.UnaryServerInterceptor(authz.unary, notHealth),
-		),
-		grpc.ChainStreamInterceptor(
+		)...),
+		grpc.ChainStreamInterceptor(append(slices.Clone(cfg.Stream),
 			drain.stream,
 			guard.stream,
 			requestIDStream,
@@ -109,7 +118,7 @@ func NewServer(cfg Config) *grpc.Server {
 			recovery.StreamServerInterceptor(recover),
 			auth.StreamServerInterceptor(authenticate),
 			selector.StreamServerInterceptor(authz.stream, notHealth),
-		),
+		)...),
 	)
 	if !cfg.OnlyExtra {
 		spv1.RegisterAdminServiceServer(srv, NewAdminServer(cfg.Catalog, cfg.Consumer, cfg.Log))
@@ -117,7 +126,8 @@ func NewServer(cfg Config) *grpc.Server {
 		spv1.RegisterAuditServiceServer(srv, NewAuditServer(cfg.AuditLog, cfg.Log))
 		spv1.RegisterRotationServiceServer(srv, &RotationServer{rotations: cfg.Rotation, log: cfg.Log})
 		spv1.RegisterWebhookServiceServer(srv, NewWebhookServer(cfg.Webhooks, cfg.Outbox, cfg.Log))
-		spv1.RegisterSecretsServiceServer(srv, &SecretsServer{catalog: cfg.Catalog, resolver: cfg.Resolver, hub: cfg.Watch, consumers: cfg.Consumer, authz: authz, log: cfg.Log, drain: cfg.Drain})
+		spv1.RegisterDoctorServiceServer(srv, NewDoctorServer(cfg.Doctor))
+		spv1.RegisterSecretsServiceServer(srv, &SecretsServer{catalog: cfg.Catalog, resolver: cfg.Resolver, hub: cfg.Watch, consumers: cfg.Consumer, authz: authz, log: cfg.Log, drain: cfg.Drain, streams: cfg.WatchStreams})
 	}
 	if cfg.Extra != nil {
 		cfg.Extra(srv)

@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -107,6 +108,8 @@ type Log struct {
 	// recorded at once (RecordOutcome); Run records them when it can.
 	followUps chan Event
 
+	failures atomic.Uint64 // events whose write failed
+
 	journal *journal
 	head    store.AuditChainHead // the writer's, with a journal
 	kick    chan struct{}        // asks the ingester to run now
@@ -115,11 +118,41 @@ type Log struct {
 		backlog   []store.AuditEvent // journaled, not yet in the store
 		spare     []store.AuditEvent // the last ingested backlog, emptied, for reuse
 		inflight  int                // taken from backlog by the running ingest
+		oldest    time.Time          // time of the oldest event not yet in the store (zero: none)
 		journaled int64              // last sequence number in the journal
 		ingested  int64              // last sequence number in the store
 		err       error              // the last ingest's failure
 		progress  chan struct{}      // closed after every ingest
 	}
+}
+
+// Stats are the log's figures for metrics.
+type Stats struct {
+	// Queued are events waiting for the writer (and outcomes waiting to
+	// be recorded again).
+	Queued int
+	// Behind are events in the journal not yet in the store, the oldest
+	// of them written at Oldest (zero when none).
+	Behind int
+	Oldest time.Time
+	// IngestFailing says the last move from the journal into the store
+	// failed.
+	IngestFailing bool
+	// WriteFailures counts events whose write failed (their callers were
+	// refused, or, fail-open, served unaudited).
+	WriteFailures uint64
+}
+
+// Stats returns the log's current figures.
+func (l *Log) Stats() Stats {
+	st := Stats{Queued: len(l.queue) + len(l.followUps), WriteFailures: l.failures.Load()}
+	if l.journal == nil {
+		return st
+	}
+	l.ing.Lock()
+	st.Behind, st.Oldest, st.IngestFailing = len(l.ing.backlog)+l.ing.inflight, l.ing.oldest, l.ing.err != nil
+	l.ing.Unlock()
+	return st
 }
 
 // New returns a log that appends each batch to s in one transaction. Run
@@ -518,6 +551,9 @@ func (l *Log) flush(ctx context.Context, batch []*pending) {
 	if err == nil && l.opts.Mirror != nil {
 		l.mirror(events)
 	}
+	if err != nil {
+		l.failures.Add(uint64(len(batch)))
+	}
 	for _, p := range batch {
 		p.done <- err
 	}
@@ -548,6 +584,9 @@ func (l *Log) journalBatch(batch []*pending) {
 		last := events[len(events)-1]
 		l.head = store.AuditChainHead{Seq: last.Seq, Hash: last.Hash}
 		l.ing.Lock()
+		if len(l.ing.backlog) == 0 && l.ing.inflight == 0 {
+			l.ing.oldest = events[0].Time
+		}
 		l.ing.backlog = append(l.ing.backlog, events...)
 		l.ing.journaled = last.Seq
 		behind = len(l.ing.backlog)
@@ -558,6 +597,9 @@ func (l *Log) journalBatch(batch []*pending) {
 		if l.opts.Mirror != nil {
 			l.mirror(events)
 		}
+	}
+	if err != nil {
+		l.failures.Add(uint64(len(batch)))
 	}
 	for _, p := range batch {
 		p.done <- err
@@ -597,6 +639,9 @@ func (l *Log) ingest(ctx context.Context) {
 		l.ing.backlog, l.ing.spare = l.ing.spare, nil
 	}
 	l.ing.inflight = len(events)
+	if len(events) > 0 {
+		l.ing.oldest = events[0].Time
+	}
 	l.ing.Unlock()
 	var err error
 	if len(events) > 0 {
@@ -623,6 +668,10 @@ func (l *Log) ingest(ctx context.Context) {
 		}
 	}
 	l.ing.inflight = 0
+	l.ing.oldest = time.Time{}
+	if len(l.ing.backlog) > 0 {
+		l.ing.oldest = l.ing.backlog[0].Time
+	}
 	l.ing.err = err
 	close(l.ing.progress)
 	l.ing.progress = make(chan struct{})

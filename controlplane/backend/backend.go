@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/secretplane/secretplane/controlplane/secretref"
@@ -77,15 +78,49 @@ func CheckWrite(ref secretref.Ref) error {
 // Registry routes refs to backends by scheme.
 type Registry struct {
 	backends map[secretref.Scheme]Backend
+	observer Observer
 }
 
+// Observer is told of every request the registry passes to a backend
+// (metrics): the backend's scheme, the operation (read, describe, write),
+// how long it took and its error. It must not block.
+type Observer interface {
+	BackendRequest(scheme, operation string, took time.Duration, err error)
+}
+
+// RegistryOption configures a Registry.
+type RegistryOption func(*Registry)
+
+// WithObserver tells o of every backend request.
+func WithObserver(o Observer) RegistryOption { return func(r *Registry) { r.observer = o } }
+
 // NewRegistry returns a registry of the given backends.
-func NewRegistry(bs ...Backend) *Registry {
+func NewRegistry(bs []Backend, opts ...RegistryOption) *Registry {
 	r := &Registry{backends: map[secretref.Scheme]Backend{}}
 	for _, b := range bs {
 		r.backends[b.Scheme()] = b
 	}
+	for _, o := range opts {
+		o(r)
+	}
 	return r
+}
+
+// Schemes are the schemes of the configured backends.
+func (r *Registry) Schemes() []secretref.Scheme {
+	out := make([]secretref.Scheme, 0, len(r.backends))
+	for s := range r.backends {
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// observe tells the observer of a request begun at start.
+func (r *Registry) observe(ref secretref.Ref, op string, start time.Time, err error) {
+	if r.observer != nil {
+		r.observer.BackendRequest(string(ref.Scheme), op, time.Since(start), err)
+	}
 }
 
 // For returns the backend serving ref.
@@ -103,7 +138,10 @@ func (r *Registry) Read(ctx context.Context, ref secretref.Ref) (Value, error) {
 	if err != nil {
 		return Value{}, err
 	}
-	return b.Read(ctx, ref)
+	start := time.Now()
+	v, err := b.Read(ctx, ref)
+	r.observe(ref, "read", start, err)
+	return v, err
 }
 
 // Describe describes ref through its backend.
@@ -112,7 +150,10 @@ func (r *Registry) Describe(ctx context.Context, ref secretref.Ref) (Metadata, e
 	if err != nil {
 		return Metadata{}, err
 	}
-	return b.Describe(ctx, ref)
+	start := time.Now()
+	m, err := b.Describe(ctx, ref)
+	r.observe(ref, "describe", start, err)
+	return m, err
 }
 
 // Write writes data as a new version at ref through its backend.
@@ -124,7 +165,10 @@ func (r *Registry) Write(ctx context.Context, ref secretref.Ref, data []byte) (s
 	if err := CheckWrite(ref); err != nil {
 		return "", err
 	}
-	return b.Write(ctx, ref, data)
+	start := time.Now()
+	v, err := b.Write(ctx, ref, data)
+	r.observe(ref, "write", start, err)
+	return v, err
 }
 
 // Stager is a backend whose new versions can be staged: created under a

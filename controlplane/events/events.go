@@ -18,6 +18,7 @@ package events
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Event is one change. The concrete types below are the events there are.
@@ -68,6 +69,8 @@ type RotationStep struct {
 	FromVersion, ToVersion  string
 	Detail, Actor           string
 	Emergency               bool
+	Method, Trigger         string
+	Started                 time.Time // when the rotation began
 }
 
 func (RotationStep) isEvent()  {}

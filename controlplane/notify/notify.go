@@ -60,6 +60,9 @@ type Options struct {
 	Timeout     time.Duration // one attempt; default 10s
 	Log         *slog.Logger
 	Now         func() time.Time
+	// Alerts routes the server's own alerts (expiry, failed rotations) to
+	// owners' webhooks.
+	Alerts Alerts
 }
 
 // Notifier queues and delivers events.
@@ -70,6 +73,20 @@ type Notifier struct {
 	log   *slog.Logger
 	hooks map[string]Webhook
 	wake  chan struct{}
+
+	deadMu sync.Mutex
+	dead   map[string]uint64 // deliveries given up, by webhook
+}
+
+// DeadLetters counts, by webhook, the deliveries this process gave up.
+func (n *Notifier) DeadLetters() map[string]uint64 {
+	n.deadMu.Lock()
+	defer n.deadMu.Unlock()
+	out := make(map[string]uint64, len(n.dead))
+	for k, v := range n.dead {
+		out[k] = v
+	}
+	return out
 }
 
 // New returns a notifier; call Run.
@@ -106,7 +123,7 @@ func New(s Store, bus *events.Bus, opts Options) *Notifier {
 	for _, w := range opts.Webhooks {
 		hooks[w.Name] = w
 	}
-	return &Notifier{store: s, bus: bus, opts: opts, log: log, hooks: hooks, wake: make(chan struct{}, 1)}
+	return &Notifier{store: s, bus: bus, opts: opts, log: log, hooks: hooks, wake: make(chan struct{}, 1), dead: map[string]uint64{}}
 }
 
 // Run queues events and delivers them until ctx ends.
@@ -128,6 +145,9 @@ func (n *Notifier) Run(ctx context.Context) {
 			if step, ok := e.(events.RotationStep); ok {
 				if err := n.enqueue(ctx, step); err != nil {
 					n.log.ErrorContext(ctx, "webhook event could not be queued", "rotation", step.ID, "error", err.Error())
+				}
+				if step.Step == "failed" {
+					n.rotationFailed(ctx, step)
 				}
 			}
 		}
@@ -151,29 +171,48 @@ type payload struct {
 func EventType(step string) string { return "io.secretplane.rotation." + step }
 
 func (n *Notifier) enqueue(ctx context.Context, s events.RotationStep) error {
-	ev := cloudevents.New()
 	id := make([]byte, 12)
 	_, _ = rand.Read(id)
-	ev.SetID(hex.EncodeToString(id))
+	body, err := n.event(hex.EncodeToString(id), EventType(s.Step), s.Secret, payload{Rotation: s.ID, Secret: s.Secret, State: s.State, Step: s.Step,
+		FromVersion: s.FromVersion, ToVersion: s.ToVersion, Detail: s.Detail, Actor: s.Actor, Emergency: s.Emergency})
+	if err != nil {
+		return err
+	}
+	names := make([]string, 0, len(n.hooks))
+	for name := range n.hooks {
+		names = append(names, name)
+	}
+	return n.queue(ctx, hex.EncodeToString(id), EventType(s.Step), body, names)
+}
+
+// event builds a CloudEvent's JSON.
+func (n *Notifier) event(id, typ, subject string, data any) ([]byte, error) {
+	ev := cloudevents.New()
+	ev.SetID(id)
 	ev.SetSource(n.opts.Source)
-	ev.SetType(EventType(s.Step))
-	ev.SetSubject(s.Secret)
+	ev.SetType(typ)
+	ev.SetSubject(subject)
 	ev.SetTime(n.opts.Now())
-	if err := ev.SetData("application/json", payload{Rotation: s.ID, Secret: s.Secret, State: s.State, Step: s.Step,
-		FromVersion: s.FromVersion, ToVersion: s.ToVersion, Detail: s.Detail, Actor: s.Actor, Emergency: s.Emergency}); err != nil {
-		return fmt.Errorf("build event: %w", err)
+	if err := ev.SetData("application/json", data); err != nil {
+		return nil, fmt.Errorf("build event: %w", err)
 	}
 	if err := ev.Validate(); err != nil {
-		return fmt.Errorf("build event: %w", err)
+		return nil, fmt.Errorf("build event: %w", err)
 	}
 	body, err := json.Marshal(ev)
 	if err != nil {
-		return fmt.Errorf("encode event: %w", err)
+		return nil, fmt.Errorf("encode event: %w", err)
 	}
+	return body, nil
+}
+
+// queue records an event's delivery to each named webhook (one already
+// queued under the same id is left as it is) and wakes the sender.
+func (n *Notifier) queue(ctx context.Context, id, typ string, body []byte, webhooks []string) error {
 	now := n.opts.Now()
-	ds := make([]store.Delivery, 0, len(n.hooks))
-	for name := range n.hooks {
-		ds = append(ds, store.Delivery{ID: ev.ID() + "/" + name, Webhook: name, EventType: ev.Type(), Body: body, NextAttempt: now})
+	ds := make([]store.Delivery, 0, len(webhooks))
+	for _, name := range webhooks {
+		ds = append(ds, store.Delivery{ID: id + "/" + name, Webhook: name, EventType: typ, Body: body, NextAttempt: now})
 	}
 	if err := n.store.EnqueueDeliveries(ctx, ds); err != nil {
 		return err
@@ -221,6 +260,9 @@ func (n *Notifier) attempt(ctx context.Context, d store.Delivery) {
 		d.State, d.LastError = "delivered", ""
 	case d.Attempts >= n.opts.MaxAttempts:
 		d.State, d.LastError = "dead", err.Error()
+		n.deadMu.Lock()
+		n.dead[d.Webhook]++
+		n.deadMu.Unlock()
 		n.log.ErrorContext(ctx, "webhook delivery given up (dead-lettered)", "webhook", d.Webhook, "delivery", d.ID, "attempts", d.Attempts, "error", err.Error())
 	default:
 		backoff := min(n.opts.Backoff<<(d.Attempts-1), n.opts.MaxBackoff)

@@ -88,6 +88,9 @@ type Resolver struct {
 	bytes   int64
 	reads   int64 // backend reads (for tests and metrics)
 	evicted int64
+	hits    int64  // answered from the cache (values and cached errors)
+	misses  int64  // Gets that had to read the backend
+	stale   int64  // values served past their TTL because the backend failed
 	seq     uint64 // numbers the reads as they start
 }
 
@@ -129,13 +132,17 @@ type Stats struct {
 	Bytes        int64
 	BackendReads int64
 	Evictions    int64
+	Hits         int64
+	Misses       int64
+	StaleServes  int64
 }
 
 // Stats returns the current counters.
 func (r *Resolver) Stats() Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return Stats{Entries: len(r.entries), Bytes: r.bytes, BackendReads: r.reads, Evictions: r.evicted}
+	return Stats{Entries: len(r.entries), Bytes: r.bytes, BackendReads: r.reads, Evictions: r.evicted,
+		Hits: r.hits, Misses: r.misses, StaleServes: r.stale}
 }
 
 // Get resolves ref: from the cache when fresh (starting a background
@@ -151,12 +158,14 @@ func (r *Resolver) Get(ctx context.Context, ref secretref.Ref) (Result, error) {
 		r.lru.MoveToFront(e.elem)
 		if e.err != nil && now.Before(e.errUntil) {
 			err := e.err
+			r.hits++
 			r.mu.Unlock()
 			return Result{}, err
 		}
 		if e.res.Data != nil && now.Before(e.res.FetchedAt.Add(r.opts.TTL)) {
 			res := e.res
 			res.Data = clone(res.Data)
+			r.hits++
 			r.mu.Unlock()
 			if !now.Before(res.RefreshAt) {
 				r.refreshAsync(ref, key)
@@ -164,6 +173,7 @@ func (r *Resolver) Get(ctx context.Context, ref secretref.Ref) (Result, error) {
 			return res, nil
 		}
 	}
+	r.misses++
 	r.mu.Unlock()
 
 	return r.load(ctx, ref, key, fetchMiss)
@@ -239,6 +249,7 @@ func (r *Resolver) load(ctx context.Context, ref secretref.Ref, key string, mode
 			res := e.res
 			res.Data = clone(res.Data)
 			res.Stale = true
+			r.stale++
 			return res, nil
 		}
 		return Result{}, fmt.Errorf("%s: %w: %w", ref, ErrStale, err)

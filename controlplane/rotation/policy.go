@@ -216,25 +216,47 @@ func (m *Manager) renewalPoint(ctx context.Context, p store.RotationPolicy) (tim
 		return time.Time{}, fmt.Errorf("read the certificate: %w", err)
 	}
 	defer clear(cur.Data)
-	leaf, err := leafOf(cur.Data)
+	leaf, err := LeafOf(cur.Data)
 	if err != nil {
 		return time.Time{}, err
 	}
+	return RenewalPoint(p.Secret, p.RenewAt, leaf), nil
+}
+
+// RenewalPoint is when secret's certificate leaf is due for renewal under
+// a policy renewing at renewAt of its lifetime: that fraction from
+// NotBefore, less a jitter of up to renewJitter derived from the serial
+// (stable for one certificate, different between certificates).
+func RenewalPoint(secret string, renewAt float64, leaf *x509.Certificate) time.Time {
 	life := leaf.NotAfter.Sub(leaf.NotBefore)
-	sum := sha256.Sum256(append([]byte(p.Secret+"\x00"), leaf.SerialNumber.Bytes()...))
+	sum := sha256.Sum256(append([]byte(secret+"\x00"), leaf.SerialNumber.Bytes()...))
 	jitter := renewJitter * float64(binary.BigEndian.Uint64(sum[:8])) / float64(^uint64(0))
-	fraction := p.RenewAt - jitter
+	fraction := renewAt - jitter
 	if fraction < 0.05 {
 		fraction = 0.05
 	}
-	return leaf.NotBefore.Add(time.Duration(float64(life) * fraction)), nil
+	return leaf.NotBefore.Add(time.Duration(float64(life) * fraction))
 }
 
-// leafOf returns the leaf certificate of a tls_certificate value (PEM,
+// NextDue is when p's cadence next wants a rotation, given the secret's
+// latest rotation (nil: none yet); zero without a cadence. The window may
+// put the start later.
+func NextDue(p store.RotationPolicy, latest *store.Rotation) time.Time {
+	if p.Every <= 0 {
+		return time.Time{}
+	}
+	since := p.CreateTime
+	if latest != nil {
+		since = latest.CreateTime
+	}
+	return since.Add(p.Every)
+}
+
+// LeafOf returns the leaf certificate of a tls_certificate value (PEM,
 // or a JSON object with the certificate under "certificate" or
 // "tls.crt"). An expired one is still returned: it is long past its
 // renewal point.
-func leafOf(data []byte) (*x509.Certificate, error) {
+func LeafOf(data []byte) (*x509.Certificate, error) {
 	if trimmed := bytes.TrimSpace(data); len(trimmed) > 0 && trimmed[0] == '{' {
 		var j struct {
 			Certificate string `json:"certificate"`

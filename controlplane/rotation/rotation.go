@@ -773,6 +773,16 @@ func notWaited(gone []string) string {
 	return fmt.Sprintf("; %d not seen within the horizon, not waited for: %s", len(gone), strings.Join(gone, ", "))
 }
 
+// Lags reports whether consumer c is not on want, the version its channel
+// must have: a resolving client by what it was given, a watching one or an
+// Envoy by what it acknowledged (a rejection of want lags too).
+func Lags(c store.Consumer, want string) bool {
+	if c.Channel == "resolve" {
+		return c.Version != want
+	}
+	return c.AckedVersion != want || c.AckError != ""
+}
+
 func describe(c store.Consumer) string {
 	s := c.Identity + " (" + c.Channel
 	if c.Node != "" {
@@ -858,7 +868,8 @@ func (m *Manager) record(ctx context.Context, r store.Rotation, action, outcome 
 	}
 	m.audit.RecordOutcome(context.WithoutCancel(ctx), audit.Event{Actor: actor, Action: action, Target: target, Ref: r.Ref, Decision: audit.Allow, Outcome: outcome})
 	m.opts.Events.Publish(events.RotationStep{ID: r.ID, Secret: r.Secret, State: r.State, Step: strings.TrimPrefix(action, "rotation."),
-		FromVersion: r.FromVersion, ToVersion: r.ToVersion, Detail: r.Detail, Actor: actor, Emergency: r.Emergency})
+		FromVersion: r.FromVersion, ToVersion: r.ToVersion, Detail: r.Detail, Actor: actor, Emergency: r.Emergency,
+		Method: r.Method, Trigger: r.Trigger, Started: r.CreateTime})
 }
 
 func newID() string {

@@ -73,6 +73,10 @@ type Config struct {
 // DevMetricsListen.
 type MetricsConfig struct {
 	Listen string `koanf:"listen"`
+	// Refresh is how often the per-secret figures (expiry, renewal,
+	// rotations, lagging consumers, required secrets) are gathered; the
+	// readiness probe and expiry alerts read the same figures.
+	Refresh time.Duration `koanf:"refresh"`
 }
 
 // AlertsConfig is the server's own alerting, for teams without Prometheus:
@@ -254,9 +258,9 @@ func Defaults() Config {
 		Shutdown:      ShutdownConfig{Timeout: 10 * time.Second},
 		SDS:           SDSConfig{MaxNames: 1000, BundleRefresh: 5 * time.Second, HoldRetry: 10 * time.Second},
 		Rotation:      RotationConfig{Deadline: 2 * time.Minute, Horizon: 10 * time.Minute, CheckInterval: 30 * time.Second, Observe: true},
-
-		Alerts:  AlertsConfig{LeadTimes: []time.Duration{30 * 24 * time.Hour, 7 * 24 * time.Hour, 24 * time.Hour}},
-		Startup: StartupConfig{RequiredTimeout: 30 * time.Second},
+		Metrics:       MetricsConfig{Refresh: 30 * time.Second},
+		Alerts:        AlertsConfig{LeadTimes: []time.Duration{30 * 24 * time.Hour, 7 * 24 * time.Hour, 24 * time.Hour}},
+		Startup:       StartupConfig{RequiredTimeout: 30 * time.Second},
 
 		MaxStreamsPerConn: 1000,
 	}

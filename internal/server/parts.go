@@ -104,7 +104,12 @@ func (s *Server) openBackends(ctx context.Context) (*backend.Registry, error) {
 		bs = append(bs, b)
 	}
 	s.backends = bs
-	return backend.NewRegistry(bs...), nil
+	schemes := make([]string, 0, len(bs))
+	for _, b := range bs {
+		schemes = append(schemes, string(b.Scheme()))
+	}
+	s.ops.metrics.BackendsConfigured(schemes)
+	return backend.NewRegistry(bs, backend.WithObserver(s.ops.metrics)), nil
 }
 
 // fingerprintKey reads the fingerprint key (dev: created in the data

@@ -45,6 +45,7 @@ import (
 	"github.com/secretplane/secretplane/controlplane/catalog"
 	"github.com/secretplane/secretplane/controlplane/consumers"
 	"github.com/secretplane/secretplane/controlplane/events"
+	"github.com/secretplane/secretplane/controlplane/inventory"
 	"github.com/secretplane/secretplane/controlplane/logging"
 	"github.com/secretplane/secretplane/controlplane/notify"
 	"github.com/secretplane/secretplane/controlplane/policy"
@@ -68,6 +69,8 @@ const (
 type DevEndpoint struct {
 	Address  string `json:"address"`
 	ServerID string `json:"server_id"`
+	// MetricsAddress is the operations listener's (metrics, probes).
+	MetricsAddress string `json:"metrics_address,omitempty"`
 }
 
 // Server is an assembled secretplane server.
@@ -91,6 +94,7 @@ type Server struct {
 	sdsLis    net.Listener // SDS's own listener, when configured
 	sdsGRPC   *grpc.Server
 	deps      *consumers.Registry
+	ops       *ops // metrics, inventory and the operations listener
 	grpc      *grpc.Server
 	health    *health.Server
 	drain     chan struct{} // closed when Watch streams must end
@@ -103,7 +107,7 @@ type Server struct {
 // the configuration is reported at once, naming settings, never values.
 func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	cfg = withDevDefaults(cfg)
-	s := &Server{cfg: cfg, bus: events.New(), drain: make(chan struct{})}
+	s := &Server{cfg: cfg, bus: events.New(), drain: make(chan struct{}), ops: newOps()}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -174,10 +178,12 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		CheckEvery: cfg.Rotation.CheckInterval, Observe: cfg.Rotation.Observe,
 		Rotators: map[string]rotation.Rotator{"certificate": rotation.Certificate{Issuers: s.issuers()}, "hook": hooks},
 	})
+	inv := inventory.New(s.store, cat, s.deps, resolver, inventory.Options{Interval: cfg.Metrics.Refresh, Horizon: cfg.Rotation.Horizon, Expected: expected, Log: s.log})
 	var webhooks []api.Webhook
-	if s.notifier, webhooks, err = newNotifier(cfg, s.store, s.bus, s.serverID.String(), s.log); err != nil {
+	if s.notifier, webhooks, err = newNotifier(cfg, s.store, s.bus, s.serverID.String(), s.log, cat); err != nil {
 		return nil, err
 	}
+	inv.OnRefresh(func(snap inventory.Snapshot) { s.notifier.Expiring(context.Background(), snap.Secrets) })
 	s.sds = sds.New(sds.Config{
 		Guard: access.NewGuard(s.engine, s.audit), Catalog: cat, Resolver: resolver, Hub: s.hub, Consumers: s.deps,
 		Events: s.bus, Audit: s.audit, Bundles: s.source, TrustDomains: st.accept,
@@ -192,7 +198,11 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Rotation: s.rotations,
 		Webhooks: webhooks,
 		Outbox:   s.store,
+		Doctor:   s.doctor(registry),
 		Extra:    s.sds.Register, ExtraServices: sds.Services(), MaxStreamsPerConn: uint32(cfg.MaxStreamsPerConn),
+		Unary:        []grpc.UnaryServerInterceptor{s.ops.grpc.UnaryServerInterceptor()},
+		Stream:       []grpc.StreamServerInterceptor{s.ops.grpc.StreamServerInterceptor()},
+		WatchStreams: &s.ops.watch,
 	}
 	s.grpc = api.NewServer(apiCfg)
 	if cfg.SDS.Listen != "" {
@@ -204,8 +214,12 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		apiCfg.OnlyExtra = true
 		s.sdsGRPC = api.NewServer(apiCfg)
 	}
+	s.ops.wire(inv, resolver, s.audit, s.sds.Stats, s.bus.Drops, s.notifier.DeadLetters)
+	if err := s.listenOps(); err != nil {
+		return nil, err
+	}
 	if cfg.Dev {
-		if err := writeDevEndpoint(cfg.DataDir, DevEndpoint{Address: s.Addr(), ServerID: s.serverID.String()}); err != nil {
+		if err := writeDevEndpoint(cfg.DataDir, DevEndpoint{Address: s.Addr(), ServerID: s.serverID.String(), MetricsAddress: s.MetricsAddr()}); err != nil {
 			return nil, err
 		}
 	}
@@ -292,6 +306,9 @@ func (s *Server) tasks() []func(context.Context) {
 		s.sds.Run,
 		s.rotations.Run,
 		s.notifier.Run,
+		s.ops.inv.Run,
+		func(ctx context.Context) { s.ops.metrics.Follow(ctx, s.bus) },
+		s.serveOps,
 	}
 	for _, b := range s.backends {
 		if r, ok := b.(interface{ Run(context.Context) }); ok {
@@ -459,6 +476,9 @@ func (s *Server) prepare(ctx context.Context) (setup, error) {
 	}
 	if cfg.SDS.MaxNames <= 0 || cfg.SDS.BundleRefresh <= 0 || cfg.SDS.HoldRetry <= 0 || cfg.MaxStreamsPerConn <= 0 || cfg.MaxStreamsPerConn > 1<<20 {
 		problem("sds: max_names, bundle_refresh and hold_retry must be positive, and max_streams_per_connection between 1 and 1048576")
+	}
+	if cfg.Metrics.Refresh <= 0 {
+		problem("metrics: refresh must be positive")
 	}
 	if cfg.Shutdown.Timeout <= 0 || cfg.Shutdown.Delay < 0 {
 		problem("shutdown: timeout must be positive and delay not negative")

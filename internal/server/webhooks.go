@@ -2,14 +2,18 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"sort"
+	"strings"
 
 	"github.com/secretplane/secretplane/controlplane/api"
 	"github.com/secretplane/secretplane/controlplane/events"
@@ -21,7 +25,7 @@ import (
 // 1.2 at least), a signing key of 16 bytes or more from a file. It
 // returns the webhooks too, by name and without the key, for
 // WebhookService.
-func newNotifier(cfg Config, st store.Store, bus *events.Bus, source string, log *slog.Logger) (*notify.Notifier, []api.Webhook, error) {
+func newNotifier(cfg Config, st store.Store, bus *events.Bus, source string, log *slog.Logger, owners ownerLookup) (*notify.Notifier, []api.Webhook, error) {
 	var (
 		hooks []notify.Webhook
 		shown []api.Webhook
@@ -52,7 +56,34 @@ func newNotifier(cfg Config, st store.Store, bus *events.Bus, source string, log
 	if err != nil {
 		return nil, nil, err
 	}
-	return notify.New(st, bus, notify.Options{Webhooks: hooks, Source: source, Client: client, Log: log}), shown, nil
+	var problems []string
+	for _, owner := range slices.Sorted(maps.Keys(cfg.Alerts.Routes)) {
+		if w := cfg.Alerts.Routes[owner]; cfg.Webhooks[w] == "" {
+			problems = append(problems, fmt.Sprintf("alerts.routes: %s routes to webhook %q, which is not configured (webhooks)", owner, w))
+		}
+	}
+	if w := cfg.Alerts.DefaultRoute; w != "" && cfg.Webhooks[w] == "" {
+		problems = append(problems, fmt.Sprintf("alerts.default_route: webhook %q is not configured (webhooks)", w))
+	}
+	for _, l := range cfg.Alerts.LeadTimes {
+		if l <= 0 {
+			problems = append(problems, fmt.Sprintf("alerts.lead_times: %s: a lead time must be positive", l))
+		}
+	}
+	if len(problems) > 0 {
+		return nil, nil, fmt.Errorf("refusing to start:\n  - %s", strings.Join(problems, "\n  - "))
+	}
+	alerts := notify.Alerts{LeadTimes: cfg.Alerts.LeadTimes, Routes: cfg.Alerts.Routes, DefaultRoute: cfg.Alerts.DefaultRoute,
+		Owner: func(ctx context.Context, secret string) (string, error) {
+			sec, err := owners.GetSecret(ctx, secret)
+			return sec.Owner, err
+		}}
+	return notify.New(st, bus, notify.Options{Webhooks: hooks, Source: source, Client: client, Log: log, Alerts: alerts}), shown, nil
+}
+
+// ownerLookup finds a secret's owner (catalog.Catalog).
+type ownerLookup interface {
+	GetSecret(ctx context.Context, name string) (store.Secret, error)
 }
 
 // webhookKey reads the HMAC key webhooks (and https rotation hooks) are
