@@ -3,9 +3,12 @@ package api_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -14,6 +17,7 @@ import (
 
 	"github.com/secretplane/secretplane/controlplane/secretref"
 	"github.com/secretplane/secretplane/internal/loadtest"
+	"github.com/secretplane/secretplane/internal/server"
 	spv1 "github.com/secretplane/secretplane/proto/secretplane/v1"
 )
 
@@ -62,8 +66,22 @@ func BenchmarkAdminGetSecret(b *testing.B) {
 // BenchmarkResolveCacheHit is a workload's Resolve of a cached 1 KiB value
 // over mTLS: authentication, policy (read), audit group commit, the
 // catalog lookup of the secret's ref, and a cache hit.
-func BenchmarkResolveCacheHit(b *testing.B) {
-	e := newEnvLevel(b, slog.LevelInfo)
+func BenchmarkResolveCacheHit(b *testing.B) { benchResolveCacheHit(b, false) }
+
+// BenchmarkResolveCacheHitMetrics is BenchmarkResolveCacheHit with metrics
+// on (the operations listener, RPC interceptors, backend observer) and
+// scraped every second, harder than Prometheus's usual 15 s.
+func BenchmarkResolveCacheHitMetrics(b *testing.B) { benchResolveCacheHit(b, true) }
+
+func benchResolveCacheHit(b *testing.B, withMetrics bool) {
+	var tune func(*server.Config)
+	if withMetrics {
+		tune = func(c *server.Config) { c.Metrics.Listen = "127.0.0.1:0" }
+	}
+	e := newEnvWith(b, slog.LevelInfo, tune)
+	if withMetrics {
+		scrapeEverySecond(b, e.srv.MetricsAddr())
+	}
 	ctx := context.Background()
 	td := e.admin.ID().TrustDomain().IDString()
 	admin := spv1.NewAdminServiceClient(e.dial(b, e.admin))
@@ -90,4 +108,31 @@ func BenchmarkResolveCacheHit(b *testing.B) {
 		_, err := clients[c].Resolve(ctx, req)
 		return err
 	})
+}
+
+// scrapeEverySecond scrapes /metrics at addr every second until the
+// benchmark ends, failing it when a scrape fails.
+func scrapeEverySecond(b *testing.B, addr string) {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	b.Cleanup(func() { close(stop); <-done })
+	go func() {
+		defer close(done)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			resp, err := http.Get("http://" + addr + "/metrics")
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}()
 }

@@ -108,6 +108,9 @@ func (s *Server) openBackends(ctx context.Context) (*backend.Registry, error) {
 	for _, b := range bs {
 		schemes = append(schemes, string(b.Scheme()))
 	}
+	if s.cfg.Metrics.Listen == "" {
+		return backend.NewRegistry(bs), nil
+	}
 	s.ops.metrics.BackendsConfigured(schemes)
 	return backend.NewRegistry(bs, backend.WithObserver(s.ops.metrics)), nil
 }

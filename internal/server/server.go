@@ -200,9 +200,13 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Outbox:   s.store,
 		Doctor:   s.doctor(registry),
 		Extra:    s.sds.Register, ExtraServices: sds.Services(), MaxStreamsPerConn: uint32(cfg.MaxStreamsPerConn),
-		Unary:        []grpc.UnaryServerInterceptor{s.ops.grpc.UnaryServerInterceptor()},
-		Stream:       []grpc.StreamServerInterceptor{s.ops.grpc.StreamServerInterceptor()},
 		WatchStreams: &s.ops.watch,
+	}
+	if cfg.Metrics.Listen != "" {
+		// RPC metrics only when something serves them: a call costs the
+		// same as before metrics otherwise.
+		apiCfg.Unary = []grpc.UnaryServerInterceptor{s.ops.grpc.UnaryServerInterceptor()}
+		apiCfg.Stream = []grpc.StreamServerInterceptor{s.ops.grpc.StreamServerInterceptor()}
 	}
 	s.grpc = api.NewServer(apiCfg)
 	if cfg.SDS.Listen != "" {
