@@ -22,8 +22,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := newRootCommand().ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "error:", describeError(err))
-		os.Exit(1)
+		if msg := describeError(err); msg != "" {
+			fmt.Fprintln(os.Stderr, "error:", msg)
+		}
+		os.Exit(exitCode(err)) // 1, or a command's own (doctor: 1 warnings, 2 failures)
 	}
 }
 

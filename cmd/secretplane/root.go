@@ -64,6 +64,7 @@ func newRootCommand() *cobra.Command {
 		newResolveCommand(g),
 		newRotateCommand(g),
 		newWebhookCommand(g),
+		newDoctorCommand(g),
 		newDevCommand(g),
 	)
 	return root
