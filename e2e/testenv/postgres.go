@@ -29,6 +29,28 @@ const EnvPostgresDSN = "SECRETPLANE_TEST_POSTGRES_DSN"
 // package started, or the server named by EnvPostgresDSN.
 type Postgres struct {
 	adminDSN string // connects to the maintenance database
+	// stop and start the throwaway cluster (nil for EnvPostgresDSN's).
+	stop, start func() error
+}
+
+// Stop stops the cluster (an outage) until Start; a server named by
+// EnvPostgresDSN cannot be stopped, and the test fails.
+func (p *Postgres) Stop(t testing.TB) {
+	t.Helper()
+	if p.stop == nil {
+		t.Fatalf("%s names a server this test cannot stop", EnvPostgresDSN)
+	}
+	if err := p.stop(); err != nil {
+		t.Fatalf("pg_ctl stop: %v", err)
+	}
+}
+
+// Start starts a cluster Stop stopped, on the same port.
+func (p *Postgres) Start(t testing.TB) {
+	t.Helper()
+	if err := p.start(); err != nil {
+		t.Fatalf("pg_ctl start: %v", err)
+	}
 }
 
 // StartPostgres starts a throwaway PostgreSQL 15 cluster (Debian's
@@ -78,14 +100,24 @@ func StartPostgres(t testing.TB) *Postgres {
 		t.Fatal(err)
 	}
 	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200", port, dir)
-	if out, err := asUser(filepath.Join(bindir, "pg_ctl"), "-w", "-t", "60", "-D", data, "-l", filepath.Join(dir, "log"), "-o", opts, "start").CombinedOutput(); err != nil {
-		log, _ := os.ReadFile(filepath.Join(dir, "log"))
-		t.Fatalf("pg_ctl start: %v\n%s\n%s", err, out, log)
+	start := func() error {
+		if out, err := asUser(filepath.Join(bindir, "pg_ctl"), "-w", "-t", "60", "-D", data, "-l", filepath.Join(dir, "log"), "-o", opts, "start").CombinedOutput(); err != nil {
+			log, _ := os.ReadFile(filepath.Join(dir, "log"))
+			return fmt.Errorf("%w\n%s\n%s", err, out, log)
+		}
+		return nil
 	}
-	t.Cleanup(func() {
-		_ = asUser(filepath.Join(bindir, "pg_ctl"), "-D", data, "-m", "immediate", "stop").Run()
-	})
-	return &Postgres{adminDSN: fmt.Sprintf("postgres://app@127.0.0.1:%d/postgres?sslmode=disable", port)}
+	stop := func() error {
+		if out, err := asUser(filepath.Join(bindir, "pg_ctl"), "-w", "-D", data, "-m", "immediate", "stop").CombinedOutput(); err != nil {
+			return fmt.Errorf("%w\n%s", err, out)
+		}
+		return nil
+	}
+	if err := start(); err != nil {
+		t.Fatalf("pg_ctl start: %v", err)
+	}
+	t.Cleanup(func() { _ = stop() })
+	return &Postgres{adminDSN: fmt.Sprintf("postgres://app@127.0.0.1:%d/postgres?sslmode=disable", port), stop: stop, start: start}
 }
 
 // NewDatabase creates a fresh database and returns its DSN (loopback, no
