@@ -227,6 +227,62 @@ func TestPromtool(t *testing.T) {
 	}
 }
 
+// TestDashboardQueriesParse has promtool parse every dashboard query, as a
+// recording rule with Grafana's variables replaced by sample values: a query
+// Prometheus cannot parse shows an empty panel.
+func TestDashboardQueriesParse(t *testing.T) {
+	t.Parallel()
+	promtool := requirePromtool(t)
+	files, err := filepath.Glob(filepath.Join("grafana", "*.json"))
+	if err != nil {
+		t.Fatalf("listing the dashboards: %v", err)
+	}
+	vars := strings.NewReplacer("$__rate_interval", "5m", "$__interval", "1m", "$__range", "1h",
+		"${instance}", ".*", "$instance", ".*", "${secret}", ".*", "$secret", ".*")
+	type recording struct {
+		Record string `yaml:"record"`
+		Expr   string `yaml:"expr"`
+	}
+	var rules []recording
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatalf("reading the dashboard: %v", err)
+		}
+		var d dashboard
+		if err := json.Unmarshal(data, &d); err != nil {
+			t.Fatalf("parsing %s: %v", file, err)
+		}
+		var walk func([]panel)
+		walk = func(ps []panel) {
+			for _, p := range ps {
+				walk(p.Panels)
+				for i, tg := range p.Targets {
+					expr := vars.Replace(tg.Expr)
+					if strings.Contains(expr, "$") {
+						t.Errorf("%s: panel %q: expr %q uses a variable the dashboard does not define", file, p.Title, tg.Expr)
+						continue
+					}
+					rules = append(rules, recording{Record: fmt.Sprintf("dashboard:panel_%d_%d", p.ID, i), Expr: expr})
+				}
+			}
+		}
+		walk(d.Panels)
+	}
+	out, err := yaml.Marshal(map[string]any{"groups": []any{map[string]any{"name": "dashboard", "rules": rules}}})
+	if err != nil {
+		t.Fatalf("encoding the dashboard queries as rules: %v", err)
+	}
+	path := filepath.Join(t.TempDir(), "dashboard-rules.yaml")
+	if err := os.WriteFile(path, out, 0o600); err != nil {
+		t.Fatalf("writing the dashboard queries as rules: %v", err)
+	}
+	res, err := exec.CommandContext(t.Context(), promtool, "check", "rules", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("promtool check rules on the %d dashboard queries: %v\n%s\n%s", len(rules), err, res, out)
+	}
+}
+
 type ruleFile struct {
 	Groups []struct {
 		Name  string `yaml:"name"`
