@@ -39,7 +39,7 @@ func dial(g *globalFlags) (*connection, error) {
 	addr := g.addr
 	if addr == "" {
 		if epErr != nil {
-			return nil, fmt.Errorf("no server address: pass --addr or set %s (or start `secretplane server --dev`): %w", envAddr, epErr)
+			return nil, fmt.Errorf("no server address: %w; a dev server started with --data-dir DIR (or `make run DATA_DIR=DIR`) is found with the same --data-dir DIR or %s=DIR; another server needs --addr or %s (or start one: `secretplane server --dev`)", epErr, envDataDir, envAddr)
 		}
 		addr = ep.Address
 	}
@@ -51,6 +51,9 @@ func dial(g *globalFlags) (*connection, error) {
 		return nil, errors.New("--cert, --key and --bundle go together")
 	}
 	src, err := identity.LoadFiles(cert, key, bundle)
+	if err != nil && g.cert == "" {
+		return nil, fmt.Errorf("client identity: the dev admin's of data directory %s: %w (pass the dev server's --data-dir or set %s, or give --cert, --key and --bundle)", absDir(g.dataDir), err, envDataDir)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("client identity: %w", err)
 	}
@@ -98,7 +101,7 @@ func resolveServerID(flag string, ep server.DevEndpoint, epErr error, td spiffei
 func readDevEndpoint(dataDir string, ep *server.DevEndpoint) error {
 	raw, err := os.ReadFile(filepath.Join(dataDir, server.DevEndpointFile))
 	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("no dev server has run with data directory %s", dataDir)
+		return fmt.Errorf("no dev server found in data directory %s (it has no %s)", absDir(dataDir), server.DevEndpointFile)
 	}
 	if err != nil {
 		return fmt.Errorf("read dev endpoint: %w", err)
@@ -107,6 +110,14 @@ func readDevEndpoint(dataDir string, ep *server.DevEndpoint) error {
 		return fmt.Errorf("parse %s: %w", server.DevEndpointFile, err)
 	}
 	return nil
+}
+
+// absDir is dir made absolute for messages (as given when that fails).
+func absDir(dir string) string {
+	if abs, err := filepath.Abs(dir); err == nil {
+		return abs
+	}
+	return dir
 }
 
 func (c *connection) close() { _ = c.conn.Close() }

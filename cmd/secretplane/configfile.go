@@ -213,13 +213,90 @@ func looksLikeSecretRef(s string) bool {
 // yamlErrorWithoutValue keeps the position of a YAML syntax error and drops
 // any quoted input the parser put in its message, and any unquoted word
 // of input that looks like a secret (a strict decoder names unknown
-// fields bare: "field X not found").
+// fields bare: "field X not found"). A quoted single punctuation mark is
+// the grammar's, not input ("could not find expected ':'"), and is kept,
+// so the message is whole. A missing ':' is explained: besides a line
+// that is not "key: value", it is what YAML says of a key longer than
+// the 1024 characters it allows.
 func yamlErrorWithoutValue(err error) string {
 	msg := err.Error()
-	if i := strings.IndexAny(msg, "`\"'"); i > 0 {
-		msg = strings.TrimRight(msg[:i], " :")
+	var b strings.Builder
+	for i := 0; i < len(msg); i++ {
+		c := msg[i]
+		if strings.IndexByte("`\"'", c) < 0 {
+			b.WriteByte(c)
+			continue
+		}
+		if c == '\'' && i+2 < len(msg) && msg[i+2] == '\'' && strings.IndexByte(",:]}[{-?|>#&*!%@", msg[i+1]) >= 0 {
+			b.WriteString(msg[i : i+3])
+			i += 2
+			continue
+		}
+		break
 	}
-	return scrub(msg)
+	out := strings.TrimRight(b.String(), " :,")
+	if strings.Contains(out, "could not find expected ':'") {
+		out += " (a line that is not key: value, or a key longer than YAML's 1024 characters)"
+	}
+	return scrub(out)
+}
+
+// unknownKeyError names a key of a settings file that names no setting,
+// with the line it is on in raw (the file): the key itself when it can be
+// shown, else its length, and that it is longer than any setting's key
+// (longest) when it is. koanf flattens keys with delim; the line is found by walking
+// the file's mappings along the key's parts.
+func unknownKeyError(raw []byte, key string, longest int) string {
+	dotted := strings.ReplaceAll(key, delim, ".")
+	line := ""
+	if n := keyLine(raw, strings.Split(key, delim)); n > 0 {
+		line = fmt.Sprintf("line %d", n)
+	}
+	s := shown(dotted)
+	if !strings.HasPrefix(s, "[") {
+		if line == "" {
+			return s
+		}
+		return s + " (" + line + ")"
+	}
+	why := "not shown"
+	if len(dotted) > longest {
+		why = fmt.Sprintf("not shown; longer than any setting's key, at most %d", longest)
+	}
+	if line != "" {
+		why = line + ": " + why
+	}
+	return fmt.Sprintf("a key of %d characters (%s)", len(dotted), why)
+}
+
+// keyLine is the line of the key at path in the YAML document raw, or 0.
+func keyLine(raw []byte, path []string) int {
+	var root yaml.Node
+	if err := yaml.Unmarshal(raw, &root); err != nil || len(root.Content) != 1 {
+		return 0
+	}
+	n, line := root.Content[0], 0
+	for len(path) > 0 {
+		if n.Kind != yaml.MappingNode {
+			return line
+		}
+		found := false
+		// A key may itself hold the delimiter (koanf split it): take the
+		// longest run of parts that names a key here.
+		for j := len(path); j > 0 && !found; j-- {
+			want := strings.Join(path[:j], delim)
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				if n.Content[i].Value == want {
+					line, n, path, found = n.Content[i].Line, n.Content[i+1], path[j:], true
+					break
+				}
+			}
+		}
+		if !found {
+			return line
+		}
+	}
+	return line
 }
 
 func contains(xs []string, s string) bool {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -10,6 +11,21 @@ import (
 
 	"github.com/secretplane/secretplane/identity"
 )
+
+// devSVIDsDir is the folder of the data directory where `dev issue` writes
+// SVIDs by default.
+const devSVIDsDir = "svids"
+
+// devSVIDDir is the default folder of an SVID: <data dir>/svids/<the ID's
+// path, slashes made underscores> (workload/payments-api for NAME
+// payments-api is written as svids/payments-api).
+func devSVIDDir(dataDir string, sid spiffeid.ID) string {
+	name := strings.TrimPrefix(sid.Path(), "/")
+	if rest, ok := strings.CutPrefix(name, "workload/"); ok && !strings.Contains(rest, "/") {
+		name = rest
+	}
+	return filepath.Join(dataDir, devSVIDsDir, strings.ReplaceAll(name, "/", "_"))
+}
 
 func newDevCommand(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "dev", Short: "Dev-mode helpers (the built-in CA in the data directory)"}
@@ -23,11 +39,11 @@ func newDevCommand(g *globalFlags) *cobra.Command {
 		Short: "Issue an X.509-SVID from the dev CA and write svid.pem, svid_key.pem and bundle.pem",
 		Long: `Issue an X.509-SVID from the dev CA of the data directory. NAME gives the ID
 spiffe://<trust domain>/workload/NAME; --spiffe-id gives any ID of the trust domain.`,
-		Example: `  secretplane dev issue payments-api --out ./payments-api-svid
-  secretplane dev issue --spiffe-id spiffe://secretplane.test/ns/prod/sa/gateway --out ./gw`,
+		Example: `  secretplane dev issue payments-api              # into <data dir>/svids/payments-api
+  secretplane dev issue --spiffe-id spiffe://secretplane.test/ns/prod/sa/gateway --out /secure/gw`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ca, err := identity.LoadCA(g.dataDir + "/" + identity.DevCADir)
+			ca, err := identity.LoadCA(filepath.Join(g.dataDir, identity.DevCADir))
 			if err != nil {
 				return fmt.Errorf("%w (run `secretplane server --dev` once to create the dev CA)", err)
 			}
@@ -46,19 +62,26 @@ spiffe://<trust domain>/workload/NAME; --spiffe-id gives any ID of the trust dom
 			default:
 				return fmt.Errorf("give NAME or --spiffe-id")
 			}
-			if out == "" {
-				out = strings.NewReplacer("/", "_").Replace(strings.TrimPrefix(sid.Path(), "/")) + "-svid"
+			dir := out
+			if dir == "" {
+				// Under the data directory, not the working tree: the
+				// folder holds a private key, which must not end up in
+				// a commit.
+				dir = devSVIDDir(g.dataDir, sid)
 			}
-			svid, err := ca.IssueToDir(out, sid, ttl)
+			svid, err := ca.IssueToDir(dir, sid, ttl)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "issued %s, valid until %s\nwrote %s/{%s,%s,%s}\n", sid, svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339),
-				out, identity.SVIDCertFile, identity.SVIDKeyFile, identity.BundleFile)
+			dir = absDir(dir)
+			fmt.Fprintf(cmd.OutOrStdout(), "issued %s, valid until %s\nwrote %s/{%s,%s,%s}\nuse it: secretplane --cert %s --key %s --bundle %s ...\n",
+				sid, svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339),
+				dir, identity.SVIDCertFile, identity.SVIDKeyFile, identity.BundleFile,
+				filepath.Join(dir, identity.SVIDCertFile), filepath.Join(dir, identity.SVIDKeyFile), filepath.Join(dir, identity.BundleFile))
 			return nil
 		},
 	}
-	issue.Flags().StringVar(&out, "out", "", "output folder (default NAME-svid)")
+	issue.Flags().StringVar(&out, "out", "", "output folder (default <data dir>/"+devSVIDsDir+"/NAME, out of the working tree)")
 	issue.Flags().StringVar(&id, "spiffe-id", "", "full SPIFFE ID instead of NAME")
 	issue.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "lifetime of the SVID")
 	cmd.AddCommand(issue, newDevLocalPutCommand(g))

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime/debug"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -67,20 +69,37 @@ func runServer(ctx context.Context, cfg server.Config, out io.Writer) error {
 }
 
 func printDevNextSteps(out io.Writer, dataDir string, srv *server.Server) {
-	fmt.Fprintf(out, `
+	fmt.Fprint(out, devNextSteps(dataDir, defaultDataDir(), srv.Addr(), srv.ID().String(), srv.DevIdentities().Admin.ID().String()))
+}
+
+// devNextSteps is the dev server's banner. The CLI finds the server by
+// itself only in the default data directory (defaultDir); for any other
+// the banner says what to pass.
+func devNextSteps(dataDir, defaultDir, addr, serverID, adminID string) string {
+	dir := absDir(dataDir)
+	find := "The CLI finds the dev server and its admin identity by itself (default data dir). In another terminal:\n"
+	if def := absDir(defaultDir); filepath.Clean(dir) != filepath.Clean(def) {
+		find = fmt.Sprintf(`The data dir is not the default (%s), so tell the CLI where it is, in every
+terminal you use it from:
+
+  export %s=%s      (or pass --data-dir %s to every command)
+
+Then, in another terminal:
+`, def, envDataDir, shellQuote(dir), shellQuote(dir))
+	}
+	return fmt.Sprintf(`
 secretplane dev server
   address      %s
   server id    %s
   admin id     %s
   data dir     %s  (SQLite store, dev CA, identities)
 
-The CLI finds the dev server and its admin identity by itself. In another terminal:
-
+%s
   secretplane secret put payments/db --ref 'vault://secret/payments/db#password' --owner team-payments
   secretplane secret get payments/db
   secretplane secret list
   secretplane ref check 'aws-sm://prod/db?stage=AWSPREVIOUS#password'
-  secretplane dev issue payments-api --out ./payments-api-svid
+  secretplane dev issue payments-api      # writes %s
   secretplane policy apply -f docs/examples/policies.yaml
   secretplane audit tail
 
@@ -88,5 +107,15 @@ The README's five-minute tour goes on from there: values, resolve, configuration
 
 (Use ./bin/secretplane if the binary is not on your PATH.) Ctrl-C stops the server; data is kept.
 
-`, srv.Addr(), srv.ID(), srv.DevIdentities().Admin.ID(), dataDir)
+`, addr, serverID, adminID, dir, find, filepath.Join(dir, devSVIDsDir, "payments-api"))
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && !strings.ContainsFunc(s, func(r rune) bool {
+		return !(r == '/' || r == '.' || r == '_' || r == '-' || r == '+' || r == ':' || r == '@' || r == '=' || r == ',' || ('a' <= r && r <= 'z') || ('A' <= r && r <= 'Z') || ('0' <= r && r <= '9'))
+	}) {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
