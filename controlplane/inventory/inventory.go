@@ -101,7 +101,7 @@ type Inventory struct {
 
 	snap      atomic.Pointer[Snapshot]
 	mu        sync.Mutex
-	listeners []func(Snapshot)
+	listeners []func(context.Context, Snapshot)
 }
 
 // Bindings looks up a secret's parsed ref (catalog.Catalog, which applies
@@ -136,7 +136,7 @@ func New(s Store, b Bindings, c Consumers, r Resolver, opts Options) *Inventory 
 
 // OnRefresh calls f with every snapshot a refresh makes (alerts). f runs
 // on the refresher's goroutine: it must not take long.
-func (inv *Inventory) OnRefresh(f func(Snapshot)) {
+func (inv *Inventory) OnRefresh(f func(context.Context, Snapshot)) {
 	inv.mu.Lock()
 	inv.listeners = append(inv.listeners, f)
 	inv.mu.Unlock()
@@ -186,7 +186,7 @@ func (inv *Inventory) Refresh(ctx context.Context) Snapshot {
 	ls := slices.Clone(inv.listeners)
 	inv.mu.Unlock()
 	for _, f := range ls {
-		f(snap)
+		f(ctx, snap)
 	}
 	return snap
 }

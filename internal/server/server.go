@@ -183,7 +183,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.notifier, webhooks, err = newNotifier(cfg, s.store, s.bus, s.serverID.String(), s.log, cat); err != nil {
 		return nil, err
 	}
-	inv.OnRefresh(func(snap inventory.Snapshot) { s.notifier.Expiring(context.Background(), snap.Secrets) })
+	inv.OnRefresh(func(ctx context.Context, snap inventory.Snapshot) { s.notifier.Expiring(ctx, snap.Secrets) })
 	s.sds = sds.New(sds.Config{
 		Guard: access.NewGuard(s.engine, s.audit), Catalog: cat, Resolver: resolver, Hub: s.hub, Consumers: s.deps,
 		Events: s.bus, Audit: s.audit, Bundles: s.source, TrustDomains: st.accept,
