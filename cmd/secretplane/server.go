@@ -46,6 +46,7 @@ Every setting comes from, in rising precedence: its default, the YAML file of
 			if cfg.DataDir == "" {
 				cfg.DataDir = g.dataDir
 			}
+			cfg.ConfigFile = cfgFile
 			return runServer(cmd.Context(), cfg, cmd.OutOrStdout())
 		},
 	}
