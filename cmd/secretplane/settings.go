@@ -283,10 +283,14 @@ func loadFile(path string, byPath map[string]setting) (*koanf.Koanf, error) {
 			ko.Delete(k)
 		}
 	}
+	longest := 0
+	for p := range byPath {
+		longest = max(longest, len(p))
+	}
 	var unknown []string
 	for _, k := range ko.Keys() {
 		if _, ok := byPath[k]; !ok && !isMapEntry(byPath, k) {
-			unknown = append(unknown, shown(strings.ReplaceAll(k, delim, ".")))
+			unknown = append(unknown, unknownKeyError(raw, k, longest))
 		}
 	}
 	if len(unknown) > 0 {
