@@ -184,7 +184,7 @@ func rotationPolicyToProto(p store.RotationPolicy) *spv1.RotationPolicy {
 func rotationStatus(ctx context.Context, log *slog.Logger, err error) error {
 	switch {
 	case errors.Is(err, rotation.ErrRunning), errors.Is(err, rotation.ErrFixedVersion),
-		errors.Is(err, rotation.ErrFinal), errors.Is(err, rotation.ErrSuperseded):
+		errors.Is(err, rotation.ErrFinal), errors.Is(err, rotation.ErrSuperseded), errors.Is(err, rotation.ErrEmergencyRollback):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, rotation.ErrUnknownMethod), errors.Is(err, rotation.ErrBadPolicy):
 		return status.Error(codes.InvalidArgument, err.Error())

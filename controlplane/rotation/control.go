@@ -76,7 +76,8 @@ func (m *Manager) isStaged(ref secretref.Ref) bool {
 // it started from: the secret's newest rotation, completed (or failed and
 // not rolled back), whose version is still the backend's current one. A
 // superseded version (the backend has moved on since) is refused with
-// ErrSuperseded, naming the current version.
+// ErrSuperseded, naming the current version; an emergency rotation with
+// ErrEmergencyRollback.
 func (m *Manager) Rollback(ctx context.Context, id, actor string) (store.Rotation, error) {
 	r, err := m.store.GetRotation(ctx, id)
 	if err != nil {
@@ -90,6 +91,9 @@ func (m *Manager) Rollback(ctx context.Context, id, actor string) (store.Rotatio
 	}
 	if r.ToVersion == "" {
 		return store.Rotation{}, fmt.Errorf("roll back rotation %s: it created no version: %w", id, ErrFinal)
+	}
+	if r.Emergency {
+		return store.Rotation{}, fmt.Errorf("roll back rotation %s: %w", id, ErrEmergencyRollback)
 	}
 	newest, err := m.store.ListRotations(ctx, store.RotationQuery{Secret: r.Secret, Limit: 1})
 	if err != nil {

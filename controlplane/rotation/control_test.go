@@ -232,6 +232,17 @@ func TestCancelAndRollback(t *testing.T) {
 	if _, err := m.Rollback(ctx, r3.ID, admin); !errors.Is(err, rotation.ErrSuperseded) || !strings.Contains(err.Error(), outside) {
 		t.Fatalf("rollback after an outside write: %v", err)
 	}
+	// An emergency rotation replaced a leaked version: no rollback to it.
+	r4, err := m.Start(ctx, rotation.StartRequest{Secret: "payments/db", Actor: admin, Emergency: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done := wait(t, m, r4.ID); done.State != rotation.Completed {
+		t.Fatalf("emergency rotation: %+v", done)
+	}
+	if _, err := m.Rollback(ctx, r4.ID, admin); !errors.Is(err, rotation.ErrEmergencyRollback) {
+		t.Fatalf("rollback of an emergency rotation: %v", err)
+	}
 	evs, err := f.srv.Audit().QueryAudit(ctx, store.AuditQuery{Limit: 1000})
 	if err != nil {
 		t.Fatal(err)

@@ -229,6 +229,10 @@ var (
 	ErrBadPolicy     = errors.New("invalid rotation policy")
 	ErrFinal         = errors.New("the rotation has ended")
 	ErrSuperseded    = errors.New("the rotation's version has been superseded")
+	// ErrEmergencyRollback refuses to roll back an emergency rotation: the
+	// version it replaced was declared leaked, and a rollback would serve
+	// it again. Fix forward with another rotation.
+	ErrEmergencyRollback = errors.New("an emergency rotation is not rolled back: the version it replaced is treated as leaked; start another rotation instead")
 )
 
 // methods lists the known rotators, for messages.
