@@ -193,7 +193,7 @@ func checkKeyFiles(cfg Config, add addFunc) {
 		case !st.Mode().IsRegular():
 			add(CheckKeyFile, setting, Failure, "%s %s is not a regular file", what, path)
 		case st.Mode().Perm()&0o077 != 0:
-			add(CheckKeyFile, setting, Failure, "%s %s is open to group or others (mode %v): chmod 600 it", what, path, st.Mode().Perm())
+			add(CheckKeyFile, setting, Failure, "%s %s is open to group or others (mode %#o): chmod 600 it", what, path, st.Mode().Perm())
 		}
 	}
 	lc := cfg.Backends.Local
@@ -297,7 +297,7 @@ func checkPermissions(cfg Config, add addFunc) {
 			return
 		}
 		if st.Mode().Perm()&0o022 != 0 {
-			add(CheckPermissions, setting, Failure, "%s %s is writable by group or others (mode %v): chmod go-w it", what, path, st.Mode().Perm())
+			add(CheckPermissions, setting, Failure, "%s %s is writable by group or others (mode %#o): chmod go-w it", what, path, st.Mode().Perm())
 		}
 	}
 	if cfg.Dev && cfg.DataDir != "" {
