@@ -33,7 +33,7 @@ func TestDevBannerNamesNonDefaultDataDir(t *testing.T) {
 			[]string{"export SECRETPLANE_DATA_DIR='/tmp/my data'", "--data-dir '/tmp/my data'"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := devNextSteps(tc.dataDir, tc.defaultDir, "127.0.0.1:7443", "spiffe://secretplane.test/secretplane/server", "spiffe://secretplane.test/secretplane/admin")
+			got := devNextSteps(tc.dataDir, tc.defaultDir, "127.0.0.1:7443", "127.0.0.1:7444", "spiffe://secretplane.test/secretplane/server", "spiffe://secretplane.test/secretplane/admin")
 			for _, w := range tc.want {
 				if !strings.Contains(got, w) {
 					t.Errorf("banner lacks %q:\n%s", w, got)

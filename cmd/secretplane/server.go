@@ -70,13 +70,13 @@ func runServer(ctx context.Context, cfg server.Config, out io.Writer) error {
 }
 
 func printDevNextSteps(out io.Writer, dataDir string, srv *server.Server) {
-	fmt.Fprint(out, devNextSteps(dataDir, defaultDataDir(), srv.Addr(), srv.ID().String(), srv.DevIdentities().Admin.ID().String()))
+	fmt.Fprint(out, devNextSteps(dataDir, defaultDataDir(), srv.Addr(), srv.MetricsAddr(), srv.ID().String(), srv.DevIdentities().Admin.ID().String()))
 }
 
 // devNextSteps is the dev server's banner. The CLI finds the server by
 // itself only in the default data directory (defaultDir); for any other
 // the banner says what to pass.
-func devNextSteps(dataDir, defaultDir, addr, serverID, adminID string) string {
+func devNextSteps(dataDir, defaultDir, addr, metricsAddr, serverID, adminID string) string {
 	dir := absDir(dataDir)
 	find := "The CLI finds the dev server and its admin identity by itself (default data dir). In another terminal:\n"
 	if def := absDir(defaultDir); filepath.Clean(dir) != filepath.Clean(def) {
@@ -88,9 +88,14 @@ terminal you use it from:
 Then, in another terminal:
 `, def, envDataDir, shellQuote(dir), shellQuote(dir))
 	}
+	metrics := "off"
+	if metricsAddr != "" {
+		metrics = "http://" + metricsAddr + "/metrics  (and /healthz, /readyz)"
+	}
 	return fmt.Sprintf(`
 secretplane dev server
   address      %s
+  metrics      %s
   server id    %s
   admin id     %s
   data dir     %s  (SQLite store, dev CA, identities)
@@ -103,12 +108,13 @@ secretplane dev server
   secretplane dev issue payments-api      # writes %s
   secretplane policy apply -f docs/examples/policies.yaml
   secretplane audit tail
+  secretplane doctor
 
 The README's five-minute tour goes on from there: values, resolve, configuration.
 
 (Use ./bin/secretplane if the binary is not on your PATH.) Ctrl-C stops the server; data is kept.
 
-`, addr, serverID, adminID, dir, find, filepath.Join(dir, devSVIDsDir, "payments-api"))
+`, addr, metrics, serverID, adminID, dir, find, filepath.Join(dir, devSVIDsDir, "payments-api"))
 }
 
 // shellQuote quotes s for a POSIX shell when it needs it.
