@@ -65,6 +65,9 @@ type Config struct {
 	Listener net.Listener `koanf:"-"`
 	// Logger, when set, is used instead of one built from Log.
 	Logger *slog.Logger `koanf:"-"`
+	// ConfigFile is the YAML file the settings were read from, if any:
+	// Preflight looks in it for literal secret values.
+	ConfigFile string `koanf:"-"`
 }
 
 // MetricsConfig is the operations listener: Prometheus metrics on

@@ -156,6 +156,9 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	cat := catalog.New(s.store, catalog.WithAccessCheck(registry, s.engine), catalog.WithEvents(s.bus))
+	if err := s.requireSecrets(ctx, cat, resolver); err != nil {
+		return nil, err
+	}
 	s.hub = watch.NewHub(cat, resolver, watch.Options{Log: s.log, RetryInterval: cfg.WatchRetry, Events: s.bus})
 	s.deps = consumers.New(s.store, consumers.Options{Log: s.log})
 	s.health = health.NewServer()
@@ -380,6 +383,7 @@ func (s *Server) prepare(ctx context.Context) (setup, error) {
 		td       spiffeid.TrustDomain
 	)
 	problem := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	problems = append(problems, s.preflight(ctx)...)
 	switch {
 	case cfg.Identity.Source != nil:
 		s.source = cfg.Identity.Source
