@@ -76,9 +76,6 @@ server could not be asked (unreachable, TLS, not an admin).`,
 			if err := printFindings(cmd.OutOrStdout(), g.output, resp); err != nil {
 				return err
 			}
-			if cfgFile != "" && !server.StaticChecksAvailable && g.output == "table" {
-				fmt.Fprintln(cmd.ErrOrStderr(), "note: the configuration loaded; this build has no further startup checks to run on it")
-			}
 			if code := doctorExit(resp); code != doctorClean {
 				return exitError{code: code}
 			}
@@ -128,6 +125,7 @@ func diagnoseConfig(ctx context.Context, path string) (*spv1.DiagnoseResponse, e
 	if err != nil {
 		return nil, fmt.Errorf("configuration %s does not load: %w", path, err)
 	}
+	cfg.ConfigFile = path
 	resp := &spv1.DiagnoseResponse{}
 	for _, f := range server.StaticFindings(ctx, cfg) {
 		resp.Findings = append(resp.Findings, &spv1.Finding{Check: f.Check, Severity: string(f.Severity), Subject: f.Subject, Message: f.Message})

@@ -143,6 +143,14 @@ func TestDoctorConfigFile(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("no_such_setting: 1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A production configuration with the startup checks' failures: plain
+	// http to Vault, PostgreSQL without verify-full, and a literal password
+	// in the file (never echoed).
+	unsafe := filepath.Join(dir, "unsafe.yaml")
+	if err := os.WriteFile(unsafe, []byte("listen: 0.0.0.0:7443\nstore: postgres://sp@db.internal/sp?sslmode=require\nadmins: [spiffe://example.org/ops/admin]\n"+
+		"backends:\n  vault:\n    address: http://vault.internal:8200\nwebhooks:\n  ops: https://hooks.example.org/x?password=Doct0r-Canary-9f3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name string
 		file string
@@ -150,6 +158,7 @@ func TestDoctorConfigFile(t *testing.T) {
 		want string
 	}{
 		{"loads", good, doctorClean, ""},
+		{"startup checks", unsafe, doctorFailures, ""},
 		{"unknown key", bad, doctorFailures, "no_such_setting"},
 		{"missing", filepath.Join(dir, "none.yaml"), doctorFailures, "none.yaml"},
 	}
@@ -159,6 +168,16 @@ func TestDoctorConfigFile(t *testing.T) {
 			out, err := runCLI(t, t.TempDir(), "doctor", "--config", tc.file)
 			if exitCodeOf(err) != tc.code || (tc.want != "" && !strings.Contains(err.Error(), tc.want)) {
 				t.Fatalf("exit %d: %v (%s); want %d and %q", exitCodeOf(err), err, out, tc.code, tc.want)
+			}
+			if tc.file == unsafe {
+				for _, want := range []string{"vault", "verify-full"} {
+					if !strings.Contains(out, want) {
+						t.Errorf("doctor --config does not report %q:\n%s", want, out)
+					}
+				}
+				if strings.Contains(out, "Doct0r-Canary-9f3") || (err != nil && strings.Contains(err.Error(), "Doct0r-Canary-9f3")) {
+					t.Errorf("doctor echoed a secret from the file:\n%s", out)
+				}
 			}
 		})
 	}

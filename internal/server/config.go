@@ -100,7 +100,8 @@ type AlertsConfig struct {
 type StartupConfig struct {
 	// RequiredTimeout bounds the time spent resolving every secret marked
 	// required before the server serves: past it, those not resolved are
-	// reported as failures and the server refuses to start.
+	// reported as failures and the server refuses to start. It bounds each
+	// backend's login at startup too.
 	RequiredTimeout time.Duration `koanf:"required_timeout"`
 }
 

@@ -9,19 +9,19 @@ import (
 )
 
 // StaticFindings are the configuration checks the server runs before it
-// serves, as doctor's findings: the one place `secretplane doctor` (on a
-// running server and on --config FILE) takes them from.
-//
-// The startup checks (Preflight: plain-http backends outside dev,
-// PostgreSQL's sslmode, the local key file's mode, literal secrets in
-// configuration files, data and audit directories others can write) are
-// being written; until they land this reports none, and doctor says so.
-func StaticFindings(_ context.Context, _ Config) []diagnose.Finding {
-	return nil
+// serves (Preflight), as doctor's findings: the one place `secretplane
+// doctor` (on a running server and on --config FILE) takes them from.
+func StaticFindings(ctx context.Context, cfg Config) []diagnose.Finding {
+	var out []diagnose.Finding
+	for _, p := range Preflight(ctx, withDevDefaults(cfg)) {
+		sev := diagnose.Failure
+		if p.Severity == Warning {
+			sev = diagnose.Warning
+		}
+		out = append(out, diagnose.Finding{Check: p.Check, Severity: sev, Subject: p.Subject, Message: p.Message})
+	}
+	return out
 }
-
-// StaticChecksAvailable reports whether StaticFindings runs any check.
-const StaticChecksAvailable = false
 
 // doctor is DoctorService's checks over the server's parts.
 func (s *Server) doctor(refs *backend.Registry) api.Doctor {

@@ -90,7 +90,11 @@ func (s *Server) openBackends(ctx context.Context) (*backend.Registry, error) {
 			}
 			c.JWT = &vault.JWTAuth{Mount: vc.JWTMount, Role: vc.JWTRole, Audience: vc.JWTAudience, Fetch: jwt.FetchJWTSVID}
 		}
-		b, err := vault.New(ctx, c, s.log)
+		// A Vault that accepts connections and never answers must not
+		// hold startup for the client's own minute.
+		login, cancel := context.WithTimeout(ctx, cfg.Startup.RequiredTimeout)
+		b, err := vault.New(login, c, s.log)
+		cancel()
 		if err != nil {
 			return nil, err
 		}
