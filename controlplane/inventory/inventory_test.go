@@ -51,7 +51,7 @@ func TestSnapshot(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deps.Seen("spiffe://t/a", "payments/db", consumers.Resolve, v)    // on the current version
+	deps.Seen("spiffe://t/a", "payments/db", consumers.Resolve, v)     // on the current version
 	deps.Seen("spiffe://t/b", "payments/db", consumers.Resolve, "old") // lagging
 	deps.Acked("spiffe://t/c", "payments/db", consumers.Watch, v, "")
 	deps.Seen("spiffe://t/c", "payments/db", consumers.Watch, v) // acknowledged: not lagging

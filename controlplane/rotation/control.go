@@ -14,7 +14,8 @@ import (
 // Cancel stops a rotation in flight and puts every consumer back on the
 // version it started from: its driving stops at the current step, and a
 // new version it created is rolled back (a staged one is never promoted).
-// A rotation that has ended is refused with ErrFinal.
+// A rotation that has ended is refused with ErrFinal, an emergency one
+// with ErrEmergencyRollback.
 func (m *Manager) Cancel(ctx context.Context, id, actor string) (store.Rotation, error) {
 	r, err := m.store.GetRotation(ctx, id)
 	if err != nil {
@@ -22,6 +23,10 @@ func (m *Manager) Cancel(ctx context.Context, id, actor string) (store.Rotation,
 	}
 	if slices.Contains(store.FinalRotationStates, r.State) {
 		return store.Rotation{}, fmt.Errorf("cancel rotation %s: %w (%s)", id, ErrFinal, r.State)
+	}
+	if r.Emergency {
+		// Cancelling would put the leaked version back.
+		return store.Rotation{}, fmt.Errorf("cancel rotation %s: %w", id, ErrEmergencyRollback)
 	}
 	if err := m.halt(ctx, id); err != nil {
 		return store.Rotation{}, fmt.Errorf("cancel rotation %s: %w", id, err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -263,5 +264,39 @@ func TestHookTestFailureServesNothingNewAfterTheCacheExpires(t *testing.T) {
 	time.Sleep(time.Second) // the cache expires, and the watch polls
 	if got, _ := w.Get("payments/db"); string(got.Value) != "initial-value" {
 		t.Fatalf("after the failed test step the watcher was given version %s", got.Version)
+	}
+}
+
+// An emergency rotation that fails on its way out is not rolled back, nor
+// can it be cancelled or rolled back by hand: the version it replaced is
+// treated as leaked and never served again.
+func TestEmergencyRotationIsNeverRolledBack(t *testing.T) {
+	path := hookScript(t)
+	f := newFixture(t, func(c *server.Config) {
+		c.Rotation.Hooks = map[string]string{"db": "exec:" + path}
+		c.Rotation.AutoRollback = true
+	})
+	f.seed("payments/db", "leaked-value")
+	ctx := context.Background()
+	m := f.srv.Rotations()
+	if _, err := m.SetPolicy(ctx, store.RotationPolicy{Secret: "payments/db", Method: "hook", Params: map[string]string{"hook": "db", "mode": "fail-test"}}); err != nil {
+		t.Fatal(err)
+	}
+	var applied atomic.Int64
+	_, w := f.watcher(ctx, "/app/one", "payments/db", &applied)
+	r, err := m.Start(ctx, rotation.StartRequest{Secret: "payments/db", Emergency: true, Actor: "spiffe://" + td + "/ops/admin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := wait(t, m, r.ID, rotation.Failed)
+	if !strings.Contains(done.Detail, "not rolled back") {
+		t.Fatalf("detail %q does not say it was not rolled back", done.Detail)
+	}
+	time.Sleep(500 * time.Millisecond) // a rollback would have been pushed by now
+	if got, _ := w.Get("payments/db"); string(got.Value) == "leaked-value" {
+		t.Fatal("the leaked value is served again after the emergency rotation failed")
+	}
+	if _, err := m.Rollback(ctx, r.ID, "spiffe://"+td+"/ops/admin"); !errors.Is(err, rotation.ErrEmergencyRollback) {
+		t.Fatalf("rollback of a failed emergency rotation: %v", err)
 	}
 }

@@ -443,6 +443,21 @@ func (m *Manager) steps(ctx context.Context, r store.Rotation) {
 		// stage versions already has it as its latest.
 		undo := r.State == Propagating && err != nil
 		rollingBack := next.State == Failed && (m.opts.AutoRollback || undo) && next.ToVersion != ""
+		if rollingBack && next.Emergency {
+			// The version replaced is treated as leaked: never served
+			// again. The secret is served at its backend's current
+			// version, and the operator fixes forward.
+			rollingBack = false
+			next.Detail += "; not rolled back: an emergency rotation's replaced version is treated as leaked (rotate again)"
+			if ref, perr := secretref.Parse(r.Ref); perr == nil {
+				// The cache learns the backend's current version before
+				// the pin goes, so the replaced one is not served from it.
+				if res, rerr := m.resolver.RefreshNow(ctx, ref); rerr == nil {
+					clear(res.Data)
+				}
+			}
+			m.catalog.Pin(ctx, r.Secret, "")
+		}
 		if rollingBack {
 			m.markUndo(r.Secret, 1) // no start between failed and rolled back
 		}
