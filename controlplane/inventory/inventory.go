@@ -251,7 +251,7 @@ func (inv *Inventory) secret(ctx context.Context, s store.Secret, policies map[s
 	}
 	p, hasPolicy := policies[s.Name]
 	if hasPolicy {
-		st.NextDue = rotation.NextDue(p, st.Rotation)
+		st.NextDue = rotation.NextDue(p, rotation.LastCompleted(rs))
 	}
 	// The value is read (through the cache) for what needs it: a
 	// certificate's dates, a required secret's resolvability, and the

@@ -165,14 +165,17 @@ func (m *Manager) schedule(ctx context.Context) {
 }
 
 // due says whether p's secret should be rotated now, and by which trigger.
+// A cadence counts from the last completed rotation (or the policy's
+// creation), so a failed one is tried again after RetryAfter, not a whole
+// cadence later.
 func (m *Manager) due(ctx context.Context, p store.RotationPolicy) (trigger, why string, err error) {
 	now := m.opts.Now()
-	last, err := m.store.ListRotations(ctx, store.RotationQuery{Secret: p.Secret, Limit: 1})
+	recent, err := m.store.ListRotations(ctx, store.RotationQuery{Secret: p.Secret, Limit: 20})
 	if err != nil {
 		return "", "", err
 	}
-	if len(last) > 0 {
-		l := last[0]
+	if len(recent) > 0 {
+		l := recent[0]
 		if !slices.Contains(store.FinalRotationStates, l.State) {
 			return "", "", nil // one at a time
 		}
@@ -189,16 +192,21 @@ func (m *Manager) due(ctx context.Context, p store.RotationPolicy) (trigger, why
 			return "expiry", "the certificate reached its renewal point " + renew.Format(time.RFC3339), nil
 		}
 	}
-	if p.Every > 0 {
-		since := p.CreateTime
-		if len(last) > 0 {
-			since = last[0].CreateTime
-		}
-		if now.Sub(since) >= p.Every && inWindow(p.Window, now) {
-			return "cadence", "last rotated " + since.Format(time.RFC3339), nil
-		}
+	if next := NextDue(p, LastCompleted(recent)); !next.IsZero() && !now.Before(next) && inWindow(p.Window, now) {
+		return "cadence", "due since " + next.Format(time.RFC3339), nil
 	}
 	return "", "", nil
+}
+
+// LastCompleted is the newest completed rotation of rs (newest first), or
+// nil.
+func LastCompleted(rs []store.Rotation) *store.Rotation {
+	for i := range rs {
+		if rs[i].State == Completed {
+			return &rs[i]
+		}
+	}
+	return nil
 }
 
 // renewalPoint is when the certificate p's secret holds is due: RenewAt
@@ -239,15 +247,17 @@ func RenewalPoint(secret string, renewAt float64, leaf *x509.Certificate) time.T
 }
 
 // NextDue is when p's cadence next wants a rotation, given the secret's
-// latest rotation (nil: none yet); zero without a cadence. The window may
-// put the start later.
-func NextDue(p store.RotationPolicy, latest *store.Rotation) time.Time {
+// last completed rotation (nil: none yet): a cadence after it, or after
+// the policy was made; zero without a cadence. Failed rotations do not
+// move it, so it stays in the past while they fail (RotationOverdue). The
+// window may put the start later.
+func NextDue(p store.RotationPolicy, lastCompleted *store.Rotation) time.Time {
 	if p.Every <= 0 {
 		return time.Time{}
 	}
 	since := p.CreateTime
-	if latest != nil {
-		since = latest.CreateTime
+	if lastCompleted != nil {
+		since = lastCompleted.CreateTime
 	}
 	return since.Add(p.Every)
 }
