@@ -166,18 +166,26 @@ func (inv *Inventory) Run(ctx context.Context) {
 	}
 }
 
-// Refresh builds a new snapshot now, bounded by Timeout. When the store
-// cannot be read, the previous snapshot's secrets stay, with the error.
+// Refresh builds a new snapshot now. The store is read within Timeout;
+// values are then read through the cache, up to readers at a time and
+// each within ResolveTimeout, so a hanging backend delays its own
+// secrets' figures and fails neither the snapshot nor the store's figure.
+// When the store cannot be read, the previous snapshot's secrets stay,
+// with the error.
 func (inv *Inventory) Refresh(ctx context.Context) Snapshot {
-	ctx, cancel := context.WithTimeout(ctx, inv.opts.Timeout)
-	defer cancel()
-	secrets, err := inv.build(ctx)
+	storeCtx, cancel := context.WithTimeout(ctx, inv.opts.Timeout)
+	work, err := inv.gather(storeCtx)
+	cancel()
+	var secrets []Secret
+	if err == nil {
+		secrets = inv.readValues(ctx, work)
+	}
 	snap := Snapshot{At: inv.opts.Now(), Secrets: secrets, Err: err}
 	if err != nil {
 		if prev := inv.snap.Load(); prev != nil {
 			snap.Secrets = prev.Secrets
 		}
-		if ctx.Err() == nil || !errors.Is(err, context.Canceled) {
+		if ctx.Err() == nil {
 			inv.log.WarnContext(ctx, "inventory refresh failed; the last figures stay", "error", err.Error())
 		}
 	}
@@ -186,14 +194,31 @@ func (inv *Inventory) Refresh(ctx context.Context) Snapshot {
 	ls := slices.Clone(inv.listeners)
 	inv.mu.Unlock()
 	for _, f := range ls {
-		f(ctx, snap)
+		lctx, cancel := context.WithTimeout(ctx, inv.opts.Timeout)
+		f(lctx, snap)
+		cancel()
 	}
 	return snap
 }
 
-const page = 500
+const (
+	page    = 500
+	readers = 8 // values read at once
+)
 
-func (inv *Inventory) build(ctx context.Context) ([]Secret, error) {
+// pending is a secret's figures from the store, with what its value read
+// still has to fill in.
+type pending struct {
+	st          Secret
+	read        bool // its value is needed
+	ref         secretref.Ref
+	certificate bool
+	renewAt     float64
+	consumers   []store.Consumer
+}
+
+// gather reads what the store says of every secret.
+func (inv *Inventory) gather(ctx context.Context) ([]pending, error) {
 	var all []store.Secret
 	for after := ""; ; {
 		ss, err := inv.store.ListSecrets(ctx, store.ListQuery{After: after, Limit: page})
@@ -220,87 +245,133 @@ func (inv *Inventory) build(ctx context.Context) ([]Secret, error) {
 		}
 		after = ps[len(ps)-1].Secret
 	}
-	out := make([]Secret, 0, len(all))
+	out := make([]pending, 0, len(all))
 	for _, s := range all {
-		st, err := inv.secret(ctx, s, policies)
+		w, err := inv.secret(ctx, s, policies)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, st)
+		out = append(out, w)
 	}
 	return out, nil
 }
 
-// secret gathers one secret's figures. A store failure fails the refresh;
-// a backend failure is the secret's own (ResolveError, unknown dates).
-func (inv *Inventory) secret(ctx context.Context, s store.Secret, policies map[string]store.RotationPolicy) (Secret, error) {
-	st := Secret{Name: s.Name, Owner: s.Owner, Ref: s.Ref, Kind: material.Kind(s.Kind), Required: s.Required}
+// secret gathers one secret's figures from the store.
+func (inv *Inventory) secret(ctx context.Context, s store.Secret, policies map[string]store.RotationPolicy) (pending, error) {
+	w := pending{st: Secret{Name: s.Name, Owner: s.Owner, Ref: s.Ref, Kind: material.Kind(s.Kind), Required: s.Required}}
 	rs, err := inv.store.ListRotations(ctx, store.RotationQuery{Secret: s.Name, Limit: 20})
 	if err != nil {
-		return Secret{}, fmt.Errorf("list rotations of %s: %w", s.Name, err)
+		return pending{}, fmt.Errorf("list rotations of %s: %w", s.Name, err)
 	}
 	if len(rs) > 0 {
 		latest := rs[0]
-		st.Rotation = &latest
-		for _, r := range rs {
-			if r.State == rotation.Completed {
-				st.LastSuccess = r.UpdateTime
-				break
-			}
+		w.st.Rotation = &latest
+		if c := rotation.LastCompleted(rs); c != nil {
+			w.st.LastSuccess = c.UpdateTime
 		}
 	}
 	p, hasPolicy := policies[s.Name]
 	if hasPolicy {
-		st.NextDue = rotation.NextDue(p, rotation.LastCompleted(rs))
+		w.st.NextDue = rotation.NextDue(p, rotation.LastCompleted(rs))
+		w.renewAt = p.RenewAt
 	}
+	cs, err := inv.consumers.List(ctx, s.Name)
+	if err != nil {
+		return pending{}, fmt.Errorf("list consumers of %s: %w", s.Name, err)
+	}
+	horizon := inv.opts.Now().Add(-inv.opts.Horizon)
+	w.consumers = slices.DeleteFunc(cs, func(c store.Consumer) bool { return c.LastSeen.Before(horizon) })
 	// The value is read (through the cache) for what needs it: a
 	// certificate's dates, a required secret's resolvability, and the
 	// version lagging consumers are counted against.
-	cs, err := inv.consumers.List(ctx, s.Name)
-	if err != nil {
-		return Secret{}, fmt.Errorf("list consumers of %s: %w", s.Name, err)
-	}
-	horizon := inv.opts.Now().Add(-inv.opts.Horizon)
-	cs = slices.DeleteFunc(cs, func(c store.Consumer) bool { return c.LastSeen.Before(horizon) })
-	certificate := st.Kind == material.TLSCertificate || st.Kind == material.ValidationContext || (hasPolicy && p.RenewAt > 0)
-	if !certificate && !s.Required && len(cs) == 0 {
-		return st, nil
+	w.certificate = w.st.Kind == material.TLSCertificate || w.st.Kind == material.ValidationContext || w.renewAt > 0
+	if !w.certificate && !s.Required && len(w.consumers) == 0 {
+		return w, nil
 	}
 	ref, _, err := inv.bindings.LookupBinding(ctx, s.Name)
-	if err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return st, nil // deleted since it was listed
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return w, nil // deleted since it was listed
+	case err != nil:
+		return pending{}, fmt.Errorf("look up %s: %w", s.Name, err)
+	}
+	w.ref, w.read = ref, true
+	return w, nil
+}
+
+// readValues fills in what the values say, readers at a time.
+func (inv *Inventory) readValues(ctx context.Context, work []pending) []Secret {
+	out := make([]Secret, len(work))
+	sem := make(chan struct{}, readers)
+	var wg sync.WaitGroup
+	for i := range work {
+		if !work[i].read {
+			out[i] = work[i].st
+			continue
 		}
-		return Secret{}, fmt.Errorf("look up %s: %w", s.Name, err)
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			out[i] = inv.value(ctx, work[i])
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// value reads w's value within ResolveTimeout: the cache's read of a
+// backend outlives its caller's context, so the wait is bounded here.
+func (inv *Inventory) value(ctx context.Context, w pending) Secret {
+	st := w.st
+	type got struct {
+		res resolve.Result
+		err error
 	}
 	rctx, cancel := context.WithTimeout(ctx, inv.opts.ResolveTimeout)
-	res, err := inv.resolver.Get(rctx, ref)
-	cancel()
-	if err != nil {
-		if s.Required {
-			st.ResolveError = resolveProblem(err)
-		}
-		return st, nil
+	defer cancel()
+	done := make(chan got, 1)
+	go func() {
+		res, err := inv.resolver.Get(rctx, w.ref)
+		done <- got{res, err}
+	}()
+	var g got
+	select {
+	case g = <-done:
+	case <-rctx.Done():
+		g.err = rctx.Err()
+		go func() { // the late answer's bytes are cleared, not kept
+			if late := <-done; late.err == nil {
+				clear(late.res.Data)
+			}
+		}()
 	}
+	if g.err != nil {
+		if st.Required {
+			st.ResolveError = resolveProblem(g.err)
+		}
+		return st
+	}
+	res := g.res
 	defer clear(res.Data)
-	st.Resolvable = s.Required
+	st.Resolvable = st.Required
 	st.ExpiresAt = res.ExpiresAt
-	if certificate {
+	if w.certificate {
 		if leaf, err := rotation.LeafOf(res.Data); err == nil {
 			st.ExpiresAt = leaf.NotAfter
-			if hasPolicy && p.RenewAt > 0 {
-				st.RenewAt = rotation.RenewalPoint(s.Name, p.RenewAt, leaf)
+			if w.renewAt > 0 {
+				st.RenewAt = rotation.RenewalPoint(st.Name, w.renewAt, leaf)
 			}
 		}
 	}
 	want := map[string]string{}
-	for _, c := range cs {
+	for _, c := range w.consumers {
 		v, ok := want[c.Channel]
 		if !ok {
 			v = res.Version
 			if inv.opts.Expected != nil {
-				if v, err = inv.opts.Expected(ctx, c.Channel, s.Name, res); err != nil {
-					return Secret{}, fmt.Errorf("expected version of %s: %w", s.Name, err)
+				var err error
+				if v, err = inv.opts.Expected(rctx, c.Channel, st.Name, res); err != nil {
+					return st // lag unknown this time
 				}
 			}
 			want[c.Channel] = v
@@ -309,7 +380,7 @@ func (inv *Inventory) secret(ctx context.Context, s store.Secret, policies map[s
 			st.Lagging++
 		}
 	}
-	return st, nil
+	return st
 }
 
 // resolveProblem names the class of a read's failure, not its text (which

@@ -172,7 +172,7 @@ func (s *Server) readiness(ctx context.Context) []string {
 	}
 	for _, sec := range snap.Secrets {
 		if sec.Required && !sec.Resolvable {
-			problems = append(problems, fmt.Sprintf("required secret %s (%s): %s", sec.Name, sec.Ref, sec.ResolveError))
+			problems = append(problems, fmt.Sprintf("required secret %s: %s", sec.Name, sec.ResolveError))
 		}
 	}
 	return problems
