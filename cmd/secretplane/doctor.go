@@ -59,7 +59,8 @@ server could not be asked (unreachable, TLS, not an admin).`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(g.output); err != nil {
-				return err
+				// A usage error is not "warnings only": CI must not pass it.
+				return exitError{code: doctorFailures, msg: err.Error()}
 			}
 			var (
 				resp *spv1.DiagnoseResponse

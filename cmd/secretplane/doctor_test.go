@@ -182,3 +182,12 @@ func TestDoctorConfigFile(t *testing.T) {
 		})
 	}
 }
+
+// A usage error is a failure (2), never "warnings only" (1) that CI lets
+// pass.
+func TestDoctorUsageErrorFails(t *testing.T) {
+	_, err := runCLI(t, t.TempDir(), "doctor", "-o", "yaml")
+	if exitCodeOf(err) != doctorFailures {
+		t.Fatalf("exit %d: %v, want %d", exitCodeOf(err), err, doctorFailures)
+	}
+}

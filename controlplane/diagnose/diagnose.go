@@ -452,6 +452,11 @@ func TokenFinding(info vault.TokenInfo, now time.Time) (Finding, bool) {
 		why = "it is not renewable"
 	case info.ExplicitMaxTTL > 0 && !info.IssueTime.IsZero() && info.IssueTime.Add(info.ExplicitMaxTTL).Sub(now) < bound:
 		why = fmt.Sprintf("its explicit max TTL (%v) ends in %v", info.ExplicitMaxTTL, info.IssueTime.Add(info.ExplicitMaxTTL).Sub(now).Round(time.Second))
+	case info.CreationTTL > 0 && info.TTL < info.CreationTTL/10:
+		// The server renews it all the time: a renewable token this far
+		// below its creation TTL is capped by a max TTL (the mount's or
+		// the system's) that lookup-self does not show.
+		why = "renewals no longer extend it (a mount or system max TTL caps it)"
 	default:
 		return Finding{}, false // the server renews it
 	}

@@ -192,6 +192,7 @@ func TestTokenFinding(t *testing.T) {
 			ExplicitMaxTTL: 48 * time.Hour, IssueTime: now.Add(-40 * time.Hour)}, true},
 		{"renewable, explicit max far away", vault.TokenInfo{TTL: time.Hour, CreationTTL: time.Hour, Renewable: true,
 			ExplicitMaxTTL: 30 * 24 * time.Hour, IssueTime: now.Add(-time.Hour)}, false},
+		{"renewable, capped far below its creation TTL", vault.TokenInfo{TTL: 2 * time.Hour, CreationTTL: 768 * time.Hour, Renewable: true}, true},
 		{"short but the backend logs in again", vault.TokenInfo{TTL: time.Minute, CreationTTL: time.Hour, Relogin: true}, false},
 	}
 	for _, tc := range cases {
