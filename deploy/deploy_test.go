@@ -16,6 +16,8 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/secretplane/secretplane/internal/server"
 )
 
 const (
@@ -52,6 +54,10 @@ var knownMetrics = map[string]bool{
 	"grpc_server_started_total":                           false,
 	"grpc_server_handled_total":                           false,
 	"grpc_server_handling_seconds":                        true,
+	"grpc_server_msg_sent_total":                          false,
+	"grpc_server_msg_received_total":                      false,
+	"secretplane_audit_journal_pending_events":            false,
+	"secretplane_inventory_timestamp_seconds":             false,
 	"secretplane_audit_queue_depth":                       false,
 	"secretplane_audit_journal_lag_seconds":               false,
 	"secretplane_audit_write_failures_total":              false,
@@ -525,4 +531,30 @@ func checkTemplating(t *testing.T, file string, d dashboard) {
 	if !strings.HasPrefix(vars["secret"], "query label_values(") || !strings.HasSuffix(vars["secret"], ", secret)") {
 		t.Errorf("%s: want a secret variable from label_values(..., secret), have %q", file, vars["secret"])
 	}
+}
+
+// The names the rules and dashboards may use are the server's: every
+// known name is one its registry describes, and every secretplane_ or
+// grpc_server_ metric it describes is known (a rename in the code fails
+// here, not silently in Prometheus).
+func TestKnownMetricsAreTheServers(t *testing.T) {
+	exported := map[string]bool{}
+	for _, n := range server.MetricNames() {
+		exported[n] = true
+	}
+	for name := range knownMetrics {
+		if name != "up" && !exported[name] {
+			t.Errorf("%s is used by the rules or dashboards but the server does not export it", name)
+		}
+	}
+	for name := range exported {
+		if (strings.HasPrefix(name, "secretplane_") || strings.HasPrefix(name, "grpc_server_")) && !known(name) {
+			t.Errorf("the server exports %s, which knownMetrics does not list", name)
+		}
+	}
+}
+
+func known(name string) bool {
+	_, ok := knownMetrics[name]
+	return ok
 }

@@ -12,7 +12,10 @@ package metrics
 import (
 	"context"
 	"errors"
+	"maps"
+	"regexp"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,6 +73,8 @@ type Metrics struct {
 
 	rotationFailures *prometheus.CounterVec
 	rotationDuration *prometheus.HistogramVec
+
+	collectors []prometheus.Collector // what New registered
 }
 
 // New builds the registry with the Go runtime's and the process's
@@ -94,14 +99,44 @@ func New(version string) *Metrics {
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "build_info",
 		Help: "The running build: 1, labelled with its version and Go version."}, []string{"version", "go_version"})
 	build.WithLabelValues(version, runtime.Version()).Set(1)
-	m.reg.MustRegister(
+	m.collectors = []prometheus.Collector{
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		build, m.backendRequests, m.backendErrors, m.backendDuration, m.backendUp,
 		m.rotationFailures, m.rotationDuration,
 		&scraped{m: m},
-	)
+	}
+	m.reg.MustRegister(m.collectors...)
 	return m
+}
+
+// Register adds c to the registry (the gRPC server's metrics).
+func (m *Metrics) Register(c prometheus.Collector) {
+	m.reg.MustRegister(c)
+	m.collectors = append(m.collectors, c)
+}
+
+// fqName finds a Desc's name in its String form (the Desc type keeps it
+// unexported).
+var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+// Names are the names of every metric the registry describes, sorted:
+// what alert rules and dashboards may query.
+func (m *Metrics) Names() []string {
+	ch := make(chan *prometheus.Desc, 64)
+	go func() {
+		for _, c := range m.collectors {
+			c.Describe(ch)
+		}
+		close(ch)
+	}()
+	seen := map[string]bool{}
+	for d := range ch {
+		if sub := fqName.FindStringSubmatch(d.String()); sub != nil {
+			seen[sub[1]] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(seen))
 }
 
 // Read sets the sources scrapes read: before the registry is first

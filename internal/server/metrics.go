@@ -47,9 +47,13 @@ func newOps() *ops {
 	o.grpc = grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
 		grpcprom.WithHistogramBuckets([]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}),
 	))
-	o.metrics.Registry().MustRegister(o.grpc)
+	o.metrics.Register(o.grpc)
 	return o
 }
+
+// MetricNames are the names of every metric a server exports (for the
+// alert rules' and dashboards' tests).
+func MetricNames() []string { return newOps().metrics.Names() }
 
 // wire points the metrics at the parts.
 func (o *ops) wire(inv *inventory.Inventory, resolver *resolve.Resolver, al *audit.Log, sdsStats func() sds.Stats, drops, dead func() map[string]uint64) {
