@@ -38,10 +38,10 @@ func TestMetricsDuringStoreOutage(t *testing.T) {
 	if out, errOut, err := cliStdin(t, dataDir, "v4lue-of-the-outage-test", "dev", "local-put", "local://payments/db#password"); err != nil {
 		t.Fatalf("local-put: %v %s %s", err, out, errOut)
 	}
-	mustCLI(t, dataDir, "secret", "put", "payments/db", "--ref", "local://payments/db#password", "--owner", "team-payments")
+	mustCLI(t, dataDir, "secret", "put", "payments/db", "--ref", "local://payments/db#password", "--owner", "team-payments", "--required")
 	waitFor(t, "the secret in the metrics", func() bool {
 		_, body, _ := probe(t, srv, "/metrics")
-		return strings.Contains(body, `secretplane_consumers_lagging{secret="payments/db"} 0`) && strings.Contains(body, "secretplane_store_up 1")
+		return strings.Contains(body, `secretplane_required_secret_resolvable{secret="payments/db"} 1`) && strings.Contains(body, "secretplane_store_up 1")
 	})
 	if code, body, _ := probe(t, srv, "/readyz"); code != http.StatusOK {
 		t.Fatalf("/readyz before the outage = %d %s", code, body)
@@ -53,7 +53,7 @@ func TestMetricsDuringStoreOutage(t *testing.T) {
 		if code != http.StatusOK || took > 5*time.Second {
 			t.Fatalf("scrape during the outage: %d after %s", code, took)
 		}
-		return strings.Contains(body, "secretplane_store_up 0") && strings.Contains(body, `secretplane_consumers_lagging{secret="payments/db"}`)
+		return strings.Contains(body, "secretplane_store_up 0") && strings.Contains(body, `secretplane_required_secret_resolvable{secret="payments/db"} 1`)
 	})
 	code, body, took := probe(t, srv, "/readyz")
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "store: not reachable") || took > 5*time.Second {

@@ -43,6 +43,7 @@ type Consumers interface {
 // Resolver reads values through the cache (resolve.Resolver).
 type Resolver interface {
 	Get(ctx context.Context, ref secretref.Ref) (resolve.Result, error)
+	Peek(ref secretref.Ref) (resolve.Result, bool)
 }
 
 // Expected is the version a channel's consumers must have of a value (the
@@ -81,10 +82,18 @@ type Secret struct {
 	Lagging     int       // consumers within the horizon not on the current version
 }
 
+// reportable: s has a figure (the snapshot keeps only those: a secret
+// that is not required, has no dates, no rotation, no cadence and no
+// consumer lagging has nothing to show, and 100,000 of them would cost
+// memory for nothing).
+func (s Secret) reportable() bool {
+	return s.Required || !s.ExpiresAt.IsZero() || !s.RenewAt.IsZero() || s.Rotation != nil || !s.NextDue.IsZero() || s.Lagging > 0
+}
+
 // Snapshot is the inventory at one time.
 type Snapshot struct {
 	At      time.Time
-	Secrets []Secret // by name
+	Secrets []Secret // by name; only those with a figure to show
 	// Err is the last refresh's failure (the store could not be read):
 	// Secrets are then those of the last refresh that succeeded.
 	Err error
@@ -153,18 +162,27 @@ func (inv *Inventory) Snapshot() (Snapshot, bool) {
 }
 
 // Run refreshes at once and then every Interval until ctx ends.
+//
+// A refresh reads the store for every secret: with many secrets it is
+// long, and the wait after it grows to dutyFactor times its length, so
+// the inventory takes a bounded share of the server's time however many
+// secrets there are.
 func (inv *Inventory) Run(ctx context.Context) {
-	t := time.NewTicker(inv.opts.Interval)
-	defer t.Stop()
 	for {
+		start := time.Now()
 		inv.Refresh(ctx)
+		wait := max(inv.opts.Interval, dutyFactor*time.Since(start))
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-time.After(wait):
 		}
 	}
 }
+
+// dutyFactor bounds the inventory's share of time: a refresh that took d
+// is followed by at least dutyFactor*d of rest.
+const dutyFactor = 10
 
 // Refresh builds a new snapshot now. The store is read within Timeout;
 // values are then read through the cache, up to readers at a time and
@@ -178,7 +196,7 @@ func (inv *Inventory) Refresh(ctx context.Context) Snapshot {
 	cancel()
 	var secrets []Secret
 	if err == nil {
-		secrets = inv.readValues(ctx, work)
+		secrets = slices.DeleteFunc(inv.readValues(ctx, work), func(s Secret) bool { return !s.reportable() })
 	}
 	snap := Snapshot{At: inv.opts.Now(), Secrets: secrets, Err: err}
 	if err != nil {
@@ -323,6 +341,15 @@ func (inv *Inventory) readValues(ctx context.Context, work []pending) []Secret {
 // backend outlives its caller's context, so the wait is bounded here.
 func (inv *Inventory) value(ctx context.Context, w pending) Secret {
 	st := w.st
+	if !w.certificate && !st.Required {
+		// Consumers only: the version lag is counted against is what the
+		// cache holds, without copying the value (100,000 cached secrets
+		// would otherwise be copied each refresh).
+		if res, ok := inv.resolver.Peek(w.ref); ok {
+			inv.countLagging(ctx, &st, w.consumers, res)
+			return st
+		}
+	}
 	type got struct {
 		res resolve.Result
 		err error
@@ -363,15 +390,22 @@ func (inv *Inventory) value(ctx context.Context, w pending) Secret {
 			}
 		}
 	}
+	inv.countLagging(rctx, &st, w.consumers, res)
+	return st
+}
+
+// countLagging counts the consumers not on the version of res their
+// channel must have.
+func (inv *Inventory) countLagging(ctx context.Context, st *Secret, cs []store.Consumer, res resolve.Result) {
 	want := map[string]string{}
-	for _, c := range w.consumers {
+	for _, c := range cs {
 		v, ok := want[c.Channel]
 		if !ok {
 			v = res.Version
 			if inv.opts.Expected != nil {
 				var err error
-				if v, err = inv.opts.Expected(rctx, c.Channel, st.Name, res); err != nil {
-					return st // lag unknown this time
+				if v, err = inv.opts.Expected(ctx, c.Channel, st.Name, res); err != nil {
+					return // lag unknown this time
 				}
 			}
 			want[c.Channel] = v
@@ -380,7 +414,6 @@ func (inv *Inventory) value(ctx context.Context, w pending) Secret {
 			st.Lagging++
 		}
 	}
-	return st
 }
 
 // resolveProblem names the class of a read's failure, not its text (which

@@ -179,6 +179,24 @@ func (r *Resolver) Get(ctx context.Context, ref secretref.Ref) (Result, error) {
 	return r.load(ctx, ref, key, fetchMiss)
 }
 
+// Peek returns what the cache holds of ref without its value (Data nil)
+// and without reading the backend or counting a hit: for figures that
+// need a version or fingerprint only. ok is false when nothing fresh is
+// cached.
+func (r *Resolver) Peek(ref secretref.Ref) (res Result, ok bool) {
+	key := ref.String()
+	now := r.opts.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.entries[key]
+	if e == nil || e.res.Data == nil || !now.Before(e.res.FetchedAt.Add(r.opts.TTL)) {
+		return Result{}, false
+	}
+	res = e.res
+	res.Data = nil
+	return res, true
+}
+
 // Refresh returns ref's value, reading the backend first when the cached
 // value is due for refreshing (or absent). Watchers call it at each value's
 // RefreshAt, so a change in the backend is seen within the refresh
