@@ -22,24 +22,30 @@ func TestSettingsFileLongKeyMessage(t *testing.T) {
 			[]string{"unknown keys a key of 215 characters (line 4:"}},
 		{"short unknown", "dev: true\ncache:\n  tll: 1m\n", []string{`unknown keys "cache.tll" (line 3)`}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "server.yaml")
-			if err := os.WriteFile(path, []byte(tc.file), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			_, err := loadSettings(path, noEnv, nil)
-			if err == nil {
-				t.Fatal("loaded")
-			}
-			msg := describeError(err)
-			for _, w := range tc.want {
-				if !strings.Contains(msg, w) {
-					t.Errorf("message lacks %q: %s", w, msg)
-				}
-			}
-			if strings.Contains(msg, "kkkkkkkk") || strings.Contains(msg, "Zq8vW3") {
-				t.Errorf("message echoes input: %s", msg)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { refusedConfig(t, tc.file, tc.want) })
+	}
+}
+
+// refusedConfig loads a server config file of content file and checks the
+// refusal names each of want and echoes neither an over-long key nor the
+// planted value.
+func refusedConfig(t *testing.T, file string, want []string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "server.yaml")
+	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := loadSettings(path, noEnv, nil)
+	if err == nil {
+		t.Fatal("loaded")
+	}
+	msg := describeError(err)
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("message lacks %q: %s", w, msg)
+		}
+	}
+	if strings.Contains(msg, "kkkkkkkk") || strings.Contains(msg, "Zq8vW3") {
+		t.Errorf("message echoes input: %s", msg)
 	}
 }
