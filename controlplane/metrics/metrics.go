@@ -21,29 +21,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/secretplane/secretplane/controlplane/audit"
 	"github.com/secretplane/secretplane/controlplane/backend"
 	"github.com/secretplane/secretplane/controlplane/events"
 	"github.com/secretplane/secretplane/controlplane/inventory"
+	"github.com/secretplane/secretplane/controlplane/resolve"
 )
 
 const ns = "secretplane"
 
-// CacheStats, AuditStats and StreamStats are what the parts report (the
-// server adapts resolve.Stats, audit.Stats and sds.Stats to them).
-type CacheStats struct {
-	Entries                        int
-	Bytes                          int64
-	Hits, Misses, Stale, Evictions int64
-}
-
-// AuditStats are the audit log's figures.
-type AuditStats struct {
-	Queued, Behind int
-	Oldest         time.Time // oldest event not yet in the store
-	WriteFailures  uint64
-}
-
-// StreamStats are SDS's figures.
+// StreamStats are what SDS reports (the server adapts sds.Stats: the core
+// knows nothing of SDS).
 type StreamStats struct {
 	Streams             int
 	Pushes, Acks, Nacks uint64
@@ -51,8 +39,8 @@ type StreamStats struct {
 
 // Sources are the functions a scrape reads; nil ones are left out.
 type Sources struct {
-	Cache       func() CacheStats
-	Audit       func() AuditStats
+	Cache       func() resolve.Stats
+	Audit       func() audit.Stats
 	SDS         func() StreamStats
 	Watch       func() int               // open Watch streams
 	Drops       func() map[string]uint64 // events dropped, by subscriber
@@ -271,7 +259,7 @@ func (s *scraped) Collect(ch chan<- prometheus.Metric) {
 		c := src.Cache()
 		counter(descCacheHits, float64(c.Hits))
 		counter(descCacheMisses, float64(c.Misses))
-		counter(descCacheStale, float64(c.Stale))
+		counter(descCacheStale, float64(c.StaleServes))
 		counter(descCacheEvicted, float64(c.Evictions))
 		gauge(descCacheEntries, float64(c.Entries))
 		gauge(descCacheBytes, float64(c.Bytes))

@@ -14,10 +14,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/secretplane/secretplane/controlplane/audit"
 	"github.com/secretplane/secretplane/controlplane/backend"
 	"github.com/secretplane/secretplane/controlplane/events"
 	"github.com/secretplane/secretplane/controlplane/inventory"
 	"github.com/secretplane/secretplane/controlplane/metrics"
+	"github.com/secretplane/secretplane/controlplane/resolve"
 	"github.com/secretplane/secretplane/store"
 )
 
@@ -70,11 +72,11 @@ func TestSnapshotFigures(t *testing.T) {
 	have := false
 	m.Read(metrics.Sources{
 		Inventory: func() (inventory.Snapshot, bool) { return snap, have },
-		Cache: func() metrics.CacheStats {
-			return metrics.CacheStats{Entries: 2, Bytes: 64, Hits: 10, Misses: 3, Stale: 1}
+		Cache: func() resolve.Stats {
+			return resolve.Stats{Entries: 2, Bytes: 64, Hits: 10, Misses: 3, StaleServes: 1}
 		},
-		Audit: func() metrics.AuditStats {
-			return metrics.AuditStats{Queued: 4, Behind: 7, Oldest: time.Now().Add(-90 * time.Second)}
+		Audit: func() audit.Stats {
+			return audit.Stats{Queued: 4, Behind: 7, Oldest: time.Now().Add(-90 * time.Second)}
 		},
 	})
 	if out := gather(t, m); strings.Contains(out, "secretplane_store_up") || strings.Contains(out, "secret_expiration") {

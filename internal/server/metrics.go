@@ -59,14 +59,8 @@ func MetricNames() []string { return newOps().metrics.Names() }
 func (o *ops) wire(inv *inventory.Inventory, resolver *resolve.Resolver, al *audit.Log, sdsStats func() sds.Stats, drops, dead func() map[string]uint64) {
 	o.inv = inv
 	o.metrics.Read(metrics.Sources{
-		Cache: func() metrics.CacheStats {
-			st := resolver.Stats()
-			return metrics.CacheStats{Entries: st.Entries, Bytes: st.Bytes, Hits: st.Hits, Misses: st.Misses, Stale: st.StaleServes, Evictions: st.Evictions}
-		},
-		Audit: func() metrics.AuditStats {
-			st := al.Stats()
-			return metrics.AuditStats{Queued: st.Queued, Behind: st.Behind, Oldest: st.Oldest, WriteFailures: st.WriteFailures}
-		},
+		Cache: resolver.Stats,
+		Audit: al.Stats,
 		SDS: func() metrics.StreamStats {
 			st := sdsStats()
 			return metrics.StreamStats{Streams: st.Streams, Pushes: st.Pushes, Acks: st.Acks, Nacks: st.Nacks}
